@@ -1,0 +1,36 @@
+"""pymc_mixvcov: frequentist inference for mixed models declared in PyMC.
+
+Integrates the random effects of a PyMC model out, maximises the marginal likelihood, and
+returns the full covariance matrix of fixed effects and variance components from exact
+pytensor derivatives, on the scale you ask for.
+"""
+
+from __future__ import annotations
+
+from . import datasets
+from .errors import (
+    ConvergenceWarning,
+    DataWarning,
+    MixVcovError,
+    MixVcovWarning,
+    SingularFitWarning,
+)
+from .fit import fit
+from .formula import MixedModel, lmm
+from .results import MixedFit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvergenceWarning",
+    "DataWarning",
+    "MixVcovError",
+    "MixVcovWarning",
+    "MixedFit",
+    "MixedModel",
+    "SingularFitWarning",
+    "datasets",
+    "fit",
+    "lmm",
+    "__version__",
+]

@@ -1,0 +1,151 @@
+"""Fitting: maximise the marginal likelihood of a ``pm.Model`` with random effects.
+
+The criterion is optimised over the variance parameters with the fixed effects profiled out
+(their generalised least squares value is exact for given variances), first by L-BFGS-B
+within the parameters' supports, then by Newton steps with the exact Hessian, until the
+Newton decrement is below ``1e-10``. Parameters on the boundary of their support (a standard
+deviation of 0) are held there, as lme4 does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import numpy as np
+import pytensor
+from scipy.optimize import minimize
+
+from .derivatives import LMMFunctions
+from .errors import MixVcovError
+from .marginal import GaussianMarginal, build_structure
+from .results import MixedFit
+from .scales import ScaleMaps
+from .spec import inspect_model
+
+__all__ = ["fit", "Method"]
+
+Method = Literal["ML", "REML"]
+METHODS: tuple[str, ...] = get_args(Method)
+
+
+@dataclass(frozen=True)
+class OptimResult:
+    """Outcome of the optimiser: the natural parameters and the criterion's derivatives there."""
+
+    nat: np.ndarray
+    info: dict
+    converged: bool
+    iterations: int
+    grad_norm: float
+    at_bound: np.ndarray
+    message: str
+
+
+def fit(model, random: list[str], *, method: Method = "ML",
+        fixed_labels: list[str] | None = None) -> MixedFit:
+    """Fit a PyMC model by maximising its marginal likelihood over the random effects.
+
+    Parameters
+    ----------
+    model : pymc.Model
+        A model with one observed Normal variable whose mean is affine in the random effects.
+    random : list of str
+        Names of the random-effect variables to integrate out.
+    method : {"ML", "REML"}
+        Maximum likelihood, or restricted maximum likelihood (lme4's REML criterion).
+    fixed_labels : list of str, optional
+        Labels of the fixed effects in reports (default: the model's own labels, e.g.
+        ``beta[Days]``).
+
+    Returns
+    -------
+    MixedFit
+    """
+    if method not in METHODS:
+        raise MixVcovError(f"unknown method {method!r}; valid methods are: {', '.join(map(repr, METHODS))}")
+    # graph construction records a stack trace per node unless told not to: a large share of
+    # the build time of gradient graphs
+    with pytensor.config.change_flags(traceback__limit=0):
+        return _fit(model, random, method, fixed_labels)
+
+
+def _fit(model, random, method, fixed_labels) -> MixedFit:
+    spec = inspect_model(model, list(random))
+    structure = build_structure(spec)
+    marginal = GaussianMarginal(spec, structure)
+    scales = ScaleMaps(spec, fixed_labels)
+    fns = LMMFunctions(marginal, method, scales)
+    opt = optimise(fns, spec)
+    optimum = {**opt.info, **fns.scales(opt.nat), "nat": opt.nat}
+    return MixedFit(spec=spec, structure=structure, scales=scales, method=method, optimum=optimum,
+                    converged=opt.converged, iterations=opt.iterations, grad_norm=opt.grad_norm,
+                    at_bound=opt.at_bound, message=opt.message)
+
+
+def optimise(fns: LMMFunctions, spec) -> OptimResult:
+    """Maximise the criterion (see the module docstring).
+
+    L-BFGS-B on the profiled criterion within the supports, then Newton steps with the exact
+    Hessian of the full criterion on the parameters not held at a bound. Converged when the
+    Newton decrement ``g^T A^{-1} g`` (``A`` the observed information) is below ``1e-6``.
+    """
+    vi = spec.variance_index
+    lower, upper = spec.lower, spec.upper
+    lo_v, up_v = lower[vi], upper[vi]
+    span = np.where(np.isfinite(up_v - lo_v), up_v - lo_v, 1.0)
+    x0 = np.clip(spec.nat0[vi], np.where(np.isfinite(lo_v), lo_v + 1e-3 * span, -np.inf),
+                 np.where(np.isfinite(up_v), up_v - 1e-3 * span, np.inf))
+
+    def negative(x):
+        f, g, _ = fns.profile(x)
+        return -f, -g
+
+    bounds = [(a if np.isfinite(a) else None, b if np.isfinite(b) else None) for a, b in zip(lo_v, up_v)]
+    res = minimize(negative, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                   options={"maxiter": 2000, "ftol": 1e-14, "gtol": 1e-9})
+    iterations = int(res.nit)
+    _, _, nat = fns.profile(res.x)
+    # parameters the criterion involves: all (ML) or the variance parameters (REML)
+    active = np.ones(spec.n_params, bool) if fns.method == "ML" else np.isin(np.arange(spec.n_params), vi)
+    info = fns.information(nat)
+    decrement = np.inf
+    for _ in range(20):
+        g, A = info["grad"], info["observed"]
+        held = (np.isfinite(lower) & (nat <= lower) & (g <= 0)) | (np.isfinite(upper) & (nat >= upper) & (g >= 0))
+        free = active & ~held
+        step = np.zeros_like(nat)
+        try:
+            L = np.linalg.cholesky(A[np.ix_(free, free)])
+        except np.linalg.LinAlgError:
+            break
+        step[free] = np.linalg.solve(L.T, np.linalg.solve(L, g[free]))
+        decrement = float(g[free] @ step[free])
+        if decrement < 1e-12:
+            break
+        t = 1.0
+        while t > 1e-6:
+            trial = np.clip(nat + t * step, lower, upper)
+            new = fns.information(trial)
+            if new["loglik"] >= info["loglik"] - 1e-12:
+                nat, info = trial, new
+                iterations += 1
+                break
+            t *= 0.5
+        else:
+            break
+    g = info["grad"]
+    held = (np.isfinite(lower) & (nat <= lower) & (g <= 0)) | (np.isfinite(upper) & (nat >= upper) & (g >= 0))
+    free = active & ~held
+    gnorm = float(np.max(np.abs(g[free]))) if free.any() else 0.0
+    converged = bool(decrement < 1e-6)
+    message = (f"converged: Newton decrement {decrement:.2g} < 1e-6" if converged else
+               f"not converged: Newton decrement {decrement:.3g} after {iterations} iterations")
+    if not converged:
+        import warnings
+
+        from .errors import ConvergenceWarning
+
+        warnings.warn(f"the optimiser did not converge ({message}); estimates and covariances may be "
+                      "unreliable", ConvergenceWarning, stacklevel=3)
+    return OptimResult(nat, info, converged, iterations, gnorm, held, message)

@@ -1,0 +1,314 @@
+"""lme4 formula syntax -> an ordinary ``pm.Model`` plus lme4 labels.
+
+The formula is parsed by the ``formulae`` package. Its syntax tree tells which
+group-specific terms come from the same ``( ... | g)`` bar (lme4 gives them one correlated
+covariance block); ``formulae``'s design matrices give the fixed-effect columns (treatment
+contrasts, interactions) and the values of the random-effect expressions.
+
+The model built here is a plain PyMC model that can be sampled. Its priors (ignored by ML and
+REML fits) are weakly informative and scaled to the data, with ``s_y`` the SD of the response:
+
+* ``beta[j] ~ Normal(0, 10 s_y / s_j)``, ``s_j`` the SD of column ``j`` (intercept and constant
+  columns: ``10 max(|mean(y)|, s_y)``);
+* ``sigma ~ HalfNormal(2.5 s_y)``;
+* a block with one effect: ``sd_<block> ~ HalfNormal(2.5 s_y)``,
+  ``u_<block> ~ Normal(0, sd_<block>)`` per level;
+* a block with several (correlated) effects: ``chol_<block> ~ LKJCholeskyCov(eta=1,
+  sd_dist=HalfNormal(2.5 s_y))``, ``u_<block> ~ MvNormal(0, chol=chol_<block>)`` per level.
+
+``<block>`` is the grouping factor's name (``Subject``), suffixed ``.1``, ``.2`` when several
+blocks share a factor, as in ``(1 | g) + (0 + x | g)``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from .errors import MixVcovError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .results import MixedFit
+
+__all__ = ["MixedModel", "lmm"]
+
+Method = Literal["ML", "REML"]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One lme4 random-effect block: a bar's terms on one grouping factor."""
+
+    group: str  # lme4's name of the grouping factor ("Subject", "cask:batch", "a:b")
+    factors: tuple[str, ...]  # data columns forming it
+    terms: tuple[str, ...]  # formulae term names ("1|Subject", "Days|Subject")
+    effects: list[str] = field(default_factory=list)  # lme4 column names
+    codes: np.ndarray | None = field(default=None, repr=False)
+    levels: list[str] = field(default_factory=list)
+    z: np.ndarray | None = field(default=None, repr=False)
+    name: str = ""
+
+
+def _lme4_name(label: str) -> str:
+    """formulae column label -> lme4 column name: ``Intercept`` -> ``(Intercept)``, ``f[B]`` -> ``fB``."""
+    if label in ("Intercept", "1"):
+        return "(Intercept)"
+    return re.sub(r"\[([^\]]*)\]", r"\1", label)
+
+
+def _bars(formula: str) -> list[tuple[list, bool]]:
+    """The ``( ... | ... )`` bars of ``formula``, each resolved to its group-specific terms."""
+    from formulae.expr import Binary, Grouping
+    from formulae.parser import Parser
+    from formulae.resolver import Resolver
+    from formulae.scanner import Scanner
+
+    try:
+        tree = Parser(Scanner(formula).scan()).parse()
+    except Exception as exc:  # formulae raises its own parse errors
+        raise MixVcovError(f"cannot parse formula {formula!r}: {exc}") from exc
+    bars = []
+
+    def walk(node):
+        if isinstance(node, Grouping):
+            inner = node.expression
+            if isinstance(inner, Binary) and inner.operator.kind == "PIPE":
+                slash = isinstance(inner.right, Binary) and inner.right.operator.kind == "SLASH"
+                bars.append((Resolver(inner).resolve().terms, slash))
+                return
+            walk(inner)
+        elif isinstance(node, Binary):
+            walk(node.left)
+            walk(node.right)
+
+    walk(tree)
+    return bars
+
+
+def _factor_codes(data: pd.DataFrame, cols: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+    """Codes and levels of a grouping factor (an interaction of ``cols``, first slowest)."""
+    cats = []
+    for c in cols:
+        col = data[c]
+        if not isinstance(col.dtype, pd.CategoricalDtype):
+            col = col.astype("category")
+        cats.append(col.cat.remove_unused_categories())
+    if len(cats) == 1:
+        return cats[0].cat.codes.to_numpy().astype(int), [str(v) for v in cats[0].cat.categories]
+    sizes = [len(c.cat.categories) for c in cats]
+    code = np.zeros(len(data), dtype=np.int64)
+    for c, m in zip(cats, sizes):
+        code = code * m + c.cat.codes.to_numpy()
+    used, inv = np.unique(code, return_inverse=True)
+    idx = np.array(np.unravel_index(used, sizes)).T
+    levels = [":".join(str(cats[k].cat.categories[i]) for k, i in enumerate(row)) for row in idx]
+    return inv.astype(int), levels
+
+
+def _check_data(formula: str, data: pd.DataFrame) -> list[str]:
+    from formulae import model_description
+
+    if not isinstance(data, pd.DataFrame):
+        raise MixVcovError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    try:
+        desc = model_description(formula)
+    except Exception as exc:
+        raise MixVcovError(f"cannot parse formula {formula!r}: {exc}") from exc
+    names = sorted(desc.var_names)
+    unknown = [v for v in names if v not in data.columns]
+    if unknown:
+        raise MixVcovError(
+            f"formula {formula!r} names column(s) {unknown} that are not in the data; "
+            f"available columns: {list(data.columns)}"
+        )
+    for v in names:
+        col = data[v]
+        bad = col.isna().to_numpy().copy()
+        if pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
+            bad |= ~np.isfinite(col.to_numpy(dtype=float, na_value=np.nan))
+        if bad.any():
+            rows = list(data.index[bad][:10])
+            more = "" if bad.sum() <= 10 else f" (and {bad.sum() - 10} more)"
+            raise MixVcovError(
+                f"column {v!r} has {int(bad.sum())} missing or non-finite value(s) at rows "
+                f"{rows}{more}; pymc_mixvcov does not drop rows silently: remove them first, e.g. "
+                f"data.dropna(subset={names!r})"
+            )
+    return names
+
+
+def _lme4_order(blocks: list[Block]) -> list[Block]:
+    """lme4's term order: stably by decreasing number of levels, as ``mkReTrms`` does."""
+    nl = [len(b.levels) for b in blocks]
+    if any(b > a for a, b in zip(nl, nl[1:])):
+        order = sorted(range(len(nl)), key=lambda i: nl[i])  # R's order(): stable ascending
+        return [blocks[i] for i in reversed(order)]  # rev(order(nl))
+    return blocks
+
+
+@dataclass
+class MixedModel:
+    """A mixed model built from an lme4 formula.
+
+    Attributes
+    ----------
+    model : pymc.Model
+        An ordinary PyMC model (can be passed to ``pm.sample``); see the module docstring for
+        its priors.
+    random : list of str
+        Names of its random-effect variables, in lme4's term order.
+    fixed_labels : list of str
+        lme4's names of the fixed-effect columns.
+    """
+
+    formula: str
+    data: pd.DataFrame = field(repr=False)
+    model: object = field(repr=False)
+    random: list[str]
+    fixed_labels: list[str]
+    blocks: list[Block] = field(repr=False)
+    family: str = "gaussian"
+
+    def fit(self, method: Method = "ML") -> MixedFit:
+        """Fit by maximum likelihood (``"ML"``) or restricted maximum likelihood (``"REML"``).
+
+        The random effects are integrated out exactly; see :func:`pymc_mixvcov.fit.fit`.
+        """
+        from .fit import fit
+
+        return fit(self.model, random=self.random, method=method, fixed_labels=self.fixed_labels)
+
+
+def lmm(formula: str, data: pd.DataFrame) -> MixedModel:
+    """Build a linear mixed model from an lme4 formula.
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax: ``y ~ x + (x | g)`` (correlated intercept and slope), ``(0 + x | g)``,
+        ``(1 | g) + (0 + x | g)`` (independent), crossed ``(1 | a) + (1 | b)``, nested
+        ``(1 | a/b)`` or ``(1 | a:b)``; fixed effects with treatment contrasts and interactions.
+    data : pandas.DataFrame
+        The data. Grouping columns may be categorical (their level order is kept) or not.
+
+    Returns
+    -------
+    MixedModel
+
+    Raises
+    ------
+    MixVcovError
+        Unknown column, missing or non-finite values in a used column, a grouping factor with
+        a single level (or as many levels as observations), rank-deficient fixed effects.
+    """
+    import pymc as pm
+    from formulae import design_matrices
+
+    _check_data(formula, data)
+    bars = _bars(formula)
+    if not bars:
+        raise MixVcovError(
+            f"formula {formula!r} has no random-effect term such as (1 | group); use a "
+            "linear model for fixed effects only"
+        )
+    data = data.reset_index(drop=True)
+    dm = design_matrices(formula, data, na_action="error")
+    y = np.asarray(dm.response.design_matrix, dtype=float).reshape(-1)
+    X = np.asarray(dm.common.design_matrix, dtype=float)
+    fixed = [_lme4_name(lab) for lab in dm.common.labels] if hasattr(dm.common, "labels") and dm.common.labels else [
+        _lme4_name(lab) for t in dm.common.terms.values() for lab in t.labels
+    ]
+    if X.shape[1] and np.linalg.matrix_rank(X) < X.shape[1]:
+        raise MixVcovError(
+            f"the fixed-effect design of {formula!r} is rank deficient (columns {fixed}); "
+            "remove the redundant terms"
+        )
+    blocks: list[Block] = []
+    for terms, slash in bars:
+        by_factor: dict[tuple[str, ...], list[str]] = {}
+        for t in terms:
+            cols = tuple(v.name for v in t.factor.components)
+            by_factor.setdefault(cols, []).append(t.name)
+        for cols, names in by_factor.items():
+            group = ":".join(reversed(cols)) if (slash and len(cols) > 1) else ":".join(cols)
+            codes, levels = _factor_codes(data, cols)
+            zs, effects = [], []
+            for nm in names:
+                blk = sparse.csr_matrix(dm.group[nm])
+                labs = dm.group.terms[nm].labels
+                m = len({lab.split("|")[0] for lab in labs})
+                # columns run over (level, expression column), expression fastest: sum levels out
+                fold = sparse.csr_matrix(
+                    (np.ones(blk.shape[1]), (np.arange(blk.shape[1]), np.arange(blk.shape[1]) % m)),
+                    shape=(blk.shape[1], m),
+                )
+                z = np.asarray((blk @ fold).todense(), dtype=float)
+                zs.append(z)
+                effects += [_lme4_name(lab.split("|")[0]) for lab in labs[:m]]
+            blocks.append(Block(group, cols, tuple(names), effects, codes, levels, np.hstack(zs)))
+    blocks = _lme4_order(blocks)
+    n = y.size
+    for b in blocks:
+        if len(b.levels) < 2:
+            raise MixVcovError(
+                f"grouping factor {b.group!r} has a single level; a variance cannot be estimated "
+                "from one cluster: drop the term or use a fixed effect"
+            )
+        if len(b.levels) >= n:
+            raise MixVcovError(
+                f"grouping factor {b.group!r} has {len(b.levels)} levels for {n} observations; "
+                "its variance is not identified beside the residual variance (lme4 refuses this too)"
+            )
+    counts: dict[str, int] = {}
+    for b in blocks:
+        counts[b.group] = counts.get(b.group, 0) + 1
+    seen: dict[str, int] = {}
+    for b in blocks:
+        seen[b.group] = seen.get(b.group, 0) + 1
+        name = b.group if counts[b.group] == 1 else f"{b.group}.{seen[b.group]}"
+        object.__setattr__(b, "name", name)
+
+    model = _build_model(dm, y, X, fixed, blocks, formula)
+    return MixedModel(formula, data, model, [f"u_{b.name}" for b in blocks], fixed, blocks)
+
+
+def _build_model(dm, y, X, fixed, blocks, formula):
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    sy = float(np.std(y)) or 1.0
+    sx = X.std(axis=0)
+    const = sx < 1e-12
+    beta_sd = np.where(const, 10.0 * max(abs(float(np.mean(y))), sy), 10.0 * sy / np.where(const, 1.0, sx))
+    coords = {"fixed": fixed}
+    for b in blocks:
+        coords[b.group] = b.levels
+        coords[f"{b.name}_effect"] = b.effects
+    resid = y - X @ np.linalg.lstsq(X, y, rcond=None)[0] if X.shape[1] else y - y.mean()
+    s0 = float(np.std(resid)) or sy
+    response = dm.response.name if hasattr(dm.response, "name") else "y"
+    with pm.Model(coords=coords) as model:
+        beta = pm.Normal("beta", 0.0, sigma=beta_sd, dims="fixed")
+        mu = pt.dot(pt.as_tensor(X), beta)
+        for b in blocks:
+            r = len(b.effects)
+            codes = pt.as_tensor(b.codes.astype("int64"))
+            if r == 1:
+                sd = pm.HalfNormal(f"sd_{b.name}", sigma=2.5 * sy, initval=0.5 * s0)
+                u = pm.Normal(f"u_{b.name}", 0.0, sigma=sd, dims=(b.group,))
+                mu = mu + u[codes] * pt.as_tensor(b.z[:, 0])
+            else:
+                chol, _, _ = pm.LKJCholeskyCov(
+                    f"chol_{b.name}", n=r, eta=1.0, sd_dist=pm.HalfNormal.dist(2.5 * sy, shape=r),
+                    compute_corr=True,
+                )
+                u = pm.MvNormal(f"u_{b.name}", mu=np.zeros(r), chol=chol, dims=(b.group, f"{b.name}_effect"))
+                mu = mu + pt.sum(u[codes] * pt.as_tensor(b.z), axis=1)
+        sigma = pm.HalfNormal("sigma", sigma=2.5 * sy, initval=s0)
+        pm.Normal(str(response), mu=mu, sigma=sigma, observed=y)
+    return model

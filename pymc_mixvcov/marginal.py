@@ -1,0 +1,346 @@
+"""Per-cluster marginal log-likelihood of a linear mixed model, exactly, from cluster statistics.
+
+Model: ``y = offset + X beta + Z u + e``, ``u ~ N(0, Lambda Lambda^T)`` block diagonal,
+``e ~ N(0, sigma^2 I)``. Clusters are the connected components of the random effects (two
+effects are connected when an observation uses both, or when they belong to the same level of
+the same random variable): one grouping factor gives one cluster per level, nested factors one
+per outer level, crossed factors one large cluster. The marginal covariance
+``V = Z Lambda Lambda^T Z^T + sigma^2 I`` is block diagonal over clusters, and for cluster ``c``
+with ``n_c`` observations and ``s_c`` random effects
+
+.. math::
+
+    M_c = \\sigma^2 I + \\Lambda_c^T Z_c^T Z_c \\Lambda_c, \\qquad
+    \\ell_c = -\\tfrac{n_c}{2}\\log 2\\pi - \\tfrac{n_c - s_c}{2}\\log\\sigma^2
+              - \\tfrac12 \\log|M_c|
+              - \\frac{r_c^T r_c - w_c^T M_c^{-1} w_c}{2\\sigma^2},
+
+with ``r_c = y_c - X_c beta`` and ``w_c = Lambda_c^T Z_c^T r_c`` (Woodbury and the matrix
+determinant lemma). This is the Laplace formula, which is exact for a Gaussian likelihood. Only
+the cluster statistics ``Z_c^T Z_c``, ``Z_c^T X_c``, ``Z_c^T y_c``, ``X_c^T X_c``, ``X_c^T y_c`` and
+``y_c^T y_c`` enter, so an evaluation costs ``O(sum_c s_c^3)``, independent of ``n``; no
+``n x n`` matrix is ever formed.
+
+REML (Patterson and Thompson, 1971; lme4's criterion) integrates ``beta`` with a flat prior:
+``ell_R = ell(beta_hat) + p/2 log 2 pi - 1/2 log|X^T V^{-1} X|``.
+
+Expected information is the Hessian, at ``psi = psi_0``, of the Kullback-Leibler divergence
+from the model at ``psi_0`` to the model at ``psi``:
+``KL = 1/2 [tr(V^{-1} V_0) + log|V| + (beta - beta_0)^T X^T V^{-1} X (beta - beta_0)] + const``
+(for REML, of the error contrasts: ``1/2 [tr(P V_0) + log|V| + log|X^T V^{-1} X|]``). Its Hessian
+is ``X^T V^{-1} X`` for ``beta`` and ``1/2 tr(V^{-1} V_a V^{-1} V_b)`` for the variance parameters,
+with a zero cross block: the closed forms of merDeriv (Wang and Merkle, 2018), on any scale.
+
+References
+----------
+Bates, Maechler, Bolker, Walker (2015). Fitting linear mixed-effects models using lme4.
+Journal of Statistical Software 67(1).
+Wang, T. and Merkle, E. C. (2018). merDeriv: Derivative computations for linear mixed
+effects models with application to robust standard errors. JSS 87, Code Snippet 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.tensor import TensorVariable
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .linalg import BatchedCholesky, bmm, bT
+from .spec import GaussianSpec
+
+__all__ = ["ClusterStructure", "Batch", "build_structure", "GaussianMarginal"]
+
+LOG2PI = float(np.log(2 * np.pi))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Clusters that share a block size ``s``, with their statistics stacked on axis 0."""
+
+    s: int
+    clusters: np.ndarray  # indices into ClusterStructure.clusters
+    A: np.ndarray = field(repr=False)  # (C, s, s)   Z_c^T Z_c
+    B: np.ndarray = field(repr=False)  # (C, s, p)   Z_c^T X_c
+    b: np.ndarray = field(repr=False)  # (C, s)      Z_c^T y_c
+    XX: np.ndarray = field(repr=False)  # (C, p, p)
+    Xy: np.ndarray = field(repr=False)  # (C, p)
+    yy: np.ndarray = field(repr=False)  # (C,)
+    nobs: np.ndarray = field(repr=False)  # (C,)
+    lam_idx: np.ndarray = field(repr=False)  # (C, s, s) into the flat Lambda vector
+
+
+@dataclass(frozen=True)
+class ClusterStructure:
+    """Clusters of a linear mixed model and their sufficient statistics.
+
+    ``clusters[c]`` lists the ``(term, level)`` blocks of cluster ``c``; ``obs_cluster[i]`` is
+    the cluster of observation ``i`` (``-1`` if it uses no random effect). ``free`` holds
+    the statistics of those observations: ``(XX, Xy, yy, n)``.
+    """
+
+    clusters: list[list[tuple[int, int]]]
+    obs_cluster: np.ndarray = field(repr=False)
+    batches: list[Batch]
+    free: tuple[np.ndarray, np.ndarray, float, int] = field(repr=False)
+    lam_sizes: list[int]
+    p: int
+
+    @property
+    def n_clusters(self) -> int:
+        return len(self.clusters)
+
+
+def _bincount(index: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
+    return np.bincount(index, weights=weights, minlength=size)[:size]
+
+
+def build_structure(spec: GaussianSpec) -> ClusterStructure:
+    """Find the clusters of ``spec`` and compute their sufficient statistics (NumPy, once)."""
+    terms, n = spec.terms, spec.n
+    X, y = spec.X, spec.y - spec.offset
+    p = X.shape[1]
+    node_off = np.concatenate([[0], np.cumsum([len(t.levels) for t in terms])])
+    n_nodes = int(node_off[-1])
+    nodes = np.stack([np.where(t.codes >= 0, node_off[k] + t.codes, -1) for k, t in enumerate(terms)], 1)
+    # edges: each observation links the blocks it uses
+    rows, cols = [], []
+    for k in range(1, len(terms)):
+        both = (nodes[:, 0] >= 0) & (nodes[:, k] >= 0)
+        rows.append(nodes[both, 0])
+        cols.append(nodes[both, k])
+    # chain blocks when the first term is not used by an observation
+    for k in range(len(terms)):
+        for j in range(k + 1, len(terms)):
+            both = (nodes[:, k] >= 0) & (nodes[:, j] >= 0)
+            rows.append(nodes[both, k])
+            cols.append(nodes[both, j])
+    r_ = np.concatenate(rows) if rows else np.zeros(0, int)
+    c_ = np.concatenate(cols) if cols else np.zeros(0, int)
+    graph = coo_matrix((np.ones(r_.size), (r_, c_)), shape=(n_nodes, n_nodes))
+    _, comp = connected_components(graph, directed=False)
+    # order clusters by their first block
+    first = np.full(comp.max() + 1, n_nodes)
+    np.minimum.at(first, comp, np.arange(n_nodes))
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    comp = rank[comp]
+    n_comp = order.size
+    node_term = np.repeat(np.arange(len(terms)), np.diff(node_off))
+    node_level = np.arange(n_nodes) - node_off[node_term]
+    r_of = np.array([t.r for t in terms])
+    members = [[] for _ in range(n_comp)]
+    for node in range(n_nodes):
+        members[comp[node]].append(node)
+    clusters = [[(int(node_term[m]), int(node_level[m])) for m in mem] for mem in members]
+    # local column position of each node in its cluster and cluster size
+    local = np.zeros(n_nodes, int)
+    size = np.zeros(n_comp, int)
+    for c, mem in enumerate(members):
+        pos = 0
+        for m in mem:
+            local[m] = pos
+            pos += r_of[node_term[m]]
+        size[c] = pos
+    lam_sizes = [t.r * t.r for t in terms]
+    lam_off = np.concatenate([[0], np.cumsum(lam_sizes)])
+    zero_slot = int(lam_off[-1])
+
+    obs_cluster = np.full(n, -1)
+    for k in range(len(terms)):
+        used = nodes[:, k] >= 0
+        obs_cluster[used] = comp[nodes[used, k]]
+    # nonzero entries of each row of Z, in cluster-local positions
+    pos_list, val_list = [], []
+    for k, t in enumerate(terms):
+        used = nodes[:, k] >= 0
+        for j in range(t.r):
+            pos = np.where(used, local[np.maximum(nodes[:, k], 0)] + j, -1)
+            pos_list.append(pos)
+            val_list.append(np.where(used, t.z[:, j], 0.0))
+    pos_m = np.stack(pos_list, 1)
+    val_m = np.stack(val_list, 1)
+
+    batches = []
+    for s in np.unique(size):
+        s = int(s)
+        cl = np.flatnonzero(size == s)
+        C = cl.size
+        bidx = np.full(n_comp, -1)
+        bidx[cl] = np.arange(C)
+        obs = np.flatnonzero((obs_cluster >= 0) & (bidx[np.maximum(obs_cluster, 0)] >= 0))
+        ci = bidx[obs_cluster[obs]]
+        pm_, vm_ = pos_m[obs], val_m[obs]
+        A = np.zeros(C * s * s)
+        B = np.zeros((C * s, p))
+        bb = np.zeros(C * s)
+        for a in range(pm_.shape[1]):
+            ok_a = pm_[:, a] >= 0
+            ia = ci * s + np.where(ok_a, pm_[:, a], 0)
+            wa = np.where(ok_a, vm_[:, a], 0.0)
+            bb += _bincount(ia, wa * y[obs], C * s)
+            for j in range(p):
+                B[:, j] += _bincount(ia, wa * X[obs, j], C * s)
+            for bcol in range(pm_.shape[1]):
+                ok_b = pm_[:, bcol] >= 0
+                iab = (ci * s + np.where(ok_a, pm_[:, a], 0)) * s + np.where(ok_b, pm_[:, bcol], 0)
+                A += _bincount(iab, wa * np.where(ok_b, vm_[:, bcol], 0.0), C * s * s)
+        XX = np.zeros((C, p, p))
+        for i in range(p):
+            for j in range(i, p):
+                XX[:, i, j] = XX[:, j, i] = _bincount(ci, X[obs, i] * X[obs, j], C)
+        Xy = np.stack([_bincount(ci, X[obs, j] * y[obs], C) for j in range(p)], 1) if p else np.zeros((C, 0))
+        yy = _bincount(ci, y[obs] ** 2, C)
+        nobs = _bincount(ci, np.ones(obs.size), C)
+        lam_idx = np.full((C, s, s), zero_slot)
+        for row, c in enumerate(cl):
+            for m in members[c]:
+                k = node_term[m]
+                rk, l0 = r_of[k], local[m]
+                blk = lam_off[k] + np.arange(rk * rk).reshape(rk, rk)
+                lam_idx[row, l0:l0 + rk, l0:l0 + rk] = blk
+        batches.append(Batch(s, cl, A.reshape(C, s, s), B.reshape(C, s, p), bb.reshape(C, s), XX,
+                             Xy.reshape(C, p), yy, nobs, lam_idx))
+    free_obs = obs_cluster < 0
+    Xf, yf = X[free_obs], y[free_obs]
+    free = (Xf.T @ Xf, Xf.T @ yf, float(yf @ yf), int(free_obs.sum()))
+    return ClusterStructure(clusters, obs_cluster, batches, free, lam_sizes, p)
+
+
+def _logdet_pos(a: TensorVariable) -> TensorVariable:
+    """``log det a`` of a symmetric positive definite matrix, through its Cholesky factor."""
+    return 2.0 * pt.sum(pt.log(pt.diagonal(pt.linalg.cholesky(a))))
+
+
+class GaussianMarginal:
+    """Symbolic marginal log-likelihood pieces of a :class:`GaussianSpec`.
+
+    All methods take symbolic parameter vectors and return pytensor expressions; nothing is
+    compiled here (see :mod:`pymc_mixvcov.derivatives`).
+    """
+
+    def __init__(self, spec: GaussianSpec, structure: ClusterStructure):
+        self.spec = spec
+        self.st = structure
+
+    # -- building blocks ------------------------------------------------------------------
+    def _lam_flat(self, nat: TensorVariable) -> TensorVariable:
+        from pytensor.graph.replace import graph_replace
+
+        lams = [pt.flatten(t.lam) for t in self.spec.terms] + [pt.zeros((1,))]
+        flat = pt.concatenate(lams)
+        return graph_replace(flat, {self.spec.nat: nat}, strict=False)
+
+    def _sigma2(self, nat: TensorVariable) -> TensorVariable:
+        from pytensor.graph.replace import graph_replace
+
+        return graph_replace(self.spec.sigma, {self.spec.nat: nat}, strict=False) ** 2
+
+    def _core(self, nat: TensorVariable):
+        lam, s2 = self._lam_flat(nat), self._sigma2(nat)
+        out = []
+        for bt in self.st.batches:
+            Lc = lam[bt.lam_idx]
+            LtA = bmm(bT(Lc), pt.as_tensor(bt.A))
+            M = bmm(LtA, Lc) + s2 * pt.eye(bt.s)[None, :, :]
+            ch = BatchedCholesky(M, bt.s)
+            W = ch.solve_lower(bmm(bT(Lc), pt.as_tensor(bt.B)))  # (C, s, p)
+            v0 = ch.solve_lower(bmm(bT(Lc), pt.as_tensor(bt.b[:, :, None])))[:, :, 0]  # (C, s)
+            out.append((bt, Lc, ch, W, v0, LtA))
+        return s2, out
+
+    def beta_of(self, nat: TensorVariable) -> TensorVariable:
+        """The fixed effects held in ``nat``."""
+        return nat[self.spec.fixed_index]
+
+    def gls(self, nat: TensorVariable) -> tuple[TensorVariable, TensorVariable]:
+        """``(beta_hat, X^T V^{-1} X)``: generalised least squares at the variance parameters."""
+        s2, core = self._core(nat)
+        XX = self.st.free[0] + sum(bt.XX.sum(0) for bt in self.st.batches)
+        Xy = self.st.free[1] + sum(bt.Xy.sum(0) for bt in self.st.batches)
+        XtVX = pt.as_tensor(XX)
+        XtVy = pt.as_tensor(Xy)
+        for _, _, _, W, v0, _ in core:
+            XtVX = XtVX - pt.einsum("csp,csq->pq", W, W)
+            XtVy = XtVy - pt.einsum("csp,cs->p", W, v0)
+        beta = pt.linalg.solve(XtVX, XtVy, assume_a="pos")
+        return beta, XtVX / s2
+
+    # -- log-likelihoods --------------------------------------------------------------------
+    def cluster_loglik(self, nat: TensorVariable, beta: TensorVariable | None = None):
+        """Per-cluster log-likelihoods ``(l_c for each batch, l_free)`` at ``beta``."""
+        if beta is None:
+            beta = self.beta_of(nat)
+        s2, core = self._core(nat)
+        parts = []
+        for bt, _, ch, W, v0, _ in core:
+            v = v0 - pt.einsum("csp,p->cs", W, beta)
+            rr = bt.yy - 2.0 * pt.dot(bt.Xy, beta) + pt.einsum("p,cpq,q->c", beta, bt.XX, beta)
+            ll = (-0.5 * bt.nobs * LOG2PI - 0.5 * (bt.nobs - bt.s) * pt.log(s2)
+                  - 0.5 * ch.logdet() - (rr - pt.sum(v**2, axis=1)) / (2.0 * s2))
+            parts.append(ll)
+        XXf, Xyf, yyf, nf = self.st.free
+        rrf = yyf - 2.0 * pt.dot(Xyf, beta) + pt.dot(beta, pt.dot(XXf, beta))
+        lfree = -0.5 * nf * (LOG2PI + pt.log(s2)) - rrf / (2.0 * s2)
+        return parts, lfree
+
+    def loglik(self, nat: TensorVariable, beta: TensorVariable | None = None) -> TensorVariable:
+        """Marginal (ML) log-likelihood."""
+        parts, lfree = self.cluster_loglik(nat, beta)
+        return sum(pt.sum(p) for p in parts) + lfree
+
+    def reml_loglik(self, nat: TensorVariable) -> TensorVariable:
+        """REML log-likelihood (lme4's ``-REMLcrit/2``) with ``beta`` profiled out."""
+        beta, XtVX = self.gls(nat)
+        p = self.st.p
+        return self.loglik(nat, beta) + 0.5 * p * LOG2PI - 0.5 * _logdet_pos(XtVX)
+
+    def profiled_loglik(self, nat: TensorVariable, method: str) -> TensorVariable:
+        """ML or REML log-likelihood with ``beta`` replaced by its GLS estimate."""
+        if method == "REML":
+            return self.reml_loglik(nat)
+        beta, _ = self.gls(nat)
+        return self.loglik(nat, beta)
+
+    # -- expected information --------------------------------------------------------------
+    def kl(self, nat: TensorVariable, nat0: TensorVariable, method: str) -> TensorVariable:
+        """KL divergence (up to a constant) from the model at ``nat0`` to the model at ``nat``."""
+        s2, core = self._core(nat)
+        lam0, s20 = self._lam_flat(nat0), self._sigma2(nat0)
+        d = self.beta_of(nat) - self.beta_of(nat0)
+        total = 0.0
+        XVVX = 0.0
+        for bt, Lc, ch, W, v0, LtA in core:
+            Lc0 = lam0[bt.lam_idx]
+            K = ch.solve_lower(LtA)  # L^{-1} Lambda^T A
+            Linv = ch.solve_lower(pt.broadcast_to(pt.eye(bt.s), (bt.lam_idx.shape[0], bt.s, bt.s)))
+            trA0 = pt.sum(Lc0 * bmm(pt.as_tensor(bt.A), Lc0), axis=(1, 2))
+            trK0 = pt.sum(bmm(K, Lc0) ** 2, axis=(1, 2))
+            trMinv = pt.sum(Linv**2, axis=(1, 2))
+            tr = (trA0 - trK0) / s2 + s20 * ((bt.nobs - bt.s) / s2 + trMinv)
+            logdetV = (bt.nobs - bt.s) * pt.log(s2) + ch.logdet()
+            total = total + 0.5 * pt.sum(tr + logdetV)
+            if method == "ML":
+                quad = pt.einsum("p,cpq,q->c", d, bt.XX, d) - pt.sum(pt.einsum("csp,p->cs", W, d) ** 2, 1)
+                total = total + 0.5 * pt.sum(quad) / s2
+            else:
+                Q = (pt.as_tensor(bt.B) - bmm(bT(K), W)) / s2  # Z^T V^{-1} X
+                R = ch.solve_upper(W)
+                term1 = pt.sum(bmm(bT(Lc0), Q)[:, :, :, None] * bmm(bT(Lc0), Q)[:, :, None, :], axis=(0, 1))
+                term2 = (pt.as_tensor(bt.XX).sum(0) - pt.einsum("csp,csq->pq", W, W)
+                         - s2 * pt.einsum("csp,csq->pq", R, R)) / s2**2
+                XVVX = XVVX + term1 + s20 * term2
+        XXf, _, _, nf = self.st.free
+        total = total + 0.5 * (nf * s20 / s2 + nf * pt.log(s2))
+        if method == "ML":
+            total = total + 0.5 * pt.dot(d, pt.dot(XXf, d)) / s2
+            return total
+        XVVX = XVVX + s20 * pt.as_tensor(XXf) / s2**2
+        _, XtVX = self.gls(nat)
+        total = total - 0.5 * pt.sum(pt.linalg.solve(XtVX, XVVX, assume_a="pos") * pt.eye(self.st.p))
+        total = total + 0.5 * _logdet_pos(XtVX)
+        return total

@@ -1,0 +1,495 @@
+"""Inspect a ``pm.Model``: fixed parameters, random-effect blocks, clusters, likelihood.
+
+The fitting engine never sees a formula. It sees a ``pm.Model`` and the names of the
+random-effect variables to integrate out, and reads everything else from the model's graph:
+
+* the observed variable and its likelihood (here: Normal, for the exact Gaussian engine);
+* the free parameters (every continuous free variable that is not integrated out), their
+  supports (from PyMC's transforms) and their roles (entering the mean, or the variances);
+* for each random-effect variable, its grouping dimension, its effect coordinates, the
+  cluster of every observation and the design values ``z`` (found by evaluating the linear
+  predictor, then verified), and the factor ``Lambda`` of its covariance, as a symbolic
+  expression of the parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pytensor.graph.replace import graph_replace
+from pytensor.graph.traversal import ancestors
+from pytensor.tensor import TensorVariable
+from pytensor.tensor.random.basic import MvNormalRV, NormalRV
+
+from .errors import MixVcovError
+
+__all__ = ["FreeParam", "RandomTerm", "GaussianSpec", "inspect_model"]
+
+_FAST = pytensor.compile.mode.Mode(linker="py", optimizer="fast_compile")
+
+
+@dataclass(frozen=True)
+class FreeParam:
+    """A free variable of the model that is estimated (not integrated out).
+
+    Attributes
+    ----------
+    name : str
+        The PyMC variable's name.
+    shape : tuple of int
+        Its shape; it occupies ``size`` consecutive entries of the natural vector.
+    start : int
+        Offset of its first entry in the natural parameter vector.
+    labels : list of str
+        One label per entry: ``name`` for scalars, ``name[coord]`` (``name[c1, c2]``) for
+        entries along named dimensions, ``name[i]`` otherwise.
+    lower, upper : numpy.ndarray
+        Support of each entry, read from the variable's transform.
+    role : {"fixed", "variance"}
+        ``"fixed"`` if the linear predictor depends on it, ``"variance"`` otherwise.
+    """
+
+    name: str
+    rv: TensorVariable = field(repr=False)
+    shape: tuple[int, ...]
+    start: int
+    labels: list[str]
+    lower: np.ndarray
+    upper: np.ndarray
+    role: str
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=int))
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.start, self.start + self.size)
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """One random-effect variable: ``u[level, effect] ~ N(0, Lambda Lambda^T)`` per level.
+
+    Attributes
+    ----------
+    name : str
+        The PyMC variable's name.
+    group : str
+        Name of its grouping dimension (the cluster factor).
+    levels : list of str
+        Coordinate values of the grouping dimension.
+    effects : list of str
+        Coordinate values of the effect dimension (``r`` of them).
+    codes : numpy.ndarray
+        Level index of every observation (``-1`` where the observation does not use it).
+    z : numpy.ndarray
+        Design values, shape ``(n, r)``: ``eta_i = ... + sum_k z[i, k] u[codes[i], k]``.
+    lam : TensorVariable
+        ``r x r`` lower-triangular factor of the covariance, in terms of the natural vector.
+    """
+
+    name: str
+    group: str
+    levels: list[str]
+    effects: list[str]
+    codes: np.ndarray = field(repr=False)
+    z: np.ndarray = field(repr=False)
+    lam: TensorVariable = field(repr=False)
+
+    @property
+    def r(self) -> int:
+        return len(self.effects)
+
+
+@dataclass(frozen=True)
+class GaussianSpec:
+    """A linear mixed model read off a ``pm.Model``: ``y = offset + X beta + Z u + e``.
+
+    ``nat`` is the symbolic natural parameter vector (free variables on their constrained
+    scale, in model order); ``sigma`` and every ``RandomTerm.lam`` are expressions of it.
+    ``fixed_index`` lists the entries of ``nat`` that form ``beta`` (the columns of ``X``).
+    """
+
+    model: object = field(repr=False)
+    nat: TensorVariable = field(repr=False)
+    params: list[FreeParam]
+    terms: list[RandomTerm]
+    X: np.ndarray = field(repr=False)
+    y: np.ndarray = field(repr=False)
+    offset: np.ndarray = field(repr=False)
+    sigma: TensorVariable = field(repr=False)
+    fixed_index: np.ndarray
+    nat0: np.ndarray
+    observed_name: str
+
+    @property
+    def n(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def n_params(self) -> int:
+        return int(self.nat0.size)
+
+    @property
+    def natural_labels(self) -> list[str]:
+        return [lab for p in self.params for lab in p.labels]
+
+    @property
+    def variance_index(self) -> np.ndarray:
+        mask = np.ones(self.n_params, bool)
+        mask[self.fixed_index] = False
+        return np.flatnonzero(mask)
+
+    @property
+    def lower(self) -> np.ndarray:
+        return np.concatenate([p.lower for p in self.params])
+
+    @property
+    def upper(self) -> np.ndarray:
+        return np.concatenate([p.upper for p in self.params])
+
+    def unconstrained(self) -> TensorVariable:
+        """The model's unconstrained (transformed) values as an expression of ``nat``."""
+        model, parts = self.model, []
+        repl = _rv_replacements(self.params, self.nat)
+        for p in self.params:
+            value = repl[p.rv]
+            tr = model.rvs_to_transforms.get(p.rv)
+            if tr is not None:
+                inputs = graph_replace(list(p.rv.owner.inputs[2:]), repl, strict=False)
+                value = tr.forward(value, *p.rv.owner.inputs[:2], *inputs)
+            parts.append(pt.flatten(value))
+        return pt.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def unconstrained_labels(self) -> list[str]:
+        model, out = self.model, []
+        for p in self.params:
+            tr = model.rvs_to_transforms.get(p.rv)
+            if tr is None:
+                out += p.labels
+            else:
+                suffix = f"_{tr.name}__"
+                out += [_relabel(lab, p.name, p.name + suffix) for lab in p.labels]
+        return out
+
+
+def _relabel(label: str, old: str, new: str) -> str:
+    return new + label[len(old) :]
+
+
+def _entry_labels(model, rv) -> list[str]:
+    name = rv.name
+    shape = tuple(int(s) for s in rv.type.shape) if all(s is not None for s in rv.type.shape) else None
+    if shape is None:
+        shape = tuple(np.shape(model.initial_point()[model.rvs_to_values[rv].name]))
+    if shape == ():
+        return [name]
+    dims = model.named_vars_to_dims.get(name)
+    if dims and all(d is not None and d in model.coords for d in dims):
+        coords = [list(model.coords[d]) for d in dims]
+        grid = np.array(np.meshgrid(*[np.arange(len(c)) for c in coords], indexing="ij"))
+        grid = grid.reshape(len(dims), -1).T
+        return [f"{name}[{', '.join(str(coords[k][i]) for k, i in enumerate(idx))}]" for idx in grid]
+    idx = np.array(np.unravel_index(np.arange(int(np.prod(shape))), shape)).T
+    return [f"{name}[{', '.join(str(i) for i in row)}]" for row in idx]
+
+
+def _support(model, rv, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of each entry, from the variable's PyMC transform."""
+    from pymc.distributions.transforms import CholeskyCovPacked
+    from pymc.logprob.transforms import IntervalTransform, LogOddsTransform, LogTransform
+
+    lower, upper = np.full(size, -np.inf), np.full(size, np.inf)
+    tr = model.rvs_to_transforms.get(rv)
+    if tr is None:
+        return lower, upper
+    if isinstance(tr, LogTransform):
+        return np.zeros(size), upper
+    if isinstance(tr, LogOddsTransform):
+        return np.zeros(size), np.ones(size)
+    if isinstance(tr, CholeskyCovPacked):
+        lower[np.asarray(tr.diag_idxs.eval())] = 0.0
+        return lower, upper
+    if isinstance(tr, IntervalTransform):
+        a, b = tr.args_fn(*rv.owner.inputs)
+        a = -np.inf if a is None else np.broadcast_to(np.asarray(pt.as_tensor(a).eval()), (size,))
+        b = np.inf if b is None else np.broadcast_to(np.asarray(pt.as_tensor(b).eval()), (size,))
+        return lower * 0 + a, upper * 0 + b
+    raise MixVcovError(
+        f"free variable {rv.name!r} has a {type(tr).__name__}, whose support pymc_mixvcov cannot "
+        "read; supported transforms are log, log-odds, interval and LKJ Cholesky. Reparameterise "
+        "the variable or pass a model without it."
+    )
+
+
+def _rv_replacements(params: list[FreeParam], nat: TensorVariable) -> dict:
+    return {p.rv: pt.reshape(nat[p.slice], p.shape) for p in params}
+
+
+def _strip_expand(x: TensorVariable) -> TensorVariable:
+    from pytensor.tensor.elemwise import DimShuffle
+
+    while x.owner is not None and isinstance(x.owner.op, DimShuffle) and x.owner.op.is_expand_dims:
+        x = x.owner.inputs[0]
+    return x
+
+
+def _cov_factor(cov: TensorVariable) -> TensorVariable:
+    """A lower-triangular factor of ``cov``: ``A`` when ``cov = A @ A.T``, else ``cholesky``."""
+    from pytensor.tensor.math import Dot
+    from pytensor.tensor.blockwise import Blockwise
+
+    cov = _strip_expand(cov)
+    node = cov.owner
+    if node is not None:
+        op = node.op.core_op if isinstance(node.op, Blockwise) else node.op
+        if isinstance(op, Dot) or type(op).__name__ in {"Matmul", "Dot"}:
+            a, b = node.inputs
+            b0 = b.owner
+            if b0 is not None and type(b0.op).__name__ in {"MatrixTranspose", "DimShuffle"}:
+                if b0.inputs[0] is a:
+                    return a
+    return pt.linalg.cholesky(cov)
+
+
+def inspect_model(model, random: list[str]) -> GaussianSpec:
+    """Read a linear mixed model off a ``pm.Model``.
+
+    Parameters
+    ----------
+    model : pymc.Model
+        The model. Exactly one observed variable, with a Normal likelihood whose mean is
+        affine in the random effects and in the fixed-effect parameters.
+    random : list of str
+        Names of the free variables to integrate out. Each must be a zero-mean ``Normal`` or
+        ``MvNormal`` whose first dimension is a named grouping dimension.
+
+    Returns
+    -------
+    GaussianSpec
+
+    Raises
+    ------
+    MixVcovError
+        When the model is outside what the exact Gaussian engine supports; the message names
+        the variable and what is supported.
+    """
+    if not random:
+        raise MixVcovError("`random` is empty: name at least one random-effect variable")
+    names = {v.name: v for v in model.free_RVs}
+    for r in random:
+        if r not in names:
+            raise MixVcovError(
+                f"{r!r} in `random` is not a free variable of the model; free variables are: "
+                f"{', '.join(names)}"
+            )
+    if len(model.observed_RVs) != 1:
+        raise MixVcovError(
+            f"the model has {len(model.observed_RVs)} observed variables; exactly one is supported"
+        )
+    obs = model.observed_RVs[0]
+    if not isinstance(obs.owner.op, NormalRV):
+        raise MixVcovError(
+            f"observed variable {obs.name!r} has a {obs.owner.op.name} likelihood; the exact "
+            "engine needs a Normal likelihood"
+        )
+    y = np.asarray(model.rvs_to_values[obs].eval() if hasattr(model.rvs_to_values[obs], "eval")
+                   else model.rvs_to_values[obs], dtype=float).reshape(-1)
+    if not np.all(np.isfinite(y)):
+        raise MixVcovError(f"observed variable {obs.name!r} has missing or infinite values")
+    rand_rvs = [names[r] for r in random]
+    mu, sigma = obs.owner.inputs[2], obs.owner.inputs[3]
+
+    init = model.initial_point()
+    params: list[FreeParam] = []
+    start = 0
+    mean_anc = set(ancestors([mu], blockers=rand_rvs))
+    var_anc = set(ancestors([sigma], blockers=rand_rvs))
+    for u in rand_rvs:
+        var_anc |= set(ancestors(u.owner.inputs[2:], blockers=rand_rvs))
+    for rv in model.free_RVs:
+        if rv in rand_rvs:
+            continue
+        if not rv.type.dtype.startswith("float"):
+            raise MixVcovError(
+                f"free variable {rv.name!r} is discrete ({rv.type.dtype}); only continuous "
+                "parameters can be estimated"
+            )
+        shape = tuple(np.shape(init[model.rvs_to_values[rv].name]))
+        size = int(np.prod(shape, dtype=int))
+        lower, upper = _support(model, rv, size)
+        in_mean, in_var = rv in mean_anc, rv in var_anc
+        if in_mean and in_var:
+            raise MixVcovError(
+                f"parameter {rv.name!r} enters both the mean and the variances; the exact "
+                "Gaussian engine needs them separate"
+            )
+        params.append(FreeParam(rv.name, rv, shape, start, _entry_labels(model, rv), lower,
+                                upper, "fixed" if in_mean else "variance"))
+        start += size
+    nat = pt.vector("nat", shape=(start,))
+    repl = _rv_replacements(params, nat)
+    nat0 = _natural_initial(model, params, init)
+
+    shapes = [tuple(np.shape(init[model.rvs_to_values[u].name])) for u in rand_rvs]
+    sizes = [int(np.prod(s, dtype=int)) for s in shapes]
+    uvec = pt.vector("u", shape=(sum(sizes),))
+    offs = np.concatenate([[0], np.cumsum(sizes)])
+    urepl = {u: pt.reshape(uvec[offs[k]:offs[k + 1]], shapes[k]) for k, u in enumerate(rand_rvs)}
+    mu_g, sigma_g = graph_replace([mu, sigma], {**repl, **urepl}, strict=False)
+    mu_g = pt.broadcast_to(mu_g, (y.size,)) if mu_g.ndim == 0 else pt.flatten(mu_g)
+    mu_fn = pytensor.function([nat, uvec], mu_g, mode=_FAST, on_unused_input="ignore")
+    sigma_val = np.asarray(
+        pytensor.function([nat], sigma_g, mode=_FAST, on_unused_input="ignore")(nat0)
+    )
+    if sigma_val.size != 1:
+        raise MixVcovError(
+            f"the residual SD of {obs.name!r} varies across observations; the exact Gaussian "
+            "engine needs one residual SD"
+        )
+    sigma_s = pt.reshape(sigma_g, ())
+
+    fixed_index = np.concatenate(
+        [np.arange(p.start, p.start + p.size) for p in params if p.role == "fixed"] or [np.zeros(0, int)]
+    ).astype(int)
+    base = nat0.copy()
+    base[fixed_index] = 0.0
+    zero_u = np.zeros(offs[-1])
+    offset = mu_fn(base, zero_u)
+    X = np.empty((y.size, fixed_index.size))
+    for j, k in enumerate(fixed_index):
+        e = base.copy()
+        e[k] = 1.0
+        X[:, j] = mu_fn(e, zero_u) - offset
+
+    terms = []
+    for k, u in enumerate(rand_rvs):
+        terms.append(_random_term(model, u, shapes[k], offs[k], offs[-1], mu_fn, base, offset,
+                                  repl, rand_rvs, nat, nat0))
+    _verify_affine(mu_fn, base, offset, X, terms, offs, fixed_index, params, nat0)
+    return GaussianSpec(model, nat, params, terms, X, y, offset, sigma_s, fixed_index, nat0,
+                        obs.name)
+
+
+def _natural_initial(model, params: list[FreeParam], init: dict) -> np.ndarray:
+    out = []
+    for p in params:
+        v = init[model.rvs_to_values[p.rv].name]
+        tr = model.rvs_to_transforms.get(p.rv)
+        if tr is not None:
+            v = tr.backward(pt.as_tensor(np.asarray(v)), *p.rv.owner.inputs).eval()
+        out.append(np.asarray(v, float).reshape(-1))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _random_term(model, u, shape, off, q, mu_fn, base, offset, repl, rand_rvs, nat, nat0) -> RandomTerm:
+    name = u.name
+    dims = model.named_vars_to_dims.get(name)
+    if not dims or dims[0] is None or dims[0] not in model.coords:
+        raise MixVcovError(
+            f"random variable {name!r} has no grouping dimension; declare it with "
+            "dims=('group',) or dims=('group', 'effect') so that its clusters are known"
+        )
+    group = dims[0]
+    levels = [str(c) for c in model.coords[group]]
+    if len(shape) == 1:
+        effects = ["(Intercept)"]
+    elif len(shape) == 2:
+        edim = dims[1] if len(dims) > 1 else None
+        effects = ([str(c) for c in model.coords[edim]] if edim in model.coords
+                   else [str(i) for i in range(shape[1])])
+    else:
+        raise MixVcovError(f"random variable {name!r} must have one or two dimensions (group, effect)")
+    n_lev, r = shape[0], len(effects)
+    lam = _prior_factor(model, u, r, repl, rand_rvs, nat, nat0)
+
+    n = offset.size
+    codes = np.full(n, -1)
+    z = np.zeros((n, r))
+    lev = np.arange(1, n_lev + 1, dtype=float)
+    for j in range(r):
+        d1 = np.zeros((n_lev, r))
+        d1[:, j] = 1.0
+        d2 = np.zeros((n_lev, r))
+        d2[:, j] = lev
+        v1, v2 = np.zeros(q), np.zeros(q)
+        v1[off:off + n_lev * r] = d1.reshape(-1)
+        v2[off:off + n_lev * r] = d2.reshape(-1)
+        zj = mu_fn(base, v1) - offset
+        tj = mu_fn(base, v2) - offset
+        used = np.abs(zj) > 1e-300
+        cj = np.rint(tj[used] / zj[used]).astype(int) - 1
+        clash = (codes[used] >= 0) & (codes[used] != cj)
+        if np.any(clash) or np.any((cj < 0) | (cj >= n_lev)):
+            raise MixVcovError(
+                f"observations use several levels of random variable {name!r} at once; each "
+                "observation must use one level of each random-effect variable (index it as "
+                "u[group_idx])"
+            )
+        codes[used] = cj
+        z[:, j] = zj
+    return RandomTerm(name, group, levels, effects, codes, z, lam)
+
+
+def _prior_factor(model, u, r, repl, rand_rvs, nat, nat0) -> TensorVariable:
+    op, inputs = u.owner.op, u.owner.inputs
+    if isinstance(op, NormalRV):
+        loc, scale = inputs[2], inputs[3]
+    elif isinstance(op, MvNormalRV):
+        loc, scale = inputs[2], inputs[3]
+    else:
+        raise MixVcovError(
+            f"random variable {u.name!r} is a {getattr(op, 'name', type(op).__name__)}; random "
+            "effects must be zero-mean Normal or MvNormal"
+        )
+    if any(a in rand_rvs for a in ancestors([loc, scale], blockers=rand_rvs) if a is not u):
+        raise MixVcovError(f"the prior of random variable {u.name!r} depends on another random variable")
+    loc_g, scale_g = graph_replace([loc, scale], repl, strict=False)
+    fn = pytensor.function([nat], [loc_g, scale_g], mode=_FAST, on_unused_input="ignore")
+    loc_v, scale_v = fn(nat0)
+    if np.any(np.asarray(loc_v) != 0):
+        raise MixVcovError(f"random variable {u.name!r} must have mean zero")
+    if isinstance(op, NormalRV):
+        sv = np.asarray(scale_v)
+        if sv.ndim >= 1 and sv.shape[-1] not in (1, r) or (sv.ndim == 2 and sv.shape[0] != 1) or (
+            sv.ndim == 1 and u.ndim == 1 and sv.shape[0] != 1
+        ):
+            raise MixVcovError(
+                f"the SD of random variable {u.name!r} varies across clusters; it must be one SD "
+                "per effect"
+            )
+        sd = pt.flatten(scale_g)
+        sd = pt.alloc(sd[0], r) if (sv.size == 1) else sd[-r:]
+        return pt.diag(sd)
+    fac = graph_replace([_cov_factor(scale)], repl, strict=False)[0]
+    while fac.ndim > 2:
+        fac = fac[0]
+    return fac
+
+
+def _verify_affine(mu_fn, base, offset, X, terms, offs, fixed_index, params, nat0) -> None:
+    rng = np.random.default_rng(20261121)
+    q = offs[-1]
+    for trial in range(2):
+        v = rng.normal(size=q)
+        b = rng.normal(size=fixed_index.size)
+        point = base.copy() if trial == 0 else nat0 * (1.0 + 0.3 * rng.uniform(size=nat0.size)) + 0.1
+        point[fixed_index] = b
+        got = mu_fn(point, v)
+        want = offset + X @ b
+        for k, t in enumerate(terms):
+            ublk = v[offs[k]:offs[k + 1]].reshape(len(t.levels), t.r)
+            used = t.codes >= 0
+            want[used] += np.sum(t.z[used] * ublk[t.codes[used]], axis=1)
+        scale = np.max(np.abs(want)) + 1.0
+        if not np.allclose(got, want, rtol=1e-8, atol=1e-8 * scale):
+            what = ("the fixed effects and random effects" if trial == 0 else
+                    "the variance parameters (a non-centred parameterisation?)")
+            raise MixVcovError(
+                "the linear predictor is not affine in the random effects with a design that is "
+                f"free of {what}; the exact Gaussian engine needs mean = offset + X beta + Z u"
+            )
