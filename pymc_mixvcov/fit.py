@@ -93,17 +93,34 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
     vi = spec.variance_index
     lower, upper = spec.lower, spec.upper
     lo_v, up_v = lower[vi], upper[vi]
+    # the residual SD (a positive parameter whose value 0 makes the likelihood degenerate) is
+    # optimised on the log scale; the other variance parameters on their natural scale within
+    # their supports, so that a random-effect SD can reach 0 exactly (a boundary fit)
+    logged = np.isin(vi, spec.residual_index) & (lo_v == 0) & ~np.isfinite(up_v)
     span = np.where(np.isfinite(up_v - lo_v), up_v - lo_v, 1.0)
     x0 = np.clip(spec.nat0[vi], np.where(np.isfinite(lo_v), lo_v + 1e-3 * span, -np.inf),
                  np.where(np.isfinite(up_v), up_v - 1e-3 * span, np.inf))
+    x0 = np.where(logged, np.log(np.where(logged, x0, 1.0)), x0)
 
-    def negative(x):
-        f, g, _ = fns.profile(x)
-        return -f, -g
+    def natural(z):
+        return np.where(logged, np.exp(np.where(logged, z, 0.0)), z)
 
-    bounds = [(a if np.isfinite(a) else None, b if np.isfinite(b) else None) for a, b in zip(lo_v, up_v)]
+    def negative(z):
+        x = natural(z)
+        with np.errstate(all="ignore"):
+            f, g, _ = fns.profile(x)
+        if not (np.isfinite(f) and np.all(np.isfinite(g))):
+            raise MixVcovError(
+                f"the criterion is not finite at variance parameters {x}; the model may be "
+                "degenerate (check the data and the random-effect terms)"
+            )
+        return -f, -np.where(logged, g * x, g)
+
+    bounds = [(None, None) if lg else (a if np.isfinite(a) else None, b if np.isfinite(b) else None)
+              for lg, a, b in zip(logged, lo_v, up_v)]
     res = minimize(negative, x0, jac=True, method="L-BFGS-B", bounds=bounds,
                    options={"maxiter": 2000, "ftol": 1e-14, "gtol": 1e-9})
+    res.x = natural(res.x)
     iterations = int(res.nit)
     _, _, nat = fns.profile(res.x)
     # parameters the criterion involves: all (ML) or the variance parameters (REML)

@@ -79,7 +79,8 @@ def _bars(formula: str) -> list[tuple[list, bool]]:
             inner = node.expression
             if isinstance(inner, Binary) and inner.operator.kind == "PIPE":
                 slash = isinstance(inner.right, Binary) and inner.right.operator.kind == "SLASH"
-                bars.append((Resolver(inner).resolve().terms, slash))
+                resolved = Resolver(inner).resolve()
+                bars.append((getattr(resolved, "terms", [resolved]), slash))
                 return
             walk(inner)
         elif isinstance(node, Binary):

@@ -85,3 +85,16 @@ def bmm(a: TensorVariable, b: TensorVariable) -> TensorVariable:
 def bT(a: TensorVariable) -> TensorVariable:
     """Batched transpose of the last two axes."""
     return pt.swapaxes(a, -1, -2)
+
+
+def spd_solve(a: TensorVariable, b: TensorVariable) -> TensorVariable:
+    """``a^{-1} b`` for one symmetric positive definite ``a`` (``p x p``) and ``b`` (``p`` or ``p x m``)."""
+    p = a.type.shape[-1]
+    vec = b.ndim == 1
+    B = b[:, None] if vec else b
+    if p is not None and p <= UNROLL_MAX:
+        ch = BatchedCholesky(a[None], p)
+        x = ch.solve_upper(ch.solve_lower(B[None]))[0]
+    else:
+        x = pt.linalg.solve(a, B, assume_a="pos", b_ndim=2)
+    return x[:, 0] if vec else x

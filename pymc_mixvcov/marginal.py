@@ -49,7 +49,7 @@ from pytensor.tensor import TensorVariable
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .linalg import BatchedCholesky, bmm, bT
+from .linalg import UNROLL_MAX, BatchedCholesky, bmm, bT, spd_solve
 from .spec import GaussianSpec
 
 __all__ = ["ClusterStructure", "Batch", "build_structure", "GaussianMarginal"]
@@ -212,8 +212,11 @@ def build_structure(spec: GaussianSpec) -> ClusterStructure:
 
 
 def _logdet_pos(a: TensorVariable) -> TensorVariable:
-    """``log det a`` of a symmetric positive definite matrix, through its Cholesky factor."""
-    return 2.0 * pt.sum(pt.log(pt.diagonal(pt.linalg.cholesky(a))))
+    """``log det a`` of a small symmetric positive definite matrix (unrolled Cholesky)."""
+    p = a.type.shape[-1]
+    if p is not None and p <= UNROLL_MAX:
+        return BatchedCholesky(a[None], p).logdet()[0]
+    return pt.log(pt.linalg.det(a))
 
 
 class GaussianMarginal:
@@ -267,7 +270,7 @@ class GaussianMarginal:
         for _, _, _, W, v0, _ in core:
             XtVX = XtVX - pt.einsum("csp,csq->pq", W, W)
             XtVy = XtVy - pt.einsum("csp,cs->p", W, v0)
-        beta = pt.linalg.solve(XtVX, XtVy, assume_a="pos")
+        beta = spd_solve(XtVX, XtVy)
         return beta, XtVX / s2
 
     # -- log-likelihoods --------------------------------------------------------------------
@@ -341,6 +344,6 @@ class GaussianMarginal:
             return total
         XVVX = XVVX + s20 * pt.as_tensor(XXf) / s2**2
         _, XtVX = self.gls(nat)
-        total = total - 0.5 * pt.sum(pt.linalg.solve(XtVX, XVVX, assume_a="pos") * pt.eye(self.st.p))
+        total = total - 0.5 * pt.sum(spd_solve(XtVX, XVVX) * pt.eye(self.st.p))
         total = total + 0.5 * _logdet_pos(XtVX)
         return total

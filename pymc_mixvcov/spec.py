@@ -125,6 +125,7 @@ class GaussianSpec:
     fixed_index: np.ndarray
     nat0: np.ndarray
     observed_name: str
+    residual_index: np.ndarray  # entries of ``nat`` that the residual SD depends on
 
     @property
     def n(self) -> int:
@@ -309,6 +310,7 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
     start = 0
     mean_anc = set(ancestors([mu], blockers=rand_rvs))
     var_anc = set(ancestors([sigma], blockers=rand_rvs))
+    resid_anc = set(var_anc)
     for u in rand_rvs:
         var_anc |= set(ancestors(u.owner.inputs[2:], blockers=rand_rvs))
     for rv in model.free_RVs:
@@ -371,8 +373,11 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
         terms.append(_random_term(model, u, shapes[k], offs[k], offs[-1], mu_fn, base, offset,
                                   repl, rand_rvs, nat, nat0))
     _verify_affine(mu_fn, base, offset, X, terms, offs, fixed_index, params, nat0)
+    residual_index = np.array(
+        [i for p in params if p.rv in resid_anc for i in range(p.start, p.start + p.size)], dtype=int
+    )
     return GaussianSpec(model, nat, params, terms, X, y, offset, sigma_s, fixed_index, nat0,
-                        obs.name)
+                        obs.name, residual_index)
 
 
 def _natural_initial(model, params: list[FreeParam], init: dict) -> np.ndarray:
