@@ -131,8 +131,7 @@ class LMMFunctions:
             return compile_fn([nat_d, nat_0], [ll, gr, obs, exp])
 
         ll, gr, obs, exp = self._get("information", build)(nat, nat)
-        return {"loglik": float(ll), "grad": np.asarray(gr), "observed": np.asarray(obs),
-                "expected": np.asarray(exp)}
+        return {"loglik": float(ll), "grad": np.asarray(gr), "observed": np.asarray(obs), "expected": np.asarray(exp)}
 
     def scales(self, nat: np.ndarray) -> dict[str, np.ndarray]:
         """Values and Jacobians (with respect to the natural parameters) of every scale."""
@@ -146,7 +145,7 @@ class LMMFunctions:
             return compile_fn([nat_d], list(outs.values())), list(outs)
 
         fn, keys = self._get("scales", build)
-        return dict(zip(keys, (np.asarray(v) for v in fn(nat))))
+        return dict(zip(keys, (np.asarray(v) for v in fn(nat)), strict=True))
 
 
 def _blockdiag(XtVX, Hv, fi, vi, P) -> TensorVariable:

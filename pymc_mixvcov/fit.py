@@ -42,8 +42,7 @@ class OptimResult:
     message: str
 
 
-def fit(model, random: list[str], *, method: Method = "ML",
-        fixed_labels: list[str] | None = None) -> MixedFit:
+def fit(model, random: list[str], *, method: Method = "ML", fixed_labels: list[str] | None = None) -> MixedFit:
     """Fit a PyMC model by maximising its marginal likelihood over the random effects.
 
     Parameters
@@ -71,6 +70,15 @@ def fit(model, random: list[str], *, method: Method = "ML",
 
 
 def _fit(model, random, method, fixed_labels) -> MixedFit:
+    if method == "REML":
+        from pytensor.tensor.random.basic import NormalRV
+
+        obs = list(getattr(model, "observed_RVs", []))
+        if obs and not isinstance(obs[0].owner.op, NormalRV):
+            raise MixVcovError(
+                f"REML is defined for Gaussian likelihoods only; observed variable {obs[0].name!r} has "
+                f"a {obs[0].owner.op.name} likelihood: use method='ML'"
+            )
     spec = inspect_model(model, list(random))
     structure = build_structure(spec)
     marginal = GaussianMarginal(spec, structure)
@@ -78,9 +86,19 @@ def _fit(model, random, method, fixed_labels) -> MixedFit:
     fns = LMMFunctions(marginal, method, scales)
     opt = optimise(fns, spec)
     optimum = {**opt.info, **fns.scales(opt.nat), "nat": opt.nat}
-    return MixedFit(spec=spec, structure=structure, scales=scales, method=method, optimum=optimum,
-                    converged=opt.converged, iterations=opt.iterations, grad_norm=opt.grad_norm,
-                    at_bound=opt.at_bound, message=opt.message)
+    return MixedFit(
+        spec=spec,
+        structure=structure,
+        scales=scales,
+        functions=fns,
+        method=method,
+        optimum=optimum,
+        converged=opt.converged,
+        iterations=opt.iterations,
+        grad_norm=opt.grad_norm,
+        at_bound=opt.at_bound,
+        message=opt.message,
+    )
 
 
 def optimise(fns: LMMFunctions, spec) -> OptimResult:
@@ -98,8 +116,11 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
     # their supports, so that a random-effect SD can reach 0 exactly (a boundary fit)
     logged = np.isin(vi, spec.residual_index) & (lo_v == 0) & ~np.isfinite(up_v)
     span = np.where(np.isfinite(up_v - lo_v), up_v - lo_v, 1.0)
-    x0 = np.clip(spec.nat0[vi], np.where(np.isfinite(lo_v), lo_v + 1e-3 * span, -np.inf),
-                 np.where(np.isfinite(up_v), up_v - 1e-3 * span, np.inf))
+    x0 = np.clip(
+        spec.nat0[vi],
+        np.where(np.isfinite(lo_v), lo_v + 1e-3 * span, -np.inf),
+        np.where(np.isfinite(up_v), up_v - 1e-3 * span, np.inf),
+    )
     x0 = np.where(logged, np.log(np.where(logged, x0, 1.0)), x0)
 
     def natural(z):
@@ -116,10 +137,13 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
             )
         return -f, -np.where(logged, g * x, g)
 
-    bounds = [(None, None) if lg else (a if np.isfinite(a) else None, b if np.isfinite(b) else None)
-              for lg, a, b in zip(logged, lo_v, up_v)]
-    res = minimize(negative, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                   options={"maxiter": 2000, "ftol": 1e-14, "gtol": 1e-9})
+    bounds = [
+        (None, None) if lg else (a if np.isfinite(a) else None, b if np.isfinite(b) else None)
+        for lg, a, b in zip(logged, lo_v, up_v, strict=True)
+    ]
+    res = minimize(
+        negative, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 2000, "ftol": 1e-14, "gtol": 1e-9}
+    )
     res.x = natural(res.x)
     iterations = int(res.nit)
     _, _, nat = fns.profile(res.x)
@@ -156,13 +180,19 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
     free = active & ~held
     gnorm = float(np.max(np.abs(g[free]))) if free.any() else 0.0
     converged = bool(decrement < 1e-6)
-    message = (f"converged: Newton decrement {decrement:.2g} < 1e-6" if converged else
-               f"not converged: Newton decrement {decrement:.3g} after {iterations} iterations")
+    message = (
+        f"converged: Newton decrement {decrement:.2g} < 1e-6"
+        if converged
+        else f"not converged: Newton decrement {decrement:.3g} after {iterations} iterations"
+    )
     if not converged:
         import warnings
 
         from .errors import ConvergenceWarning
 
-        warnings.warn(f"the optimiser did not converge ({message}); estimates and covariances may be "
-                      "unreliable", ConvergenceWarning, stacklevel=3)
+        warnings.warn(
+            f"the optimiser did not converge ({message}); estimates and covariances may be unreliable",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
     return OptimResult(nat, info, converged, iterations, gnorm, held, message)

@@ -12,7 +12,7 @@ REML fits) are weakly informative and scaled to the data, with ``s_y`` the SD of
   columns: ``10 max(|mean(y)|, s_y)``);
 * ``sigma ~ HalfNormal(2.5 s_y)``;
 * a block with one effect: ``sd_<block> ~ HalfNormal(2.5 s_y)``,
-  ``u_<block> ~ Normal(0, sd_<block>)`` per level;
+  ``u_<block> ~ Normal(0, sd_<block>)`` per level (dims ``(group, <block>_effect)``);
 * a block with several (correlated) effects: ``chol_<block> ~ LKJCholeskyCov(eta=1,
   sd_dist=HalfNormal(2.5 s_y))``, ``u_<block> ~ MvNormal(0, chol=chol_<block>)`` per level.
 
@@ -103,7 +103,7 @@ def _factor_codes(data: pd.DataFrame, cols: tuple[str, ...]) -> tuple[np.ndarray
         return cats[0].cat.codes.to_numpy().astype(int), [str(v) for v in cats[0].cat.categories]
     sizes = [len(c.cat.categories) for c in cats]
     code = np.zeros(len(data), dtype=np.int64)
-    for c, m in zip(cats, sizes):
+    for c, m in zip(cats, sizes, strict=True):
         code = code * m + c.cat.codes.to_numpy()
     used, inv = np.unique(code, return_inverse=True)
     idx = np.array(np.unravel_index(used, sizes)).T
@@ -146,7 +146,7 @@ def _check_data(formula: str, data: pd.DataFrame) -> list[str]:
 def _lme4_order(blocks: list[Block]) -> list[Block]:
     """lme4's term order: stably by decreasing number of levels, as ``mkReTrms`` does."""
     nl = [len(b.levels) for b in blocks]
-    if any(b > a for a, b in zip(nl, nl[1:])):
+    if any(b > a for a, b in zip(nl, nl[1:], strict=False)):
         order = sorted(range(len(nl)), key=lambda i: nl[i])  # R's order(): stable ascending
         return [blocks[i] for i in reversed(order)]  # rev(order(nl))
     return blocks
@@ -207,7 +207,6 @@ def lmm(formula: str, data: pd.DataFrame) -> MixedModel:
         Unknown column, missing or non-finite values in a used column, a grouping factor with
         a single level (or as many levels as observations), rank-deficient fixed effects.
     """
-    import pymc as pm
     from formulae import design_matrices
 
     _check_data(formula, data)
@@ -221,13 +220,14 @@ def lmm(formula: str, data: pd.DataFrame) -> MixedModel:
     dm = design_matrices(formula, data, na_action="error")
     y = np.asarray(dm.response.design_matrix, dtype=float).reshape(-1)
     X = np.asarray(dm.common.design_matrix, dtype=float)
-    fixed = [_lme4_name(lab) for lab in dm.common.labels] if hasattr(dm.common, "labels") and dm.common.labels else [
-        _lme4_name(lab) for t in dm.common.terms.values() for lab in t.labels
-    ]
+    fixed = (
+        [_lme4_name(lab) for lab in dm.common.labels]
+        if hasattr(dm.common, "labels") and dm.common.labels
+        else [_lme4_name(lab) for t in dm.common.terms.values() for lab in t.labels]
+    )
     if X.shape[1] and np.linalg.matrix_rank(X) < X.shape[1]:
         raise MixVcovError(
-            f"the fixed-effect design of {formula!r} is rank deficient (columns {fixed}); "
-            "remove the redundant terms"
+            f"the fixed-effect design of {formula!r} is rank deficient (columns {fixed}); remove the redundant terms"
         )
     blocks: list[Block] = []
     for terms, slash in bars:
@@ -301,11 +301,14 @@ def _build_model(dm, y, X, fixed, blocks, formula):
             codes = pt.as_tensor(b.codes.astype("int64"))
             if r == 1:
                 sd = pm.HalfNormal(f"sd_{b.name}", sigma=2.5 * sy, initval=0.5 * s0)
-                u = pm.Normal(f"u_{b.name}", 0.0, sigma=sd, dims=(b.group,))
-                mu = mu + u[codes] * pt.as_tensor(b.z[:, 0])
+                u = pm.Normal(f"u_{b.name}", 0.0, sigma=sd, dims=(b.group, f"{b.name}_effect"))
+                mu = mu + u[codes, 0] * pt.as_tensor(b.z[:, 0])
             else:
                 chol, _, _ = pm.LKJCholeskyCov(
-                    f"chol_{b.name}", n=r, eta=1.0, sd_dist=pm.HalfNormal.dist(2.5 * sy, shape=r),
+                    f"chol_{b.name}",
+                    n=r,
+                    eta=1.0,
+                    sd_dist=pm.HalfNormal.dist(2.5 * sy, shape=r),
                     compute_corr=True,
                 )
                 u = pm.MvNormal(f"u_{b.name}", mu=np.zeros(r), chol=chol, dims=(b.group, f"{b.name}_effect"))

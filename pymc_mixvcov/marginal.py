@@ -202,9 +202,12 @@ def build_structure(spec: GaussianSpec) -> ClusterStructure:
                 k = node_term[m]
                 rk, l0 = r_of[k], local[m]
                 blk = lam_off[k] + np.arange(rk * rk).reshape(rk, rk)
-                lam_idx[row, l0:l0 + rk, l0:l0 + rk] = blk
-        batches.append(Batch(s, cl, A.reshape(C, s, s), B.reshape(C, s, p), bb.reshape(C, s), XX,
-                             Xy.reshape(C, p), yy, nobs, lam_idx))
+                lam_idx[row, l0 : l0 + rk, l0 : l0 + rk] = blk
+        batches.append(
+            Batch(
+                s, cl, A.reshape(C, s, s), B.reshape(C, s, p), bb.reshape(C, s), XX, Xy.reshape(C, p), yy, nobs, lam_idx
+            )
+        )
     free_obs = obs_cluster < 0
     Xf, yf = X[free_obs], y[free_obs]
     free = (Xf.T @ Xf, Xf.T @ yf, float(yf @ yf), int(free_obs.sum()))
@@ -283,8 +286,12 @@ class GaussianMarginal:
         for bt, _, ch, W, v0, _ in core:
             v = v0 - pt.einsum("csp,p->cs", W, beta)
             rr = bt.yy - 2.0 * pt.dot(bt.Xy, beta) + pt.einsum("p,cpq,q->c", beta, bt.XX, beta)
-            ll = (-0.5 * bt.nobs * LOG2PI - 0.5 * (bt.nobs - bt.s) * pt.log(s2)
-                  - 0.5 * ch.logdet() - (rr - pt.sum(v**2, axis=1)) / (2.0 * s2))
+            ll = (
+                -0.5 * bt.nobs * LOG2PI
+                - 0.5 * (bt.nobs - bt.s) * pt.log(s2)
+                - 0.5 * ch.logdet()
+                - (rr - pt.sum(v**2, axis=1)) / (2.0 * s2)
+            )
             parts.append(ll)
         XXf, Xyf, yyf, nf = self.st.free
         rrf = yyf - 2.0 * pt.dot(Xyf, beta) + pt.dot(beta, pt.dot(XXf, beta))
@@ -317,7 +324,7 @@ class GaussianMarginal:
         d = self.beta_of(nat) - self.beta_of(nat0)
         total = 0.0
         XVVX = 0.0
-        for bt, Lc, ch, W, v0, LtA in core:
+        for bt, _Lc, ch, W, _v0, LtA in core:
             Lc0 = lam0[bt.lam_idx]
             K = ch.solve_lower(LtA)  # L^{-1} Lambda^T A
             Linv = ch.solve_lower(pt.broadcast_to(pt.eye(bt.s), (bt.lam_idx.shape[0], bt.s, bt.s)))
@@ -334,8 +341,9 @@ class GaussianMarginal:
                 Q = (pt.as_tensor(bt.B) - bmm(bT(K), W)) / s2  # Z^T V^{-1} X
                 R = ch.solve_upper(W)
                 term1 = pt.sum(bmm(bT(Lc0), Q)[:, :, :, None] * bmm(bT(Lc0), Q)[:, :, None, :], axis=(0, 1))
-                term2 = (pt.as_tensor(bt.XX).sum(0) - pt.einsum("csp,csq->pq", W, W)
-                         - s2 * pt.einsum("csp,csq->pq", R, R)) / s2**2
+                term2 = (
+                    pt.as_tensor(bt.XX).sum(0) - pt.einsum("csp,csq->pq", W, W) - s2 * pt.einsum("csp,csq->pq", R, R)
+                ) / s2**2
                 XVVX = XVVX + term1 + s20 * term2
         XXf, _, _, nf = self.st.free
         total = total + 0.5 * (nf * s20 / s2 + nf * pt.log(s2))

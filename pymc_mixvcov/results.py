@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from functools import cached_property
 from typing import Literal, get_args
 
 import numpy as np
@@ -77,11 +76,25 @@ class MixedFit:
     method : {"ML", "REML"}
     """
 
-    def __init__(self, *, spec, structure, scales, method, optimum, converged, iterations,
-                 grad_norm, at_bound, message):
+    def __init__(
+        self,
+        *,
+        spec,
+        structure,
+        scales,
+        functions,
+        method,
+        optimum,
+        converged,
+        iterations,
+        grad_norm,
+        at_bound,
+        message,
+    ):
         self.spec = spec
         self.structure = structure
         self._scales = scales
+        self._functions = functions
         self.method = method
         self._opt = optimum
         self.converged = bool(converged)
@@ -110,16 +123,14 @@ class MixedFit:
         return bool(self.at_bound.any()) or bool(self._small_theta().any())
 
     def _small_theta(self) -> np.ndarray:
-        labels = self._scales.labels("cholesky")
         vals = self._opt["value_cholesky"]
-        diag = np.array([lab.startswith("theta_") and lab.count(".") == 1 + lab.count(".(") * 0
-                         for lab in labels])
-        diag = np.zeros(len(labels), bool)
+        diag = np.zeros(vals.size, bool)
         k = self.spec.fixed_index.size
         for t in self.spec.terms:
-            for i, j in [(i, j) for j in range(t.r) for i in range(j, t.r)]:
-                diag[k] = i == j
-                k += 1
+            for col in range(t.r):
+                for row in range(col, t.r):
+                    diag[k] = row == col
+                    k += 1
         return diag & (np.abs(vals) < SINGULAR_TOL)
 
     def _warn_boundary(self) -> None:
@@ -159,8 +170,18 @@ class MixedFit:
     def _vcov_natural(self, information: str) -> np.ndarray:
         if information not in self._vcov_nat:
             self._vcov_nat[information] = invert_information(
-                self._opt[information], self.at_bound, self.spec.natural_labels)
+                self._opt[information], self.at_bound, self.spec.natural_labels
+            )
         return self._vcov_nat[information]
+
+    def _dependence(self, scale: str) -> np.ndarray:
+        """Which scale entries depend on which natural parameters (Jacobian pattern off the boundary)."""
+        nat = self._opt["nat"].copy()
+        lower = self.spec.lower
+        bump = 0.1 * (1.0 + np.nanmean(np.abs(nat)))
+        nat = np.where(np.isfinite(lower) & (nat <= lower + 1e-12), lower + bump, nat)
+        nat = nat + 1e-3 * bump * np.random.default_rng(0).uniform(size=nat.size)
+        return np.abs(self._functions.scales(nat)[f"jac_{scale}"]) > 0
 
     def vcov(self, scale: str = "var", information: Information = "observed") -> pd.DataFrame:
         """Covariance matrix of all parameters: fixed effects and variance components.
@@ -182,7 +203,8 @@ class MixedFit:
         _check_information(information)
         V = self._vcov_natural(information)
         if scale != "natural":
-            V = delta_method(V, self._opt[f"jac_{scale}"])
+            held = np.isnan(np.diag(V))
+            V = delta_method(V, self._opt[f"jac_{scale}"], self._dependence(scale) if held.any() else None)
         lab = self.labels(scale)
         return pd.DataFrame(V, index=lab, columns=lab)
 
@@ -192,5 +214,7 @@ class MixedFit:
         return pd.Series(np.sqrt(np.diag(V.to_numpy())), index=V.index, name="se")
 
     def __repr__(self) -> str:
-        return (f"MixedFit(method={self.method!r}, loglik={self.loglik:.4f}, nobs={self.nobs}, "
-                f"clusters={self.n_clusters}, converged={self.converged})")
+        return (
+            f"MixedFit(method={self.method!r}, loglik={self.loglik:.4f}, nobs={self.nobs}, "
+            f"clusters={self.n_clusters}, converged={self.converged})"
+        )

@@ -112,11 +112,12 @@ class ScaleMaps:
         return out
 
 
-def delta_method(V: np.ndarray, J: np.ndarray) -> np.ndarray:
+def delta_method(V: np.ndarray, J: np.ndarray, depends: np.ndarray | None = None) -> np.ndarray:
     """``J V J^T``: the covariance of ``h(x)`` when ``x`` has covariance ``V`` and ``J = dh/dx``.
 
     Entries of ``V`` that are NaN (parameters held at a boundary) propagate only to the rows of
-    ``h`` that depend on them.
+    ``h`` that depend on them: ``depends[i, k]`` says whether ``h_i`` depends on ``x_k`` (default:
+    ``J != 0``, which misses dependence whose derivative vanishes at the boundary).
     """
     bad = np.isnan(np.diag(V))
     Vc = np.where(np.isnan(V), 0.0, V)
@@ -124,7 +125,8 @@ def delta_method(V: np.ndarray, J: np.ndarray) -> np.ndarray:
     out = Jc @ Vc @ Jc.T
     touched = ~np.all(np.isfinite(J[:, ~bad]), axis=1)
     if bad.any():
-        touched |= np.any(np.abs(J[:, bad]) > 0, axis=1)
+        dep = np.abs(J) > 0 if depends is None else depends
+        touched |= np.any(dep[:, bad], axis=1)
     if touched.any():
         out[touched, :] = np.nan
         out[:, touched] = np.nan

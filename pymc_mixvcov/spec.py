@@ -241,8 +241,8 @@ def _strip_expand(x: TensorVariable) -> TensorVariable:
 
 def _cov_factor(cov: TensorVariable) -> TensorVariable:
     """A lower-triangular factor of ``cov``: ``A`` when ``cov = A @ A.T``, else ``cholesky``."""
-    from pytensor.tensor.math import Dot
     from pytensor.tensor.blockwise import Blockwise
+    from pytensor.tensor.math import Dot
 
     cov = _strip_expand(cov)
     node = cov.owner
@@ -285,21 +285,20 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
     for r in random:
         if r not in names:
             raise MixVcovError(
-                f"{r!r} in `random` is not a free variable of the model; free variables are: "
-                f"{', '.join(names)}"
+                f"{r!r} in `random` is not a free variable of the model; free variables are: {', '.join(names)}"
             )
     if len(model.observed_RVs) != 1:
-        raise MixVcovError(
-            f"the model has {len(model.observed_RVs)} observed variables; exactly one is supported"
-        )
+        raise MixVcovError(f"the model has {len(model.observed_RVs)} observed variables; exactly one is supported")
     obs = model.observed_RVs[0]
     if not isinstance(obs.owner.op, NormalRV):
         raise MixVcovError(
             f"observed variable {obs.name!r} has a {obs.owner.op.name} likelihood; the exact "
             "engine needs a Normal likelihood"
         )
-    y = np.asarray(model.rvs_to_values[obs].eval() if hasattr(model.rvs_to_values[obs], "eval")
-                   else model.rvs_to_values[obs], dtype=float).reshape(-1)
+    y = np.asarray(
+        model.rvs_to_values[obs].eval() if hasattr(model.rvs_to_values[obs], "eval") else model.rvs_to_values[obs],
+        dtype=float,
+    ).reshape(-1)
     if not np.all(np.isfinite(y)):
         raise MixVcovError(f"observed variable {obs.name!r} has missing or infinite values")
     rand_rvs = [names[r] for r in random]
@@ -318,8 +317,7 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
             continue
         if not rv.type.dtype.startswith("float"):
             raise MixVcovError(
-                f"free variable {rv.name!r} is discrete ({rv.type.dtype}); only continuous "
-                "parameters can be estimated"
+                f"free variable {rv.name!r} is discrete ({rv.type.dtype}); only continuous parameters can be estimated"
             )
         shape = tuple(np.shape(init[model.rvs_to_values[rv].name]))
         size = int(np.prod(shape, dtype=int))
@@ -330,8 +328,11 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
                 f"parameter {rv.name!r} enters both the mean and the variances; the exact "
                 "Gaussian engine needs them separate"
             )
-        params.append(FreeParam(rv.name, rv, shape, start, _entry_labels(model, rv), lower,
-                                upper, "fixed" if in_mean else "variance"))
+        params.append(
+            FreeParam(
+                rv.name, rv, shape, start, _entry_labels(model, rv), lower, upper, "fixed" if in_mean else "variance"
+            )
+        )
         start += size
     nat = pt.vector("nat", shape=(start,))
     repl = _rv_replacements(params, nat)
@@ -341,13 +342,11 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
     sizes = [int(np.prod(s, dtype=int)) for s in shapes]
     uvec = pt.vector("u", shape=(sum(sizes),))
     offs = np.concatenate([[0], np.cumsum(sizes)])
-    urepl = {u: pt.reshape(uvec[offs[k]:offs[k + 1]], shapes[k]) for k, u in enumerate(rand_rvs)}
+    urepl = {u: pt.reshape(uvec[offs[k] : offs[k + 1]], shapes[k]) for k, u in enumerate(rand_rvs)}
     mu_g, sigma_g = graph_replace([mu, sigma], {**repl, **urepl}, strict=False)
     mu_g = pt.broadcast_to(mu_g, (y.size,)) if mu_g.ndim == 0 else pt.flatten(mu_g)
     mu_fn = pytensor.function([nat, uvec], mu_g, mode=_FAST, on_unused_input="ignore")
-    sigma_val = np.asarray(
-        pytensor.function([nat], sigma_g, mode=_FAST, on_unused_input="ignore")(nat0)
-    )
+    sigma_val = np.asarray(pytensor.function([nat], sigma_g, mode=_FAST, on_unused_input="ignore")(nat0))
     if sigma_val.size != 1:
         raise MixVcovError(
             f"the residual SD of {obs.name!r} varies across observations; the exact Gaussian "
@@ -370,14 +369,14 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
 
     terms = []
     for k, u in enumerate(rand_rvs):
-        terms.append(_random_term(model, u, shapes[k], offs[k], offs[-1], mu_fn, base, offset,
-                                  repl, rand_rvs, nat, nat0))
+        terms.append(
+            _random_term(model, u, shapes[k], offs[k], offs[-1], mu_fn, base, offset, repl, rand_rvs, nat, nat0)
+        )
     _verify_affine(mu_fn, base, offset, X, terms, offs, fixed_index, params, nat0)
     residual_index = np.array(
         [i for p in params if p.rv in resid_anc for i in range(p.start, p.start + p.size)], dtype=int
     )
-    return GaussianSpec(model, nat, params, terms, X, y, offset, sigma_s, fixed_index, nat0,
-                        obs.name, residual_index)
+    return GaussianSpec(model, nat, params, terms, X, y, offset, sigma_s, fixed_index, nat0, obs.name, residual_index)
 
 
 def _natural_initial(model, params: list[FreeParam], init: dict) -> np.ndarray:
@@ -402,11 +401,10 @@ def _random_term(model, u, shape, off, q, mu_fn, base, offset, repl, rand_rvs, n
     group = dims[0]
     levels = [str(c) for c in model.coords[group]]
     if len(shape) == 1:
-        effects = ["(Intercept)"]
+        effects = [name]
     elif len(shape) == 2:
         edim = dims[1] if len(dims) > 1 else None
-        effects = ([str(c) for c in model.coords[edim]] if edim in model.coords
-                   else [str(i) for i in range(shape[1])])
+        effects = [str(c) for c in model.coords[edim]] if edim in model.coords else [str(i) for i in range(shape[1])]
     else:
         raise MixVcovError(f"random variable {name!r} must have one or two dimensions (group, effect)")
     n_lev, r = shape[0], len(effects)
@@ -422,8 +420,8 @@ def _random_term(model, u, shape, off, q, mu_fn, base, offset, repl, rand_rvs, n
         d2 = np.zeros((n_lev, r))
         d2[:, j] = lev
         v1, v2 = np.zeros(q), np.zeros(q)
-        v1[off:off + n_lev * r] = d1.reshape(-1)
-        v2[off:off + n_lev * r] = d2.reshape(-1)
+        v1[off : off + n_lev * r] = d1.reshape(-1)
+        v2[off : off + n_lev * r] = d2.reshape(-1)
         zj = mu_fn(base, v1) - offset
         tj = mu_fn(base, v2) - offset
         used = np.abs(zj) > 1e-300
@@ -460,12 +458,14 @@ def _prior_factor(model, u, r, repl, rand_rvs, nat, nat0) -> TensorVariable:
         raise MixVcovError(f"random variable {u.name!r} must have mean zero")
     if isinstance(op, NormalRV):
         sv = np.asarray(scale_v)
-        if sv.ndim >= 1 and sv.shape[-1] not in (1, r) or (sv.ndim == 2 and sv.shape[0] != 1) or (
-            sv.ndim == 1 and u.ndim == 1 and sv.shape[0] != 1
+        if (
+            sv.ndim >= 1
+            and sv.shape[-1] not in (1, r)
+            or (sv.ndim == 2 and sv.shape[0] != 1)
+            or (sv.ndim == 1 and u.ndim == 1 and sv.shape[0] != 1)
         ):
             raise MixVcovError(
-                f"the SD of random variable {u.name!r} varies across clusters; it must be one SD "
-                "per effect"
+                f"the SD of random variable {u.name!r} varies across clusters; it must be one SD per effect"
             )
         sd = pt.flatten(scale_g)
         sd = pt.alloc(sd[0], r) if (sv.size == 1) else sd[-r:]
@@ -487,13 +487,16 @@ def _verify_affine(mu_fn, base, offset, X, terms, offs, fixed_index, params, nat
         got = mu_fn(point, v)
         want = offset + X @ b
         for k, t in enumerate(terms):
-            ublk = v[offs[k]:offs[k + 1]].reshape(len(t.levels), t.r)
+            ublk = v[offs[k] : offs[k + 1]].reshape(len(t.levels), t.r)
             used = t.codes >= 0
             want[used] += np.sum(t.z[used] * ublk[t.codes[used]], axis=1)
         scale = np.max(np.abs(want)) + 1.0
         if not np.allclose(got, want, rtol=1e-8, atol=1e-8 * scale):
-            what = ("the fixed effects and random effects" if trial == 0 else
-                    "the variance parameters (a non-centred parameterisation?)")
+            what = (
+                "the fixed effects and random effects"
+                if trial == 0
+                else "the variance parameters (a non-centred parameterisation?)"
+            )
             raise MixVcovError(
                 "the linear predictor is not affine in the random effects with a design that is "
                 f"free of {what}; the exact Gaussian engine needs mean = offset + X beta + Z u"

@@ -103,9 +103,7 @@ def load(name: str) -> pd.DataFrame:
     """
     key = str(name).lower()
     if key not in _SPECS:
-        raise MixVcovError(
-            f"unknown dataset {name!r}; available datasets are: {', '.join(available())}"
-        )
+        raise MixVcovError(f"unknown dataset {name!r}; available datasets are: {', '.join(available())}")
     filename, factors = _SPECS[key]
     path = resources.files(__package__) / "data" / filename
     with resources.as_file(path) as p:

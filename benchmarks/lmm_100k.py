@@ -1,0 +1,157 @@
+"""Benchmark: ML fit and full covariance matrix of a 100,000-row linear mixed model.
+
+What it measures
+----------------
+Wall-clock time of one complete, fresh-process workflow with :mod:`pymc_mixvcov`:
+
+1. **imports** -- ``numpy``, ``pandas`` and ``pymc_mixvcov``, plus ``pymc`` and
+   ``formulae``, which :func:`pymc_mixvcov.lmm` would otherwise import lazily on first use
+   (imported here so that the *build model* phase times model building only);
+2. **simulate** -- the data set below (seeded, ``np.random.default_rng(2026)``);
+3. **build model** -- ``pmv.lmm("y ~ x + (x | g)", df)``: parse the formula, build the design
+   matrices and the PyMC model;
+4. **fit** -- ``m.fit(method="ML")``: integrate the random effects out, maximise the marginal
+   likelihood (L-BFGS-B then exact Newton steps). The exact observed information is
+   evaluated at the optimum as part of the fit (the Newton steps use it);
+5. **vcov** -- ``f.vcov(scale="var")``: the full ``6 x 6`` covariance matrix of the fixed
+   effects and the variance components (random-effect variances, covariance, residual
+   variance), from the inverse observed information mapped to the variance scale with the
+   exact Jacobian.
+
+It also reports the time since the first line of this script ran (``time.perf_counter`` at
+the top) and, on Linux, the time since the process started (from ``/proc/self/stat``), which
+includes interpreter start-up. To measure the whole process as a user experiences it, time it
+from outside, e.g.::
+
+    /usr/bin/time -f "%e s %M KB" .venv/bin/python benchmarks/lmm_100k.py
+
+which includes interpreter start-up and shutdown as well. The package's default compile mode
+(``PYMC_MIXVCOV_MODE=PY``) uses no JIT and no C compilation, so the first run in a fresh
+environment and later runs are expected to take about the same time.
+
+Data
+----
+``n = 100,000`` rows in 2,000 clusters of 50; ``x ~ N(0, 1)``;
+``y = 1 + 0.5 x + b0_g + b1_g x + e`` with ``(b0_g, b1_g)`` bivariate normal, standard
+deviations 1.0 and 0.5 and correlation 0.3, and ``e ~ N(0, 1)``. True values on the variance
+scale: intercept variance 1.0, covariance 0.15, slope variance 0.25, residual variance 1.0.
+
+Anchors (the same model and data size, from the task's reference measurements on other
+software; not re-measured by this script)
+-------------------------------------------------------------------------------------------
+* R lme4 ``lmer`` (ML), fit alone, no covariance of the variance components: 1.5 s;
+* R glmmTMB, fit + full covariance (``vcov(full = TRUE)``): 11.3 s;
+* Python statsmodels ``MixedLM``: 8.6 s;
+* R lme4 + merDeriv (``vcov(full = TRUE)``): infeasible at this size (it forms
+  ``n x n`` matrices).
+"""
+
+import time
+
+T0 = time.perf_counter()
+
+import os  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+
+N_CLUSTERS = 2_000
+CLUSTER_SIZE = 50
+SEED = 2026
+
+
+def _since_process_start() -> float | None:
+    """Seconds since this process started (Linux ``/proc``), or None where unavailable."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def main() -> int:
+    phases: dict[str, float] = {}
+    t = time.perf_counter()
+    import numpy as np
+    import pandas as pd
+
+    import pymc_mixvcov as pmv
+
+    # imported lazily by pmv.lmm(); imported here so "build model" times model building only
+    import formulae  # noqa: F401
+    import pymc  # noqa: F401
+
+    phases["imports"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    rng = np.random.default_rng(SEED)
+    n = N_CLUSTERS * CLUSTER_SIZE
+    sd = np.array([1.0, 0.5])
+    corr = 0.3
+    cov = np.array([[sd[0] ** 2, corr * sd[0] * sd[1]], [corr * sd[0] * sd[1], sd[1] ** 2]])
+    b = rng.multivariate_normal(np.zeros(2), cov, size=N_CLUSTERS)
+    g = np.repeat(np.arange(N_CLUSTERS), CLUSTER_SIZE)
+    x = rng.standard_normal(n)
+    e = rng.standard_normal(n)
+    y = 1.0 + 0.5 * x + b[g, 0] + b[g, 1] * x + e
+    df = pd.DataFrame({"y": y, "x": x, "g": pd.Categorical([f"g{i:04d}" for i in g])})
+    phases["simulate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    m = pmv.lmm("y ~ x + (x | g)", df)
+    phases["build model"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f = m.fit(method="ML")
+    phases["fit"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    V = f.vcov(scale="var")
+    phases["vcov"] = time.perf_counter() - t
+
+    end = time.perf_counter()
+    since_start = _since_process_start()
+
+    est = f.params("var")
+    se = pd.Series(np.sqrt(np.diag(V.to_numpy())), index=V.index)
+    truth = {"(Intercept)": 1.0, "x": 0.5, "cov_g.(Intercept)": 1.0, "cov_g.x.(Intercept)": 0.15,
+             "cov_g.x": 0.25, "residual": 1.0}
+
+    print(f"lmm_100k: y ~ x + (x | g), n = {n:,}, {N_CLUSTERS:,} clusters of {CLUSTER_SIZE}, ML, "
+          f"seed {SEED}")
+    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, pymc_mixvcov {pmv.__version__}, "
+          f"PYMC_MIXVCOV_MODE={os.environ.get('PYMC_MIXVCOV_MODE', 'PY (default)')}")
+    print()
+    print("phase            wall s")
+    for name, sec in phases.items():
+        print(f"{name:<16} {sec:7.3f}")
+    print(f"{'sum of phases':<16} {sum(phases.values()):7.3f}")
+    print(f"{'script total':<16} {end - T0:7.3f}   (from the first line of this script)")
+    if since_start is not None:
+        print(f"{'process total':<16} {since_start:7.2f}   (from process start, incl. interpreter "
+              "start-up; 10 ms resolution)")
+    print("(time the process externally, e.g. /usr/bin/time -f '%e s %M KB', to include "
+          "interpreter start-up and shutdown)")
+    print()
+    print(f"converged: {f.converged}  ({getattr(f, 'message', '')}; "
+          f"iterations {getattr(f, 'iterations', '?')})")
+    print(f"loglik: {f.loglik:.4f}")
+    table = pd.DataFrame({"estimate": est, "se": se.reindex(est.index),
+                          "truth": pd.Series(truth).reindex(est.index)})
+    print()
+    print("estimates (variance scale) and SEs from the full vcov:")
+    print(table.to_string(float_format=lambda v: f"{v:.6g}"))
+    if caught:
+        print()
+        print("warnings during the fit:")
+        for w in caught:
+            print(f"  {w.category.__name__}: {str(w.message).splitlines()[0]}")
+    return 0 if f.converged else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Benchmark: ML fit and full covariance matrix for lme4's sleepstudy, in a fresh process.
+
+What it measures
+----------------
+Wall-clock time of one complete, fresh-process workflow with :mod:`pymc_mixvcov` on the
+``sleepstudy`` data (180 rows, 18 subjects), model ``Reaction ~ Days + (Days | Subject)``:
+
+1. **imports** -- ``numpy``, ``pandas`` and ``pymc_mixvcov``, plus ``pymc`` and
+   ``formulae``, which :func:`pymc_mixvcov.lmm` would otherwise import lazily on first use
+   (imported here so that the *build model* phase times model building only);
+2. **load data** -- ``pmv.datasets.load("sleepstudy")`` (bundled CSV, ``Subject`` a
+   categorical with lme4's level order);
+3. **build model** -- ``pmv.lmm(formula, df)``: parse the formula, build the design matrices
+   and the PyMC model;
+4. **fit** -- ``m.fit(method="ML")``: integrate the random effects out, maximise the marginal
+   likelihood (L-BFGS-B then exact Newton steps). The exact observed information is
+   evaluated at the optimum as part of the fit (the Newton steps use it);
+5. **vcov** -- ``f.vcov(scale="var")``: the full ``6 x 6`` covariance matrix of the fixed
+   effects and the variance components, from the inverse observed information mapped to the
+   variance scale with the exact Jacobian.
+
+It also reports the time since the first line of this script ran (``time.perf_counter`` at
+the top) and, on Linux, the time since the process started (from ``/proc/self/stat``), which
+includes interpreter start-up. To measure the whole process as a user experiences it, time it
+from outside, e.g.::
+
+    /usr/bin/time -f "%e s %M KB" .venv/bin/python benchmarks/sleepstudy.py
+
+which includes interpreter start-up and shutdown as well. On data this small the fixed costs
+(imports, graph construction and compilation) dominate. The package's default compile mode
+(``PYMC_MIXVCOV_MODE=PY``) uses no JIT and no C compilation, so the first run in a fresh
+environment and later runs are expected to take about the same time.
+
+Anchor (from the task's reference measurement; not re-measured by this script)
+-------------------------------------------------------------------------------
+* R lme4 + merDeriv + sandwich, ML fit + full covariance matrix, whole fresh R process:
+  1.85 s.
+"""
+
+import time
+
+T0 = time.perf_counter()
+
+import os  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+
+FORMULA = "Reaction ~ Days + (Days | Subject)"
+
+
+def _since_process_start() -> float | None:
+    """Seconds since this process started (Linux ``/proc``), or None where unavailable."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def main() -> int:
+    phases: dict[str, float] = {}
+    t = time.perf_counter()
+    import numpy as np
+    import pandas as pd
+
+    import pymc_mixvcov as pmv
+
+    # imported lazily by pmv.lmm(); imported here so "build model" times model building only
+    import formulae  # noqa: F401
+    import pymc  # noqa: F401
+
+    phases["imports"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    df = pmv.datasets.load("sleepstudy")
+    phases["load data"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    m = pmv.lmm(FORMULA, df)
+    phases["build model"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f = m.fit(method="ML")
+    phases["fit"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    V = f.vcov(scale="var")
+    phases["vcov"] = time.perf_counter() - t
+
+    end = time.perf_counter()
+    since_start = _since_process_start()
+
+    est = f.params("var")
+    se = pd.Series(np.sqrt(np.diag(V.to_numpy())), index=V.index)
+
+    print(f"sleepstudy: {FORMULA}, n = {len(df)}, {df['Subject'].nunique()} subjects, ML")
+    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, pymc_mixvcov {pmv.__version__}, "
+          f"PYMC_MIXVCOV_MODE={os.environ.get('PYMC_MIXVCOV_MODE', 'PY (default)')}")
+    print()
+    print("phase            wall s")
+    for name, sec in phases.items():
+        print(f"{name:<16} {sec:7.3f}")
+    print(f"{'sum of phases':<16} {sum(phases.values()):7.3f}")
+    print(f"{'script total':<16} {end - T0:7.3f}   (from the first line of this script)")
+    if since_start is not None:
+        print(f"{'process total':<16} {since_start:7.2f}   (from process start, incl. interpreter "
+              "start-up; 10 ms resolution)")
+    print("(time the process externally, e.g. /usr/bin/time -f '%e s %M KB', to include "
+          "interpreter start-up and shutdown)")
+    print()
+    print(f"converged: {f.converged}  ({getattr(f, 'message', '')}; "
+          f"iterations {getattr(f, 'iterations', '?')})")
+    print(f"loglik: {f.loglik:.4f}")
+    table = pd.DataFrame({"estimate": est, "se": se.reindex(est.index)})
+    print()
+    print("estimates (variance scale) and SEs from the full vcov:")
+    print(table.to_string(float_format=lambda v: f"{v:.6g}"))
+    print()
+    print("full vcov (variance scale):")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(V.to_string(float_format=lambda v: f"{v:.6g}"))
+    if caught:
+        print()
+        print("warnings during the fit:")
+        for w in caught:
+            print(f"  {w.category.__name__}: {str(w.message).splitlines()[0]}")
+    return 0 if f.converged else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The ``pymc-mixvcov`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def demo() -> int:
+    """Fit sleepstudy by ML; print the full covariance matrix and the SD-scale standard errors."""
+    import warnings
+
+    import pandas as pd
+
+    import pymc_mixvcov as pmv
+
+    warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
+    data = pmv.datasets.load("sleepstudy")
+    formula = "Reaction ~ Days + (Days | Subject)"
+    fit = pmv.lmm(formula, data).fit(method="ML")
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 6):
+        print(f"lmer-style fit: {formula}  (ML, sleepstudy, n = {fit.nobs}, {fit.n_clusters} subjects)")
+        print(f"log-likelihood: {fit.loglik:.4f}   converged: {fit.converged}\n")
+        print("Full covariance matrix (inverse observed information, variance scale):")
+        print(fit.vcov(scale="var", information="observed").to_string(), "\n")
+        table = pd.DataFrame({"estimate": fit.params("sd"), "se": fit.se("sd")})
+        print("Estimates and standard errors, SD scale (sd, correlation, sigma):")
+        print(table.to_string())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pymc-mixvcov",
+        description="Frequentist covariances of fixed effects and variance components for PyMC mixed models.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="fit sleepstudy by ML and print the full covariance matrix")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo()
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Shared fixtures: fits are made once per session (each costs a few seconds of graph building)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pymc_mixvcov as pmv
+
+REF = Path(__file__).parent / "reference"
+
+
+def reference(name: str) -> dict:
+    """A reference file written by tests/reference/generate.R (lme4 1.1-31, merDeriv 0.2-4, R 4.2.2)."""
+    return json.loads((REF / f"{name}.json").read_text())
+
+
+def ref_matrix(ref: dict, key: str) -> pd.DataFrame:
+    m = ref[key]
+    return pd.DataFrame(np.array(m["values"], float), index=m["colnames"], columns=m["colnames"])
+
+
+def scaled_error(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """``|got - want| / sqrt(want_ii want_jj)``: entrywise error relative to the standard errors."""
+    d = np.sqrt(np.abs(np.diag(want)))
+    return np.abs(got - want) / np.outer(d, d)
+
+
+@pytest.fixture(scope="session")
+def sleepstudy():
+    return pmv.datasets.load("sleepstudy")
+
+
+@pytest.fixture(scope="session")
+def sleep_ml(sleepstudy):
+    return pmv.lmm("Reaction ~ Days + (Days | Subject)", sleepstudy).fit(method="ML")
+
+
+@pytest.fixture(scope="session")
+def sleep_reml(sleepstudy):
+    return pmv.lmm("Reaction ~ Days + (Days | Subject)", sleepstudy).fit(method="REML")
+
+
+@pytest.fixture(scope="session")
+def penicillin_ml():
+    return pmv.lmm("diameter ~ 1 + (1 | plate) + (1 | sample)", pmv.datasets.load("penicillin")).fit("ML")
