@@ -63,14 +63,14 @@ def _since_process_start() -> float | None:
 def main() -> int:
     phases: dict[str, float] = {}
     t = time.perf_counter()
+    # pymc and formulae are imported lazily by pmv.lmm(); imported here so that the "build
+    # model" phase times model building only
+    import formulae  # noqa: F401
     import numpy as np
     import pandas as pd
+    import pymc  # noqa: F401
 
     import pymc_mixvcov as pmv
-
-    # imported lazily by pmv.lmm(); imported here so "build model" times model building only
-    import formulae  # noqa: F401
-    import pymc  # noqa: F401
 
     phases["imports"] = time.perf_counter() - t
 
