@@ -36,14 +36,15 @@ Data
 deviations 1.0 and 0.5 and correlation 0.3, and ``e ~ N(0, 1)``. True values on the variance
 scale: intercept variance 1.0, covariance 0.15, slope variance 0.25, residual variance 1.0.
 
-Anchors (the same model and data size, from the task's reference measurements on other
-software; not re-measured by this script)
--------------------------------------------------------------------------------------------
+Anchors
+-------
+Reference figures for other software on the same model and data size (given with the task,
+measured elsewhere; not re-measured by this script, nor necessarily on the same machine):
+
 * R lme4 ``lmer`` (ML), fit alone, no covariance of the variance components: 1.5 s;
-* R glmmTMB, fit + full covariance (``vcov(full = TRUE)``): 11.3 s;
+* R glmmTMB, fit + full covariance: 11.3 s;
 * Python statsmodels ``MixedLM``: 8.6 s;
-* R lme4 + merDeriv (``vcov(full = TRUE)``): infeasible at this size (it forms
-  ``n x n`` matrices).
+* R lme4 + merDeriv (full covariance matrix): infeasible at this size.
 """
 
 import time

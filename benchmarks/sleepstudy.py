@@ -31,8 +31,11 @@ which includes interpreter start-up and shutdown as well. On data this small the
 (``PYMC_MIXVCOV_MODE=PY``) uses no JIT and no C compilation, so the first run in a fresh
 environment and later runs are expected to take about the same time.
 
-Anchor (from the task's reference measurement; not re-measured by this script)
--------------------------------------------------------------------------------
+Anchor
+------
+Reference figure for other software (given with the task, measured elsewhere; not
+re-measured by this script, nor necessarily on the same machine):
+
 * R lme4 + merDeriv + sandwich, ML fit + full covariance matrix, whole fresh R process:
   1.85 s.
 """
