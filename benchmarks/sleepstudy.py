@@ -102,8 +102,10 @@ def main() -> int:
     se = pd.Series(np.sqrt(np.diag(V.to_numpy())), index=V.index)
 
     print(f"sleepstudy: {FORMULA}, n = {len(df)}, {df['Subject'].nunique()} subjects, ML")
-    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, pymc_mixvcov {pmv.__version__}, "
-          f"PYMC_MIXVCOV_MODE={os.environ.get('PYMC_MIXVCOV_MODE', 'PY (default)')}")
+    print(
+        f"python {sys.version.split()[0]}, numpy {np.__version__}, pymc_mixvcov {pmv.__version__}, "
+        f"PYMC_MIXVCOV_MODE={os.environ.get('PYMC_MIXVCOV_MODE', 'PY (default)')}"
+    )
     print()
     print("phase            wall s")
     for name, sec in phases.items():
@@ -111,13 +113,16 @@ def main() -> int:
     print(f"{'sum of phases':<16} {sum(phases.values()):7.3f}")
     print(f"{'script total':<16} {end - T0:7.3f}   (from the first line of this script)")
     if since_start is not None:
-        print(f"{'process total':<16} {since_start:7.2f}   (from process start, incl. interpreter "
-              "start-up; 10 ms resolution)")
-    print("(time the process externally, e.g. /usr/bin/time -f '%e s %M KB', to include "
-          "interpreter start-up and shutdown)")
+        print(
+            f"{'process total':<16} {since_start:7.2f}   (from process start, incl. interpreter "
+            "start-up; 10 ms resolution)"
+        )
+    print(
+        "(time the process externally, e.g. /usr/bin/time -f '%e s %M KB', to include "
+        "interpreter start-up and shutdown)"
+    )
     print()
-    print(f"converged: {f.converged}  ({getattr(f, 'message', '')}; "
-          f"iterations {getattr(f, 'iterations', '?')})")
+    print(f"converged: {f.converged}  ({getattr(f, 'message', '')}; iterations {getattr(f, 'iterations', '?')})")
     print(f"loglik: {f.loglik:.4f}")
     table = pd.DataFrame({"estimate": est, "se": se.reindex(est.index)})
     print()
