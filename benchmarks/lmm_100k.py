@@ -55,21 +55,11 @@ import os  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 
+from _timing import since_process_start  # noqa: E402
+
 N_CLUSTERS = 2_000
 CLUSTER_SIZE = 50
 SEED = 2026
-
-
-def _since_process_start() -> float | None:
-    """Seconds since this process started (Linux ``/proc``), or None where unavailable."""
-    try:
-        with open("/proc/self/stat") as fh:
-            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as fh:
-            uptime = float(fh.read().split()[0])
-        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
 
 
 def main() -> int:
@@ -115,7 +105,7 @@ def main() -> int:
     phases["vcov"] = time.perf_counter() - t
 
     end = time.perf_counter()
-    since_start = _since_process_start()
+    since_start = since_process_start()
 
     est = f.params("var")
     se = pd.Series(np.sqrt(np.diag(V.to_numpy())), index=V.index)
