@@ -1,57 +1,162 @@
 """The only place that compiles pytensor graphs: values, gradients, Hessians, Jacobians.
 
-Every derivative is symbolic (pytensor's reverse mode, Hessians as the Jacobian of the
-gradient); none is a finite difference. Graphs are kept small: the likelihood is written on
-cluster statistics (see :mod:`pymc_mixvcov.marginal`), so a Hessian graph holds a few hundred
-nodes whatever the number of observations.
+Every derivative is symbolic (pytensor's reverse mode; Hessians as Jacobians of gradients);
+none is a finite difference. The work is split in two so that almost nothing is compiled per
+model:
+
+* **core functions** of the core parameters ``phi = (beta, theta, sigma)`` (see
+  :class:`pymc_mixvcov.marginal.CoreGraph`) with the cluster statistics as *inputs*: their graphs
+  depend only on the :class:`~pymc_mixvcov.marginal.Signature` (number of fixed effects, term
+  sizes, block sizes), so they are compiled once per signature and kept in memory and in an
+  on-disk cache (:mod:`pymc_mixvcov.cache`) that later processes load;
+* a small **model map** ``nat -> phi`` read off the ``pm.Model`` (the covariance factors and
+  the residual SD as expressions of the model's parameters) with its exact Jacobian ``J`` and
+  second derivatives ``T_k = d^2 phi_k / d nat^2``.
+
+The chain rule joins them exactly: ``grad_nat = J^T grad_phi`` and
+``H_nat = J^T H_phi J + sum_k (grad_phi)_k T_k``; per-cluster scores and information
+contributions transform the same way. Expected information is the Hessian of a KL divergence
+whose gradient vanishes at the reference point, so ``E_nat = J^T E_phi J``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
-from pytensor.gradient import grad, jacobian
+from pytensor.compile.mode import optdb
+from pytensor.gradient import grad
+from pytensor.graph.fg import FunctionGraph
+from pytensor.graph.replace import graph_replace
+from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 from pytensor.tensor import TensorVariable
 
-__all__ = ["compile_fn", "hessian", "jacobian_of", "LMMFunctions"]
+from . import cache
+from .marginal import ClusterStructure, CoreGraph, Signature, data_values, signature_of
+
+__all__ = ["compile_fn", "hessian", "jacobian_of", "core_function", "ModelMap", "LMMFunctions"]
 
 #: Compilation mode. The default, ``"PY"``, evaluates the graph with NumPy and applies only
-#: the merge rewrite (no JIT, no C compiler): graphs written on cluster statistics are small, so
-#: start-up dominates and this is fastest on first and later runs alike. ``PYMC_MIXVCOV_MODE``
-#: overrides it with any pytensor mode name (``NUMBA``, ``FAST_RUN``, ...).
+#: the merge rewrite (no JIT, no C compiler): the graphs are small, so start-up dominates and
+#: this is fastest on first and later runs alike. ``PYMC_MIXVCOV_MODE`` overrides it with any
+#: pytensor mode name (``NUMBA``, ``FAST_RUN``, ...).
 MODE_NAME = os.environ.get("PYMC_MIXVCOV_MODE", "PY")
-JACOBIAN = os.environ.get("PYMC_MIXVCOV_JACOBIAN", "unrolled")
 
 
 def _mode():
     if MODE_NAME == "PY":
         return pytensor.compile.mode.Mode(linker="py", optimizer="merge")
-    if MODE_NAME == "PYNONE":
-        return pytensor.compile.mode.Mode(linker="py", optimizer=None)
     return MODE_NAME
 
 
-def compile_fn(inputs: Sequence[TensorVariable], outputs: Sequence[TensorVariable]):
-    """Compile ``outputs`` as a function of ``inputs`` in the configured mode."""
-    return pytensor.function(list(inputs), list(outputs), mode=_mode(), on_unused_input="ignore")
+class GraphFunction:
+    """Evaluate an already rewritten graph node by node with each ``Op``'s Python ``perform``.
 
+    This is what pytensor's Python linker does (``Op.make_py_thunk``), without its per-node
+    closures and storage cells: a graph of a few thousand nodes links in milliseconds and
+    leaves few objects for the garbage collector to scan. Intermediate values are released
+    after their last use.
 
-def jacobian_of(y: TensorVariable, x: TensorVariable) -> TensorVariable:
-    """Jacobian ``dy/dx`` of a vector ``y`` with respect to a vector ``x``.
-
-    One reverse pass per entry of ``y``, looped by a ``Scan`` over the entries: the graph holds
-    one copy of the reverse pass, which keeps compilation fast.
+    Parameters
+    ----------
+    inputs, outputs : list of Variable
+        The graph; every non-constant root must be among ``inputs``.
     """
+
+    def __init__(self, inputs: list[TensorVariable], outputs: list[TensorVariable]):
+        fg = FunctionGraph(inputs, outputs, clone=False)
+        nodes = fg.toposort()
+        slot: dict = {}
+        for v in inputs:
+            slot[v] = len(slot)
+        self._constants: list[tuple[int, object]] = []
+        for node in nodes:
+            for v in node.inputs:
+                if v not in slot:
+                    slot[v] = len(slot)
+                    self._constants.append((slot[v], v.data))
+            for v in node.outputs:
+                slot[v] = len(slot)
+        for v in outputs:
+            if v not in slot:  # an output that is a constant
+                slot[v] = len(slot)
+                self._constants.append((slot[v], v.data))
+        keep = {slot[v] for v in outputs} | {i for i, _ in self._constants} | set(range(len(inputs)))
+        last: dict[int, int] = {}
+        for k, node in enumerate(nodes):
+            for v in node.inputs:
+                last[slot[v]] = k
+        program = []
+        for k, node in enumerate(nodes):
+            node.op.prepare_node(node, None, None, "py")
+            ins = tuple(slot[v] for v in node.inputs)
+            outs = tuple(slot[v] for v in node.outputs)
+            free = tuple(i for i in set(ins) if last.get(i) == k and i not in keep)
+            program.append((node.op.perform, node, ins, outs, free))
+        self._program = program
+        self._n = len(slot)
+        self._in_dtypes = [v.type.dtype for v in inputs]
+        self._out = [slot[v] for v in outputs]
+
+    def __call__(self, *args):
+        vals: list = [None] * self._n
+        for i, (a, dt) in enumerate(zip(args, self._in_dtypes, strict=True)):
+            vals[i] = np.asarray(a, dtype=dt)
+        for i, c in self._constants:
+            vals[i] = c
+        for perform, node, ins, outs, free in self._program:
+            store = [[None] for _ in outs]
+            perform(node, [vals[i] for i in ins], store)
+            for i, cell in zip(outs, store, strict=True):
+                vals[i] = cell[0]
+            for i in free:
+                vals[i] = None
+        return [vals[i] for i in self._out]
+
+
+def _rewriter():
+    """Graph rewrites applied once, before a core graph is cached.
+
+    pytensor's ``canonicalize`` set (merging, constant folding, algebraic simplification),
+    without in-place updates. It removes about a third of the nodes of a Hessian graph at a
+    fraction of the cost of the full ``fast_run`` set, whose elementwise fusion would moreover
+    run element by element in Python under the Python linker.
+    """
+    if MODE_NAME != "PY":
+        return pytensor.compile.mode.get_mode(MODE_NAME).optimizer
+    return optdb.query(RewriteDatabaseQuery(include=["canonicalize"], exclude=["inplace"]))
+
+
+def compile_fn(inputs: Sequence[TensorVariable], outputs: Sequence[TensorVariable], rewrite: bool = True):
+    """Compile ``outputs`` as a function of ``inputs`` in the configured mode.
+
+    ``rewrite=False`` skips graph rewriting in the default mode (for graphs already merged).
+    """
+    if not rewrite and MODE_NAME == "PY":
+        return GraphFunction(list(inputs), list(outputs))
+    with pytensor.config.change_flags(traceback__limit=0):
+        return pytensor.function(list(inputs), list(outputs), mode=_mode(), on_unused_input="ignore")
+
+
+def jacobian_of(y: TensorVariable, x: TensorVariable | Sequence[TensorVariable]):
+    """Jacobian ``dy/dx`` of a vector ``y`` (static length) with respect to ``x``: one reverse pass per entry.
+
+    ``x`` may be a list of variables; then a list of Jacobians is returned, each of shape
+    ``(len(y), *x_i.shape)``.
+    """
+    xs = list(x) if isinstance(x, list | tuple) else [x]
     m = y.type.shape[0]
+    if m is None:
+        raise ValueError("jacobian_of needs a vector of static length")
     if m == 0:
-        return pt.zeros((0, x.type.shape[0]))
-    if JACOBIAN == "unrolled" and m is not None:
-        return pt.stack([grad(y[i], x, disconnected_inputs="ignore") for i in range(m)])
-    return jacobian(y, x, vectorize=False)
+        out = [pt.zeros((0, *xi.shape)) for xi in xs]
+    else:
+        rows = [grad(y[i], xs, disconnected_inputs="ignore") for i in range(m)]
+        out = [pt.stack([r[j] for r in rows]) for j in range(len(xs))]
+    return out if isinstance(x, list | tuple) else out[0]
 
 
 def hessian(f: TensorVariable, x: TensorVariable) -> TensorVariable:
@@ -59,96 +164,335 @@ def hessian(f: TensorVariable, x: TensorVariable) -> TensorVariable:
     return jacobian_of(grad(f, x), x)
 
 
+# -- core functions (per signature, cached) -------------------------------------------------------
+def _build_profile(sig: Signature, method: str):
+    core = CoreGraph(sig)
+    ts = pt.vector("ts", shape=(sig.n_theta + 1,))
+    theta, sigma = ts[:-1], ts[-1]
+    f = core.profiled_loglik(theta, sigma, method)
+    beta, _ = core.gls(theta, sigma)
+    return [ts, *core.data_inputs], [f, grad(f, ts), beta]
+
+
+def _cluster_inputs(sig: Signature):
+    core = CoreGraph(sig)
+    phis = [pt.matrix(f"phi{k}", shape=(None, sig.dim)) for k in range(len(sig.sizes))]
+    phif = pt.vector("phif", shape=(sig.dim,))
+    return core, phis, phif
+
+
+def _per_cluster_hessians(total: TensorVariable, wrt: list[TensorVariable], dim: int):
+    """Gradient of ``total`` with respect to each of ``wrt`` and the per-cluster Hessians."""
+    g = grad(total, wrt, disconnected_inputs="ignore")
+    rows = []
+    for i in range(dim):
+        gi = sum(pt.sum(gk[..., i]) for gk in g)
+        rows.append(grad(gi, wrt, disconnected_inputs="ignore"))
+    hess = [pt.stack([r[j] for r in rows], axis=-2) for j in range(len(wrt))]
+    return g, hess
+
+
+def _build_cluster_observed(sig: Signature, _method: str):
+    core, phis, phif = _cluster_inputs(sig)
+    lls = [core.cluster_loglik(bt, *core.split(ph)) for bt, ph in zip(core.batches, phis, strict=True)]
+    bf, _, sf = core.split(phif)
+    llf = core.free_loglik(bf, sf)
+    total = sum(pt.sum(ll) for ll in lls) + llf
+    g, hess = _per_cluster_hessians(total, [*phis, phif], sig.dim)
+    return [*phis, phif, *core.data_inputs], [*lls, llf, *g, *hess]
+
+
+def _build_cluster_expected(sig: Signature, _method: str):
+    core, phis, phif = _cluster_inputs(sig)
+    phi0 = pt.vector("phi0", shape=(sig.dim,))
+    b0, t0, s0 = core.split(phi0)
+    kls = [core.cluster_kl(bt, *core.split(ph), b0, t0, s0) for bt, ph in zip(core.batches, phis, strict=True)]
+    bf, _, sf = core.split(phif)
+    total = sum(pt.sum(k) for k in kls) + core.free_kl(bf, sf, b0, s0)
+    _, hess = _per_cluster_hessians(total, [*phis, phif], sig.dim)
+    return [*phis, phif, phi0, *core.data_inputs], hess
+
+
+def _build_reml_observed(sig: Signature, _method: str):
+    core = CoreGraph(sig)
+    ts = pt.vector("ts", shape=(sig.n_theta + 1,))
+    ll = core.reml_loglik(ts[:-1], ts[-1])
+    _, XtVX = core.gls(ts[:-1], ts[-1])
+    g = grad(ll, ts)
+    return [ts, *core.data_inputs], [ll, g, -jacobian_of(g, ts), XtVX]
+
+
+def _build_reml_expected(sig: Signature, _method: str):
+    core = CoreGraph(sig)
+    ts = pt.vector("ts", shape=(sig.n_theta + 1,))
+    ts0 = pt.vector("ts0", shape=(sig.n_theta + 1,))
+    kl = core.reml_kl(ts[:-1], ts[-1], ts0[:-1], ts0[-1])
+    return [ts, ts0, *core.data_inputs], [hessian(kl, ts)]
+
+
+def _lower_colmajor(r: int) -> list[tuple[int, int]]:
+    return [(i, j) for j in range(r) for i in range(j, r)]
+
+
+def _build_scales(sig: Signature, _method: str):
+    """Values and Jacobians (in ``phi``) of the var, sd and cholesky scales."""
+    phi = pt.vector("phi", shape=(sig.dim,))
+    core = CoreGraph(sig)
+    beta, theta, sigma = core.split(phi)
+    parts: dict[str, list[TensorVariable]] = {"var": [beta], "sd": [beta], "cholesky": [beta]}
+    off = 0
+    for r in sig.r:
+        idx = _lower_colmajor(r)
+        rows = np.array([i for i, _ in idx])
+        cols = np.array([j for _, j in idx])
+        L = pt.set_subtensor(pt.zeros((r, r))[rows, cols], theta[off : off + len(idx)])
+        off += len(idx)
+        G = pt.dot(L, L.T)
+        # guarded at 0 (a boundary fit), where the derivative of the square root is infinite
+        sd = pt.sqrt(pt.maximum(pt.diagonal(G), 1e-300))
+        parts["var"].append(G[rows, cols])
+        # diagonal entries are SDs, off-diagonal ones correlations; built separately so that no
+        # infinite derivative of an unused branch meets a zero cotangent (0 * inf = NaN)
+        parts["sd"].append(
+            pt.stack([sd[i] if i == j else G[i, j] / (sd[i] * sd[j]) for i, j in zip(rows, cols, strict=True)])
+        )
+        parts["cholesky"].append(L[rows, cols] / sigma)
+    parts["var"].append(pt.reshape(sigma**2, (1,)))
+    parts["sd"].append(pt.reshape(sigma, (1,)))
+    parts["cholesky"].append(pt.reshape(sigma, (1,)))
+    outs = []
+    for name in ("var", "sd", "cholesky"):
+        val = pt.concatenate(parts[name])
+        outs += [val, jacobian_of(val, phi)]
+    return [phi], outs
+
+
+_BUILDERS: dict[str, Callable] = {
+    "profile": _build_profile,
+    "cluster_observed": _build_cluster_observed,
+    "cluster_expected": _build_cluster_expected,
+    "reml_observed": _build_reml_observed,
+    "reml_expected": _build_reml_expected,
+    "scales": _build_scales,
+}
+
+
+def core_function(name: str, sig: Signature, method: str = "ML"):
+    """The compiled core function ``name`` for ``sig``: from memory, the disk cache, or built now."""
+    key = f"{name}{'-' + method if name == 'profile' else ''}-{sig.key()}"
+    if key not in _COMPILED:
+
+        def build():
+            with pytensor.config.change_flags(traceback__limit=0):
+                inputs, outputs = _BUILDERS[name](sig, method)
+                fg = FunctionGraph(inputs, outputs, clone=True)
+                _rewriter().rewrite(fg)
+            return list(fg.inputs), list(fg.outputs)
+
+        inputs, outputs = cache.load_graph(key, build)
+        _COMPILED[key] = compile_fn(inputs, outputs, rewrite=False)
+    return _COMPILED[key]
+
+
+#: Compiled core functions of this process, by key.
+_COMPILED: dict[str, object] = {}
+
+
+# -- the model map nat -> phi ------------------------------------------------------------------------
+class ModelMap:
+    """The map from a model's natural parameters to the core parameters, and its derivatives.
+
+    ``phi(nat) = (nat[fixed], theta(nat), sigma(nat))`` where ``theta`` stacks the lower
+    triangles of the random-effect covariance factors. Compiled once per model; the graph is
+    small (the transforms of the covariance parameters only).
+    """
+
+    def __init__(self, spec, sig: Signature):
+        self.spec, self.sig = spec, sig
+        self._fn = None
+        self._unc = None
+
+    def _phi(self, nat: TensorVariable) -> TensorVariable:
+        spec = self.spec
+        repl = {spec.nat: nat}
+        parts = [nat[spec.fixed_index]]
+        for t in spec.terms:
+            lam = graph_replace(t.lam, repl, strict=False)
+            idx = _lower_colmajor(t.r)
+            parts.append(lam[np.array([i for i, _ in idx]), np.array([j for _, j in idx])])
+        parts.append(pt.reshape(graph_replace(spec.sigma, repl, strict=False), (1,)))
+        return pt.concatenate(parts)
+
+    def __call__(self, nat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(phi, J, T)`` at ``nat``: ``J[k, i] = d phi_k / d nat_i``, ``T[k] = d^2 phi_k / d nat^2``."""
+        if self._fn is None:
+            nat_s = pt.vector("nat", shape=(self.spec.n_params,))
+            phi = self._phi(nat_s)
+            J = jacobian_of(phi, nat_s)
+            p = self.sig.p
+            T = pt.stack([jacobian_of(J[k], nat_s) for k in range(p, self.sig.dim)])
+            upper = self._upper_entries(nat_s)
+            self._fn = compile_fn([nat_s], [phi, J, T, upper])
+        phi, J, Tv, upper = self._fn(np.asarray(nat, float))
+        if np.any(np.abs(upper) > 0):
+            from .errors import MixVcovError
+
+            raise MixVcovError(
+                "a random-effect covariance factor is not lower triangular; give the covariance "
+                "(MvNormal cov=...) or a Cholesky factor (chol=...) so that it can be factored"
+            )
+        T = np.zeros((self.sig.dim, nat.size, nat.size))
+        T[self.sig.p :] = Tv
+        return phi, J, T
+
+    def _upper_entries(self, nat: TensorVariable) -> TensorVariable:
+        out = [pt.zeros((0,))]
+        for t in self.spec.terms:
+            if t.r > 1:
+                lam = graph_replace(t.lam, {self.spec.nat: nat}, strict=False)
+                iu = np.triu_indices(t.r, 1)
+                out.append(lam[iu])
+        return pt.concatenate(out)
+
+    def unconstrained(self, nat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """PyMC's unconstrained values at ``nat`` and their Jacobian in ``nat``."""
+        if self._unc is None:
+            nat_s = pt.vector("nat", shape=(self.spec.n_params,))
+            u = graph_replace(self.spec.unconstrained(), {self.spec.nat: nat_s}, strict=False)
+            self._unc = compile_fn([nat_s], [u, jacobian_of(u, nat_s)])
+        u, J = self._unc(np.asarray(nat, float))
+        return np.asarray(u), np.asarray(J)
+
+
+# -- the model-level functions ---------------------------------------------------------------------
 class LMMFunctions:
-    """Compiled functions of a Gaussian marginal likelihood, built on first use.
+    """Criterion, derivatives and per-cluster pieces of a Gaussian LMM on its natural parameters.
 
     Parameters
     ----------
-    marginal : GaussianMarginal
-        Symbolic likelihood pieces.
+    spec : GaussianSpec
+        The inspected model.
+    structure : ClusterStructure
+        Its clusters and their statistics.
     method : {"ML", "REML"}
-        The criterion optimised.
-    scales : ScaleMaps
-        Symbolic maps from the natural parameters to every reporting scale.
+        The criterion.
     """
 
-    def __init__(self, marginal, method: str, scales):
-        self.m = marginal
-        self.method = method
-        self.scales_map = scales
-        spec = marginal.spec
+    def __init__(self, spec, structure: ClusterStructure, method: str):
+        self.spec, self.structure, self.method = spec, structure, method
+        self.sig = signature_of(structure)
+        self.data = data_values(structure)
+        self.map = ModelMap(spec, self.sig)
         self.P = spec.n_params
         self.vi = spec.variance_index
         self.fi = spec.fixed_index
-        self._cache: dict[str, object] = {}
 
-    def _full(self, vv: TensorVariable) -> TensorVariable:
-        return pt.set_subtensor(pt.zeros((self.P,))[self.vi], vv)
+    def _fn(self, name: str):
+        return core_function(name, self.sig, self.method)
 
-    def _get(self, key: str, build):
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
+    def _per_batch(self, phi: np.ndarray) -> list[np.ndarray]:
+        return [np.broadcast_to(phi, (bt.clusters.size, phi.size)) for bt in self.structure.batches]
 
-    def profile(self, vv: np.ndarray) -> tuple[float, np.ndarray]:
-        """Profiled criterion (``beta`` at its GLS value) and its gradient in ``vv``."""
+    def profile(self, vv: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """Profiled criterion (``beta`` at its GLS value), its gradient in ``vv`` and the full ``nat``."""
+        nat = np.zeros(self.P)
+        nat[self.vi] = vv
+        phi, J, _ = self.map(nat)
+        p = self.sig.p
+        f, g, beta = self._fn("profile")(phi[p:], *self.data)
+        nat[self.fi] = beta
+        return float(f), J[p:, self.vi].T @ np.asarray(g), nat
 
-        def build():
-            v = pt.vector("vv", shape=(self.vi.size,))
-            f = self.m.profiled_loglik(self._full(v), self.method)
-            beta, _ = self.m.gls(self._full(v))
-            nat = pt.set_subtensor(self._full(v)[self.fi], beta)
-            return compile_fn([v], [f, grad(f, v), nat])
-
-        f, g, nat = self._get("profile", build)(np.asarray(vv, float))
-        return float(f), np.asarray(g), np.asarray(nat)
-
-    def information(self, nat: np.ndarray) -> dict[str, np.ndarray]:
-        """Criterion, gradient, observed and expected information on the natural scale.
+    def information(self, nat: np.ndarray, expected: bool = False) -> dict[str, np.ndarray]:
+        """Criterion, gradient and observed (and optionally expected) information on the natural scale.
 
         For ML these are derivatives in all natural parameters. For REML the criterion does not
         involve ``beta``: gradient and information are those of the REML criterion in the variance
         parameters, with ``X^T V^{-1} X`` as the ``beta`` block (zero cross block).
         """
+        nat = np.asarray(nat, float)
+        phi, J, T = self.map(nat)
+        if self.method == "ML":
+            c = self.clusters(nat, phi=(phi, J, T))
+            out = {"loglik": c["loglik_total"], "grad": c["grad"], "observed": c["observed"]}
+            if expected:
+                out["expected"] = self.clusters_expected(nat, phi=(phi, J, T))["expected"]
+            return out
+        p = self.sig.p
+        ll, g, H, XtVX = self._fn("reml_observed")(phi[p:], *self.data)
+        Jv = J[p:][:, self.vi]
+        Tv = T[p:][:, self.vi][:, :, self.vi]
+        gv = Jv.T @ g
+        obs_v = Jv.T @ H @ Jv - np.einsum("k,kij->ij", g, Tv)
+        out = {
+            "loglik": float(ll),
+            "grad": self._embed_vector(gv),
+            "observed": self._blockdiag(XtVX, obs_v),
+        }
+        if expected:
+            (E,) = self._fn("reml_expected")(phi[p:], phi[p:], *self.data)
+            out["expected"] = self._blockdiag(XtVX, Jv.T @ E @ Jv)
+        return out
 
-        def build():
-            nat_d = pt.vector("nat", shape=(self.P,))  # differentiation point
-            nat_0 = pt.vector("nat0", shape=(self.P,))  # reference point of the KL divergence
-            if self.method == "ML":
-                ll = self.m.loglik(nat_d)
-                gr = grad(ll, nat_d)
-                obs = -hessian(ll, nat_d)
-                exp = hessian(self.m.kl(nat_d, nat_0, "ML"), nat_d)
-            else:
-                _, XtVX = self.m.gls(nat_d)
-                vd = nat_d[self.vi]
-                ll = self.m.reml_loglik(self._full(vd))
-                gr = pt.set_subtensor(pt.zeros((self.P,))[self.vi], grad(ll, vd))
-                obs_v = -hessian(ll, vd)
-                exp_v = hessian(self.m.kl(self._full(vd), self._full(nat_0[self.vi]), "REML"), vd)
-                obs = _blockdiag(XtVX, obs_v, self.fi, self.vi, self.P)
-                exp = _blockdiag(XtVX, exp_v, self.fi, self.vi, self.P)
-            return compile_fn([nat_d, nat_0], [ll, gr, obs, exp])
+    def clusters(self, nat: np.ndarray, phi=None) -> dict[str, np.ndarray]:
+        """Per-cluster log-likelihoods, scores and observed information on the natural scale (ML)."""
+        phi, J, T = self.map(nat) if phi is None else phi
+        nb = len(self.structure.batches)
+        res = self._fn("cluster_observed")(*self._per_batch(phi), phi, *self.data)
+        lls, llf = res[:nb], res[nb]
+        g, gf = res[nb + 1 : 2 * nb + 1], res[2 * nb + 1]
+        h, hf = res[2 * nb + 2 : 3 * nb + 2], res[3 * nb + 2]
+        C = self.structure.n_clusters
+        ll = np.zeros(C)
+        S = np.zeros((C, self.sig.dim))
+        H = np.zeros((C, self.sig.dim, self.sig.dim))
+        for bt, a, b, c in zip(self.structure.batches, lls, g, h, strict=True):
+            ll[bt.clusters], S[bt.clusters], H[bt.clusters] = a, b, c
+        gphi = S.sum(0) + gf
+        Hphi = H.sum(0) + hf
+        scores = S @ J
+        obs_c = -(np.einsum("ki,ckl,lj->cij", J, H, J) + np.einsum("ck,kij->cij", S, T))
+        return {
+            "loglik_total": float(ll.sum() + llf),
+            "loglik": ll,
+            "loglik_free": float(llf),
+            "scores": scores,
+            "observed_clusters": obs_c,
+            "grad": J.T @ gphi,
+            "observed": -(J.T @ Hphi @ J + np.einsum("k,kij->ij", gphi, T)),
+        }
 
-        ll, gr, obs, exp = self._get("information", build)(nat, nat)
-        return {"loglik": float(ll), "grad": np.asarray(gr), "observed": np.asarray(obs), "expected": np.asarray(exp)}
+    def clusters_expected(self, nat: np.ndarray, phi=None) -> dict[str, np.ndarray]:
+        """Per-cluster expected information and its total on the natural scale (ML)."""
+        phi, J, _ = self.map(nat) if phi is None else phi
+        nb = len(self.structure.batches)
+        res = self._fn("cluster_expected")(*self._per_batch(phi), phi, phi, *self.data)
+        C = self.structure.n_clusters
+        E = np.zeros((C, self.sig.dim, self.sig.dim))
+        for bt, e in zip(self.structure.batches, res[:nb], strict=True):
+            E[bt.clusters] = e
+        Ephi = E.sum(0) + res[nb]
+        return {"expected_clusters": np.einsum("ki,ckl,lj->cij", J, E, J), "expected": J.T @ Ephi @ J}
 
     def scales(self, nat: np.ndarray) -> dict[str, np.ndarray]:
         """Values and Jacobians (with respect to the natural parameters) of every scale."""
+        phi, J, _ = self.map(nat)
+        out: dict[str, np.ndarray] = {}
+        vals = self._fn("scales")(phi)
+        for k, name in enumerate(("var", "sd", "cholesky")):
+            out[f"value_{name}"] = np.asarray(vals[2 * k])
+            out[f"jac_{name}"] = np.asarray(vals[2 * k + 1]) @ J
+        u, Ju = self.map.unconstrained(nat)
+        out["value_unconstrained"], out["jac_unconstrained"] = u, Ju
+        return out
 
-        def build():
-            nat_d = pt.vector("nat", shape=(self.P,))
-            outs = {}
-            for name, (val, _) in self.scales_map.maps(nat_d).items():
-                outs[f"value_{name}"] = val
-                outs[f"jac_{name}"] = jacobian_of(val, nat_d)
-            return compile_fn([nat_d], list(outs.values())), list(outs)
+    def _embed_vector(self, gv: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.P)
+        out[self.vi] = gv
+        return out
 
-        fn, keys = self._get("scales", build)
-        return dict(zip(keys, (np.asarray(v) for v in fn(nat)), strict=True))
-
-
-def _blockdiag(XtVX, Hv, fi, vi, P) -> TensorVariable:
-    out = pt.zeros((P, P))
-    out = pt.set_subtensor(out[np.ix_(fi, fi)], XtVX) if fi.size else out
-    return pt.set_subtensor(out[np.ix_(vi, vi)], Hv)
+    def _blockdiag(self, XtVX: np.ndarray, Hv: np.ndarray) -> np.ndarray:
+        out = np.zeros((self.P, self.P))
+        out[np.ix_(self.fi, self.fi)] = XtVX
+        out[np.ix_(self.vi, self.vi)] = Hv
+        return out

@@ -9,6 +9,8 @@ deviation of 0) are held there, as lme4 does.
 
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -18,7 +20,7 @@ from scipy.optimize import minimize
 
 from .derivatives import LMMFunctions
 from .errors import MixVcovError
-from .marginal import GaussianMarginal, build_structure
+from .marginal import build_structure
 from .results import MixedFit
 from .scales import ScaleMaps
 from .spec import inspect_model
@@ -40,6 +42,23 @@ class OptimResult:
     grad_norm: float
     at_bound: np.ndarray
     message: str
+
+
+@contextmanager
+def no_gc():
+    """Suspend Python's cyclic garbage collector.
+
+    Building and compiling pytensor graphs allocates many small objects; with the collector on,
+    its full passes over the (large) set of live graph objects take most of the time.
+    Reference counting still frees memory; cycles are collected once the block ends.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def fit(model, random: list[str], *, method: Method = "ML", fixed_labels: list[str] | None = None) -> MixedFit:
@@ -65,7 +84,7 @@ def fit(model, random: list[str], *, method: Method = "ML", fixed_labels: list[s
         raise MixVcovError(f"unknown method {method!r}; valid methods are: {', '.join(map(repr, METHODS))}")
     # graph construction records a stack trace per node unless told not to: a large share of
     # the build time of gradient graphs
-    with pytensor.config.change_flags(traceback__limit=0):
+    with pytensor.config.change_flags(traceback__limit=0), no_gc():
         return _fit(model, random, method, fixed_labels)
 
 
@@ -81,11 +100,12 @@ def _fit(model, random, method, fixed_labels) -> MixedFit:
             )
     spec = inspect_model(model, list(random))
     structure = build_structure(spec)
-    marginal = GaussianMarginal(spec, structure)
     scales = ScaleMaps(spec, fixed_labels)
-    fns = LMMFunctions(marginal, method, scales)
+    fns = LMMFunctions(spec, structure, method)
     opt = optimise(fns, spec)
     optimum = {**opt.info, **fns.scales(opt.nat), "nat": opt.nat}
+    if "expected" not in optimum:
+        optimum["expected"] = fns.information(opt.nat, expected=True)["expected"]
     return MixedFit(
         spec=spec,
         structure=structure,
@@ -142,7 +162,7 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
         for lg, a, b in zip(logged, lo_v, up_v, strict=True)
     ]
     res = minimize(
-        negative, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 2000, "ftol": 1e-14, "gtol": 1e-9}
+        negative, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 2000, "ftol": 1e-9, "gtol": 1e-6}
     )
     res.x = natural(res.x)
     iterations = int(res.nit)

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from .errors import MixVcovError
 
@@ -143,6 +142,33 @@ def _check_data(formula: str, data: pd.DataFrame) -> list[str]:
     return names
 
 
+def _light_groups(formula: str, data: pd.DataFrame, bars) -> pd.DataFrame:
+    """``data`` with each grouping column replaced by a two-level stand-in, for ``formulae``.
+
+    ``formulae`` materialises a grouping factor as a dense ``n x levels`` indicator matrix
+    (gigabytes for 100,000 rows and 2,000 groups) although only the expression columns of a
+    random-effect term are needed here; the factor codes come from :func:`_factor_codes`. A
+    column that also enters the fixed part or a random-effect expression is left as it is.
+    """
+    from formulae import model_description
+
+    group_cols = {v.name for terms, _ in bars for t in terms for v in t.factor.components}
+    desc = model_description(formula)
+    used = set()
+    for term in desc.common_terms:
+        used |= set(term.var_names)
+    for term in desc.group_terms:
+        used |= set(term.expr.var_names)
+    light = [c for c in group_cols if c not in used and c in data.columns]
+    if not light:
+        return data
+    out = data.copy(deep=False)
+    stand_in = pd.Categorical(np.arange(len(data)) % 2)
+    for c in light:
+        out[c] = stand_in
+    return out
+
+
 def _lme4_order(blocks: list[Block]) -> list[Block]:
     """lme4's term order: stably by decreasing number of levels, as ``mkReTrms`` does."""
     nl = [len(b.levels) for b in blocks]
@@ -217,7 +243,7 @@ def lmm(formula: str, data: pd.DataFrame) -> MixedModel:
             "linear model for fixed effects only"
         )
     data = data.reset_index(drop=True)
-    dm = design_matrices(formula, data, na_action="error")
+    dm = design_matrices(formula, _light_groups(formula, data, bars), na_action="error")
     y = np.asarray(dm.response.design_matrix, dtype=float).reshape(-1)
     X = np.asarray(dm.common.design_matrix, dtype=float)
     fixed = (
@@ -240,17 +266,9 @@ def lmm(formula: str, data: pd.DataFrame) -> MixedModel:
             codes, levels = _factor_codes(data, cols)
             zs, effects = [], []
             for nm in names:
-                blk = sparse.csr_matrix(dm.group[nm])
-                labs = dm.group.terms[nm].labels
-                m = len({lab.split("|")[0] for lab in labs})
-                # columns run over (level, expression column), expression fastest: sum levels out
-                fold = sparse.csr_matrix(
-                    (np.ones(blk.shape[1]), (np.arange(blk.shape[1]), np.arange(blk.shape[1]) % m)),
-                    shape=(blk.shape[1], m),
-                )
-                z = np.asarray((blk @ fold).todense(), dtype=float)
-                zs.append(z)
-                effects += [_lme4_name(lab.split("|")[0]) for lab in labs[:m]]
+                expr = dm.group.terms[nm].expr  # the expression's columns, before crossing with the factor
+                zs.append(np.asarray(expr.data, dtype=float).reshape(len(data), -1))
+                effects += [_lme4_name(lab) for lab in expr.labels]
             blocks.append(Block(group, cols, tuple(names), effects, codes, levels, np.hstack(zs)))
     blocks = _lme4_order(blocks)
     n = y.size

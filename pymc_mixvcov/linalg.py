@@ -15,6 +15,9 @@ from pytensor.tensor import TensorVariable
 #: Largest block size that is unrolled into elementwise operations.
 UNROLL_MAX = 6
 
+#: Largest ``m * k * n`` of a batched product computed by broadcasting.
+SMALL_PRODUCT = 512
+
 
 class BatchedCholesky:
     """Lower Cholesky factor ``L`` of a batch of SPD matrices ``M`` of shape ``(C, s, s)``.
@@ -78,8 +81,31 @@ class BatchedCholesky:
 
 
 def bmm(a: TensorVariable, b: TensorVariable) -> TensorVariable:
-    """Batched matrix product ``a @ b`` over the leading axis."""
+    """Batched matrix product ``a @ b`` over the leading axis.
+
+    Small blocks use a broadcast product and a sum (one vectorised NumPy call each, however
+    many clusters); large ones pytensor's batched ``matmul``.
+    """
+    m, k, n = a.type.shape[-2], a.type.shape[-1], b.type.shape[-1]
+    if None not in (m, k, n) and m * k * n <= SMALL_PRODUCT:
+        return pt.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
     return pt.matmul(a, b)
+
+
+def gram(a: TensorVariable, b: TensorVariable) -> TensorVariable:
+    """``sum_c a_c^T b_c`` for batches ``a`` ``(C, s, p)`` and ``b`` ``(C, s, q)`` (or ``(C, s)``)."""
+    return pt.tensordot(a, b, axes=[[0, 1], [0, 1]])
+
+
+def bmv(a: TensorVariable, x: TensorVariable) -> TensorVariable:
+    """``a_c x`` (or ``a_c x_c``) for ``a`` ``(C, s, p)`` and ``x`` ``(p,)`` (or ``(C, p)``)."""
+    return pt.sum(a * (x if x.ndim == 1 else x[:, None, :]), axis=-1)
+
+
+def bquad(a: TensorVariable, x: TensorVariable) -> TensorVariable:
+    """``x^T a_c x`` (or ``x_c^T a_c x_c``) for ``a`` ``(C, p, p)``, shape ``(C,)``."""
+    xx = pt.outer(x, x)[None] if x.ndim == 1 else x[:, :, None] * x[:, None, :]
+    return pt.sum(a * xx, axis=(1, 2))
 
 
 def bT(a: TensorVariable) -> TensorVariable:

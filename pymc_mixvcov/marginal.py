@@ -49,10 +49,10 @@ from pytensor.tensor import TensorVariable
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .linalg import UNROLL_MAX, BatchedCholesky, bmm, bT, spd_solve
+from .linalg import UNROLL_MAX, BatchedCholesky, bmm, bmv, bquad, bT, gram, spd_solve
 from .spec import GaussianSpec
 
-__all__ = ["ClusterStructure", "Batch", "build_structure", "GaussianMarginal"]
+__all__ = ["ClusterStructure", "Batch", "build_structure", "Signature", "signature_of", "data_values", "CoreGraph"]
 
 LOG2PI = float(np.log(2 * np.pi))
 
@@ -222,136 +222,233 @@ def _logdet_pos(a: TensorVariable) -> TensorVariable:
     return pt.log(pt.linalg.det(a))
 
 
-class GaussianMarginal:
-    """Symbolic marginal log-likelihood pieces of a :class:`GaussianSpec`.
+@dataclass(frozen=True)
+class Signature:
+    """What fixes the shape of the likelihood graph: ``p``, the term sizes and the block sizes.
 
-    All methods take symbolic parameter vectors and return pytensor expressions; nothing is
-    compiled here (see :mod:`pymc_mixvcov.derivatives`).
+    Two models with the same signature share every compiled function: data enter as inputs,
+    never as constants. ``phi`` is the core parameter vector
+    ``(beta, theta, sigma)`` with ``theta`` the lower triangles (column-major, terms in order) of
+    the absolute covariance factors ``L_k`` (``G_k = L_k L_k^T``).
     """
 
-    def __init__(self, spec: GaussianSpec, structure: ClusterStructure):
-        self.spec = spec
-        self.st = structure
+    p: int
+    r: tuple[int, ...]
+    sizes: tuple[int, ...]
 
-    # -- building blocks ------------------------------------------------------------------
-    def _lam_flat(self, nat: TensorVariable) -> TensorVariable:
-        from pytensor.graph.replace import graph_replace
+    @property
+    def n_theta(self) -> int:
+        return sum(r * (r + 1) // 2 for r in self.r)
 
-        lams = [pt.flatten(t.lam) for t in self.spec.terms] + [pt.zeros((1,))]
-        flat = pt.concatenate(lams)
-        return graph_replace(flat, {self.spec.nat: nat}, strict=False)
+    @property
+    def dim(self) -> int:
+        return self.p + self.n_theta + 1
 
-    def _sigma2(self, nat: TensorVariable) -> TensorVariable:
-        from pytensor.graph.replace import graph_replace
+    @property
+    def lam_size(self) -> int:
+        return sum(r * r for r in self.r)
 
-        return graph_replace(self.spec.sigma, {self.spec.nat: nat}, strict=False) ** 2
+    def theta_positions(self) -> np.ndarray:
+        """Positions of ``theta`` in the flat vector of the ``r x r`` factors (row-major blocks)."""
+        out, off = [], 0
+        for r in self.r:
+            out += [off + i * r + j for j in range(r) for i in range(j, r)]
+            off += r * r
+        return np.array(out, dtype=int)
 
-    def _core(self, nat: TensorVariable):
-        lam, s2 = self._lam_flat(nat), self._sigma2(nat)
-        out = []
-        for bt in self.st.batches:
-            Lc = lam[bt.lam_idx]
-            LtA = bmm(bT(Lc), pt.as_tensor(bt.A))
-            M = bmm(LtA, Lc) + s2 * pt.eye(bt.s)[None, :, :]
-            ch = BatchedCholesky(M, bt.s)
-            W = ch.solve_lower(bmm(bT(Lc), pt.as_tensor(bt.B)))  # (C, s, p)
-            v0 = ch.solve_lower(bmm(bT(Lc), pt.as_tensor(bt.b[:, :, None])))[:, :, 0]  # (C, s)
-            out.append((bt, Lc, ch, W, v0, LtA))
-        return s2, out
+    def key(self) -> str:
+        return f"p{self.p}-r{'.'.join(map(str, self.r))}-s{'.'.join(map(str, self.sizes))}"
 
-    def beta_of(self, nat: TensorVariable) -> TensorVariable:
-        """The fixed effects held in ``nat``."""
-        return nat[self.spec.fixed_index]
 
-    def gls(self, nat: TensorVariable) -> tuple[TensorVariable, TensorVariable]:
-        """``(beta_hat, X^T V^{-1} X)``: generalised least squares at the variance parameters."""
-        s2, core = self._core(nat)
-        XX = self.st.free[0] + sum(bt.XX.sum(0) for bt in self.st.batches)
-        Xy = self.st.free[1] + sum(bt.Xy.sum(0) for bt in self.st.batches)
-        XtVX = pt.as_tensor(XX)
-        XtVy = pt.as_tensor(Xy)
-        for _, _, _, W, v0, _ in core:
-            XtVX = XtVX - pt.einsum("csp,csq->pq", W, W)
-            XtVy = XtVy - pt.einsum("csp,cs->p", W, v0)
-        beta = spd_solve(XtVX, XtVy)
-        return beta, XtVX / s2
+def signature_of(structure: ClusterStructure) -> Signature:
+    """The :class:`Signature` of a cluster structure."""
+    r = tuple(int(round(np.sqrt(k))) for k in structure.lam_sizes)
+    return Signature(structure.p, r, tuple(bt.s for bt in structure.batches))
 
-    # -- log-likelihoods --------------------------------------------------------------------
-    def cluster_loglik(self, nat: TensorVariable, beta: TensorVariable | None = None):
-        """Per-cluster log-likelihoods ``(l_c for each batch, l_free)`` at ``beta``."""
-        if beta is None:
-            beta = self.beta_of(nat)
-        s2, core = self._core(nat)
-        parts = []
-        for bt, _, ch, W, v0, _ in core:
-            v = v0 - pt.einsum("csp,p->cs", W, beta)
-            rr = bt.yy - 2.0 * pt.dot(bt.Xy, beta) + pt.einsum("p,cpq,q->c", beta, bt.XX, beta)
-            ll = (
-                -0.5 * bt.nobs * LOG2PI
-                - 0.5 * (bt.nobs - bt.s) * pt.log(s2)
-                - 0.5 * ch.logdet()
-                - (rr - pt.sum(v**2, axis=1)) / (2.0 * s2)
+
+def data_values(structure: ClusterStructure) -> list[np.ndarray]:
+    """The data inputs of :class:`CoreGraph`, in its order."""
+    out: list[np.ndarray] = []
+    for bt in structure.batches:
+        out += [bt.A, bt.B, bt.b, bt.XX, bt.Xy, bt.yy, bt.nobs, bt.lam_idx.astype(np.int64)]
+    XXf, Xyf, yyf, nf = structure.free
+    out += [np.asarray(XXf, float), np.asarray(Xyf, float), np.asarray(yyf, float), np.asarray(float(nf))]
+    return out
+
+
+@dataclass
+class _BatchData:
+    s: int
+    A: TensorVariable
+    B: TensorVariable
+    b: TensorVariable
+    XX: TensorVariable
+    Xy: TensorVariable
+    yy: TensorVariable
+    nobs: TensorVariable
+    lam_idx: TensorVariable
+
+    @property
+    def inputs(self) -> list[TensorVariable]:
+        return [self.A, self.B, self.b, self.XX, self.Xy, self.yy, self.nobs, self.lam_idx]
+
+
+def _trail(x: TensorVariable, k: int) -> TensorVariable:
+    """``x`` with ``k`` trailing broadcast axes when it is per cluster (``ndim >= 1``)."""
+    return x if x.ndim == 0 else pt.shape_padright(x, k)
+
+
+class CoreGraph:
+    """Symbolic marginal log-likelihood pieces on the core parameters, with data as inputs.
+
+    Parameters can be shared (``beta`` of shape ``(p,)``, ``theta`` ``(n_theta,)``, ``sigma``
+    scalar) or given per cluster (a leading axis of length ``C``): the gradient of the sum of
+    cluster terms with respect to per-cluster copies is the matrix of cluster scores.
+    """
+
+    def __init__(self, sig: Signature):
+        self.sig = sig
+        p = sig.p
+        self.batches: list[_BatchData] = []
+        for k, s in enumerate(sig.sizes):
+            self.batches.append(
+                _BatchData(
+                    s,
+                    pt.tensor3(f"A{k}", shape=(None, s, s)),
+                    pt.tensor3(f"B{k}", shape=(None, s, p)),
+                    pt.matrix(f"b{k}", shape=(None, s)),
+                    pt.tensor3(f"XX{k}", shape=(None, p, p)),
+                    pt.matrix(f"Xy{k}", shape=(None, p)),
+                    pt.vector(f"yy{k}", shape=(None,)),
+                    pt.vector(f"n{k}", shape=(None,)),
+                    pt.tensor3(f"idx{k}", shape=(None, s, s), dtype="int64"),
+                )
             )
-            parts.append(ll)
-        XXf, Xyf, yyf, nf = self.st.free
-        rrf = yyf - 2.0 * pt.dot(Xyf, beta) + pt.dot(beta, pt.dot(XXf, beta))
-        lfree = -0.5 * nf * (LOG2PI + pt.log(s2)) - rrf / (2.0 * s2)
-        return parts, lfree
+        self.XXf = pt.matrix("XXf", shape=(p, p))
+        self.Xyf = pt.vector("Xyf", shape=(p,))
+        self.yyf = pt.scalar("yyf")
+        self.nf = pt.scalar("nf")
+        self._pos = sig.theta_positions()
 
-    def loglik(self, nat: TensorVariable, beta: TensorVariable | None = None) -> TensorVariable:
-        """Marginal (ML) log-likelihood."""
-        parts, lfree = self.cluster_loglik(nat, beta)
-        return sum(pt.sum(p) for p in parts) + lfree
+    @property
+    def data_inputs(self) -> list[TensorVariable]:
+        out = [v for bt in self.batches for v in bt.inputs]
+        return out + [self.XXf, self.Xyf, self.yyf, self.nf]
 
-    def reml_loglik(self, nat: TensorVariable) -> TensorVariable:
-        """REML log-likelihood (lme4's ``-REMLcrit/2``) with ``beta`` profiled out."""
-        beta, XtVX = self.gls(nat)
-        p = self.st.p
-        return self.loglik(nat, beta) + 0.5 * p * LOG2PI - 0.5 * _logdet_pos(XtVX)
+    # -- parameter plumbing --------------------------------------------------------------------
+    def split(self, phi: TensorVariable) -> tuple[TensorVariable, TensorVariable, TensorVariable]:
+        """``(beta, theta, sigma)`` from ``phi`` (last axis)."""
+        p, nt = self.sig.p, self.sig.n_theta
+        return phi[..., :p], phi[..., p : p + nt], phi[..., p + nt]
 
-    def profiled_loglik(self, nat: TensorVariable, method: str) -> TensorVariable:
-        """ML or REML log-likelihood with ``beta`` replaced by its GLS estimate."""
-        if method == "REML":
-            return self.reml_loglik(nat)
-        beta, _ = self.gls(nat)
-        return self.loglik(nat, beta)
+    def _factors(self, bt: _BatchData, theta: TensorVariable) -> TensorVariable:
+        """Block-diagonal factor ``Lambda_c`` of every cluster, shape ``(C, s, s)``."""
+        lead = theta.shape[:-1]
+        flat = pt.zeros((*lead, self.sig.lam_size + 1))
+        flat = pt.set_subtensor(flat[..., self._pos], theta)
+        if theta.ndim == 1:
+            return flat[bt.lam_idx]
+        rows = pt.arange(bt.lam_idx.shape[0])[:, None, None]
+        return flat[rows, bt.lam_idx]
 
-    # -- expected information --------------------------------------------------------------
-    def kl(self, nat: TensorVariable, nat0: TensorVariable, method: str) -> TensorVariable:
-        """KL divergence (up to a constant) from the model at ``nat0`` to the model at ``nat``."""
-        s2, core = self._core(nat)
-        lam0, s20 = self._lam_flat(nat0), self._sigma2(nat0)
-        d = self.beta_of(nat) - self.beta_of(nat0)
-        total = 0.0
-        XVVX = 0.0
-        for bt, _Lc, ch, W, _v0, LtA in core:
-            Lc0 = lam0[bt.lam_idx]
-            K = ch.solve_lower(LtA)  # L^{-1} Lambda^T A
-            Linv = ch.solve_lower(pt.broadcast_to(pt.eye(bt.s), (bt.lam_idx.shape[0], bt.s, bt.s)))
-            trA0 = pt.sum(Lc0 * bmm(pt.as_tensor(bt.A), Lc0), axis=(1, 2))
-            trK0 = pt.sum(bmm(K, Lc0) ** 2, axis=(1, 2))
-            trMinv = pt.sum(Linv**2, axis=(1, 2))
-            tr = (trA0 - trK0) / s2 + s20 * ((bt.nobs - bt.s) / s2 + trMinv)
-            logdetV = (bt.nobs - bt.s) * pt.log(s2) + ch.logdet()
-            total = total + 0.5 * pt.sum(tr + logdetV)
-            if method == "ML":
-                quad = pt.einsum("p,cpq,q->c", d, bt.XX, d) - pt.sum(pt.einsum("csp,p->cs", W, d) ** 2, 1)
-                total = total + 0.5 * pt.sum(quad) / s2
-            else:
-                Q = (pt.as_tensor(bt.B) - bmm(bT(K), W)) / s2  # Z^T V^{-1} X
-                R = ch.solve_upper(W)
-                term1 = pt.sum(bmm(bT(Lc0), Q)[:, :, :, None] * bmm(bT(Lc0), Q)[:, :, None, :], axis=(0, 1))
-                term2 = (
-                    pt.as_tensor(bt.XX).sum(0) - pt.einsum("csp,csq->pq", W, W) - s2 * pt.einsum("csp,csq->pq", R, R)
-                ) / s2**2
-                XVVX = XVVX + term1 + s20 * term2
-        XXf, _, _, nf = self.st.free
-        total = total + 0.5 * (nf * s20 / s2 + nf * pt.log(s2))
-        if method == "ML":
-            total = total + 0.5 * pt.dot(d, pt.dot(XXf, d)) / s2
-            return total
-        XVVX = XVVX + s20 * pt.as_tensor(XXf) / s2**2
-        _, XtVX = self.gls(nat)
-        total = total - 0.5 * pt.sum(spd_solve(XtVX, XVVX) * pt.eye(self.st.p))
-        total = total + 0.5 * _logdet_pos(XtVX)
+    def _core(self, bt: _BatchData, theta: TensorVariable, s2: TensorVariable):
+        Lc = self._factors(bt, theta)
+        LtA = bmm(bT(Lc), bt.A)
+        M = bmm(LtA, Lc) + _trail(s2, 2) * pt.eye(bt.s)[None, :, :]
+        ch = BatchedCholesky(M, bt.s)
+        W = ch.solve_lower(bmm(bT(Lc), bt.B))  # (C, s, p)
+        v0 = ch.solve_lower(bmm(bT(Lc), bt.b[:, :, None]))[:, :, 0]  # (C, s)
+        return Lc, LtA, ch, W, v0
+
+    # -- log-likelihoods ----------------------------------------------------------------------
+    def gls(self, theta: TensorVariable, sigma: TensorVariable) -> tuple[TensorVariable, TensorVariable]:
+        """``(beta_hat, X^T V^{-1} X)``: generalised least squares at shared variance parameters."""
+        s2 = sigma**2
+        XtVX, XtVy = self.XXf, self.Xyf
+        for bt in self.batches:
+            _, _, _, W, v0 = self._core(bt, theta, s2)
+            XtVX = XtVX + pt.sum(bt.XX, axis=0) - gram(W, W)
+            XtVy = XtVy + pt.sum(bt.Xy, axis=0) - gram(W, v0)
+        return spd_solve(XtVX, XtVy), XtVX / s2
+
+    def cluster_loglik(self, bt: _BatchData, beta, theta, sigma) -> TensorVariable:
+        """Marginal log-likelihood of every cluster of a batch, shape ``(C,)``."""
+        s2 = sigma**2
+        _, _, ch, W, v0 = self._core(bt, theta, s2)
+        v = v0 - bmv(W, beta)
+        rr = bt.yy - 2.0 * pt.sum(bt.Xy * beta, axis=-1) + bquad(bt.XX, beta)
+        return (
+            -0.5 * bt.nobs * LOG2PI
+            - 0.5 * (bt.nobs - bt.s) * pt.log(s2)
+            - 0.5 * ch.logdet()
+            - (rr - pt.sum(v**2, axis=1)) / (2.0 * s2)
+        )
+
+    def free_loglik(self, beta, sigma) -> TensorVariable:
+        """Log-likelihood of the observations that use no random effect."""
+        s2 = sigma**2
+        rr = self.yyf - 2.0 * pt.dot(self.Xyf, beta) + pt.dot(beta, pt.dot(self.XXf, beta))
+        return -0.5 * self.nf * (LOG2PI + pt.log(s2)) - rr / (2.0 * s2)
+
+    def loglik(self, beta, theta, sigma) -> TensorVariable:
+        """Marginal (ML) log-likelihood at shared parameters."""
+        total = self.free_loglik(beta, sigma)
+        for bt in self.batches:
+            total = total + pt.sum(self.cluster_loglik(bt, beta, theta, sigma))
         return total
+
+    def reml_loglik(self, theta, sigma) -> TensorVariable:
+        """REML log-likelihood (lme4's ``-REMLcrit/2``) with ``beta`` profiled out."""
+        beta, XtVX = self.gls(theta, sigma)
+        return self.loglik(beta, theta, sigma) + 0.5 * self.sig.p * LOG2PI - 0.5 * _logdet_pos(XtVX)
+
+    def profiled_loglik(self, theta, sigma, method: str) -> TensorVariable:
+        """ML or REML log-likelihood with ``beta`` at its GLS value."""
+        if method == "REML":
+            return self.reml_loglik(theta, sigma)
+        beta, _ = self.gls(theta, sigma)
+        return self.loglik(beta, theta, sigma)
+
+    # -- expected information -----------------------------------------------------------------
+    def _trace_logdet(self, bt, theta, sigma, theta0, sigma0):
+        s2, s20 = sigma**2, sigma0**2
+        Lc, LtA, ch, W, v0 = self._core(bt, theta, s2)
+        Lc0 = self._factors(bt, theta0)
+        K = ch.solve_lower(LtA)  # L^{-1} Lambda^T A
+        Linv = ch.solve_lower(pt.broadcast_to(pt.eye(bt.s), (bt.lam_idx.shape[0], bt.s, bt.s)))
+        trA0 = pt.sum(Lc0 * bmm(bt.A, Lc0), axis=(1, 2))
+        trK0 = pt.sum(bmm(K, Lc0) ** 2, axis=(1, 2))
+        trMinv = pt.sum(Linv**2, axis=(1, 2))
+        tr = (trA0 - trK0) / s2 + s20 * ((bt.nobs - bt.s) / s2 + trMinv)
+        logdetV = (bt.nobs - bt.s) * pt.log(s2) + ch.logdet()
+        return 0.5 * (tr + logdetV), (Lc0, K, ch, W)
+
+    def cluster_kl(self, bt, beta, theta, sigma, beta0, theta0, sigma0) -> TensorVariable:
+        """KL divergence (up to a constant) of every cluster from the model at ``phi0``, ``(C,)``."""
+        out, (_, _, _, W) = self._trace_logdet(bt, theta, sigma, theta0, sigma0)
+        d = beta - beta0
+        quad = bquad(bt.XX, d) - pt.sum(bmv(W, d) ** 2, axis=1)
+        return out + 0.5 * quad / sigma**2
+
+    def free_kl(self, beta, sigma, beta0, sigma0) -> TensorVariable:
+        """KL divergence of the observations that use no random effect."""
+        s2, d = sigma**2, beta - beta0
+        return 0.5 * (self.nf * sigma0**2 / s2 + self.nf * pt.log(s2)) + 0.5 * pt.dot(d, pt.dot(self.XXf, d)) / s2
+
+    def reml_kl(self, theta, sigma, theta0, sigma0) -> TensorVariable:
+        """KL divergence of the REML error contrasts from the model at ``(theta0, sigma0)``."""
+        s2, s20 = sigma**2, sigma0**2
+        total = 0.5 * (self.nf * s20 / s2 + self.nf * pt.log(s2))
+        XVVX = s20 * self.XXf / s2**2
+        for bt in self.batches:
+            part, (Lc0, K, ch, W) = self._trace_logdet(bt, theta, sigma, theta0, sigma0)
+            total = total + pt.sum(part)
+            Q = (bt.B - bmm(bT(K), W)) / s2  # Z^T V^{-1} X
+            R = ch.solve_upper(W)
+            LQ = bmm(bT(Lc0), Q)
+            term1 = gram(LQ, LQ)
+            term2 = (pt.sum(bt.XX, axis=0) - gram(W, W) - s2 * gram(R, R)) / s2**2
+            XVVX = XVVX + term1 + s20 * term2
+        _, XtVX = self.gls(theta, sigma)
+        total = total - 0.5 * pt.sum(spd_solve(XtVX, XVVX) * pt.eye(self.sig.p))
+        return total + 0.5 * _logdet_pos(XtVX)

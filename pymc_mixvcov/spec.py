@@ -178,15 +178,21 @@ class GaussianSpec:
         return out
 
 
+def _value(x) -> np.ndarray:
+    """Value of a constant expression (evaluated without rewrites or compilation to C)."""
+    if isinstance(x, np.ndarray | float | int):
+        return np.asarray(x)
+    if isinstance(x, pt.TensorConstant):
+        return np.asarray(x.data)
+    return np.asarray(pytensor.function([], pt.as_tensor(x), mode=_FAST)())
+
+
 def _relabel(label: str, old: str, new: str) -> str:
     return new + label[len(old) :]
 
 
-def _entry_labels(model, rv) -> list[str]:
+def _entry_labels(model, rv, shape: tuple[int, ...]) -> list[str]:
     name = rv.name
-    shape = tuple(int(s) for s in rv.type.shape) if all(s is not None for s in rv.type.shape) else None
-    if shape is None:
-        shape = tuple(np.shape(model.initial_point()[model.rvs_to_values[rv].name]))
     if shape == ():
         return [name]
     dims = model.named_vars_to_dims.get(name)
@@ -213,12 +219,12 @@ def _support(model, rv, size: int) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(tr, LogOddsTransform):
         return np.zeros(size), np.ones(size)
     if isinstance(tr, CholeskyCovPacked):
-        lower[np.asarray(tr.diag_idxs.eval())] = 0.0
+        lower[np.asarray(_value(tr.diag_idxs))] = 0.0
         return lower, upper
     if isinstance(tr, IntervalTransform):
         a, b = tr.args_fn(*rv.owner.inputs)
-        a = -np.inf if a is None else np.broadcast_to(np.asarray(pt.as_tensor(a).eval()), (size,))
-        b = np.inf if b is None else np.broadcast_to(np.asarray(pt.as_tensor(b).eval()), (size,))
+        a = -np.inf if a is None else np.broadcast_to(np.asarray(_value(a)), (size,))
+        b = np.inf if b is None else np.broadcast_to(np.asarray(_value(b)), (size,))
         return lower * 0 + a, upper * 0 + b
     raise MixVcovError(
         f"free variable {rv.name!r} has a {type(tr).__name__}, whose support pymc_mixvcov cannot "
@@ -296,7 +302,7 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
             "engine needs a Normal likelihood"
         )
     y = np.asarray(
-        model.rvs_to_values[obs].eval() if hasattr(model.rvs_to_values[obs], "eval") else model.rvs_to_values[obs],
+        _value(model.rvs_to_values[obs]),
         dtype=float,
     ).reshape(-1)
     if not np.all(np.isfinite(y)):
@@ -304,7 +310,7 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
     rand_rvs = [names[r] for r in random]
     mu, sigma = obs.owner.inputs[2], obs.owner.inputs[3]
 
-    init = model.initial_point()
+    init = initial_natural(model)
     params: list[FreeParam] = []
     start = 0
     mean_anc = set(ancestors([mu], blockers=rand_rvs))
@@ -319,7 +325,7 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
             raise MixVcovError(
                 f"free variable {rv.name!r} is discrete ({rv.type.dtype}); only continuous parameters can be estimated"
             )
-        shape = tuple(np.shape(init[model.rvs_to_values[rv].name]))
+        shape = tuple(np.shape(init[rv.name]))
         size = int(np.prod(shape, dtype=int))
         lower, upper = _support(model, rv, size)
         in_mean, in_var = rv in mean_anc, rv in var_anc
@@ -330,15 +336,22 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
             )
         params.append(
             FreeParam(
-                rv.name, rv, shape, start, _entry_labels(model, rv), lower, upper, "fixed" if in_mean else "variance"
+                rv.name,
+                rv,
+                shape,
+                start,
+                _entry_labels(model, rv, shape),
+                lower,
+                upper,
+                "fixed" if in_mean else "variance",
             )
         )
         start += size
     nat = pt.vector("nat", shape=(start,))
     repl = _rv_replacements(params, nat)
-    nat0 = _natural_initial(model, params, init)
+    nat0 = np.concatenate([init[p.name].reshape(-1) for p in params]) if params else np.zeros(0)
 
-    shapes = [tuple(np.shape(init[model.rvs_to_values[u].name])) for u in rand_rvs]
+    shapes = [tuple(np.shape(init[u.name])) for u in rand_rvs]
     sizes = [int(np.prod(s, dtype=int)) for s in shapes]
     uvec = pt.vector("u", shape=(sum(sizes),))
     offs = np.concatenate([[0], np.cumsum(sizes)])
@@ -379,15 +392,51 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
     return GaussianSpec(model, nat, params, terms, X, y, offset, sigma_s, fixed_index, nat0, obs.name, residual_index)
 
 
-def _natural_initial(model, params: list[FreeParam], init: dict) -> np.ndarray:
-    out = []
-    for p in params:
-        v = init[model.rvs_to_values[p.rv].name]
-        tr = model.rvs_to_transforms.get(p.rv)
-        if tr is not None:
-            v = tr.backward(pt.as_tensor(np.asarray(v)), *p.rv.owner.inputs).eval()
-        out.append(np.asarray(v, float).reshape(-1))
-    return np.concatenate(out) if out else np.zeros(0)
+def initial_natural(model) -> dict[str, np.ndarray]:
+    """Starting values of every free variable on its constrained (natural) scale.
+
+    A numeric ``initval`` given to the variable is used as it is; otherwise the value whose
+    unconstrained transform is zero (``1`` for a positive variable, the identity for an LKJ
+    Cholesky factor, the midpoint of an interval, ``0`` for an unbounded variable). This needs
+    only the variables' shapes and transforms; unlike ``model.initial_point()`` it evaluates no
+    prior moment or random draw. Symbolic or strategy initvals fall back to PyMC's initial point.
+    """
+    free = list(model.free_RVs)
+    initvals = {rv: model.rvs_to_initial_values.get(rv) for rv in free}
+    if any(v is not None and not isinstance(v, int | float | np.ndarray | list | tuple) for v in initvals.values()):
+        point = model.initial_point()
+        out = {}
+        for rv in free:
+            v = point[model.rvs_to_values[rv].name]
+            tr = model.rvs_to_transforms.get(rv)
+            if tr is not None:
+                v = _value(tr.backward(pt.as_tensor(np.asarray(v)), *rv.owner.inputs))
+            out[rv.name] = np.asarray(v, float)
+        return out
+    shapes = pytensor.function([], [pt.as_tensor(rv.shape) for rv in free], mode=_FAST)() if free else []
+    outs, names = [], []
+    for rv, shape in zip(free, shapes, strict=True):
+        shape = tuple(int(k) for k in np.asarray(shape).reshape(-1))
+        tr = model.rvs_to_transforms.get(rv)
+        if initvals[rv] is not None:
+            continue
+        if tr is None:
+            continue
+        value = model.rvs_to_values[rv]
+        zero = pt.zeros(tuple(value.type.shape) if None not in value.type.shape else shape)
+        outs.append(pt.broadcast_to(tr.backward(zero, *rv.owner.inputs), shape))
+        names.append(rv.name)
+    values = dict(zip(names, pytensor.function([], outs, mode=_FAST)() if outs else [], strict=True))
+    result = {}
+    for rv, shape in zip(free, shapes, strict=True):
+        shape = tuple(int(k) for k in np.asarray(shape).reshape(-1))
+        if initvals[rv] is not None:
+            result[rv.name] = np.broadcast_to(np.asarray(initvals[rv], float), shape).copy()
+        elif rv.name in values:
+            result[rv.name] = np.asarray(values[rv.name], float).reshape(shape)
+        else:
+            result[rv.name] = np.zeros(shape)
+    return result
 
 
 def _random_term(model, u, shape, off, q, mu_fn, base, offset, repl, rand_rvs, nat, nat0) -> RandomTerm:

@@ -1,0 +1,174 @@
+"""Compiled functions kept in memory and on disk, keyed by what fixes their graph.
+
+The core functions of :mod:`pymc_mixvcov.derivatives` depend only on a model's signature
+(number of fixed effects, random-effect term sizes, cluster block sizes) and take the data as
+inputs, so a compiled function serves every later fit with the same signature: in this process
+from memory, in later processes from a pickle in the cache directory.
+
+The directory is ``$PYMC_MIXVCOV_CACHE`` if set, else ``$XDG_CACHE_HOME/pymc_mixvcov`` (by
+default ``~/.cache/pymc_mixvcov``); set ``PYMC_MIXVCOV_CACHE=off`` to keep nothing on disk. Entries
+are named by the key and the versions of this package, pytensor and numpy, so an upgrade never
+loads a stale function; a file that cannot be read is rebuilt and replaced. Writes are atomic
+(a temporary file, then a rename), so concurrent processes never see half a file.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import io
+import os
+import pickle
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytensor
+from pytensor.compile.builders import OpFromGraph
+from pytensor.graph.basic import Apply, Constant, Variable
+from pytensor.graph.fg import FunctionGraph
+
+__all__ = ["cache_dir", "load_graph", "clear", "dumps_graph", "loads_graph"]
+
+
+def cache_dir() -> Path | None:
+    """The on-disk cache directory, or ``None`` when disabled."""
+    env = os.environ.get("PYMC_MIXVCOV_CACHE")
+    if env is not None:
+        return None if env.lower() in {"", "off", "0", "none"} else Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pymc_mixvcov"
+
+
+def _file(key: str) -> Path | None:
+    d = cache_dir()
+    if d is None:
+        return None
+    from . import __version__
+
+    versions = f"{FORMAT}|{__version__}|{pytensor.__version__}|{np.__version__}|{_source_hash()}"
+    tag = hashlib.sha256(f"{key}|{versions}".encode()).hexdigest()[:16]
+    return d / f"{key}-{tag}.pkl"
+
+
+@functools.cache
+def _source_hash() -> str:
+    """Hash of the modules that write the cached graphs: an edit invalidates the cache."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in ("marginal.py", "derivatives.py", "linalg.py", "cache.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+#: Version of the on-disk format.
+FORMAT = 2
+
+
+def dumps_graph(inputs: list[Variable], outputs: list[Variable]) -> bytes:
+    """Serialise a graph as a flat, topologically ordered list of nodes (no deep recursion).
+
+    Each node is stored as its ``Op``, the indices of its inputs and the types of its outputs;
+    constants with their data. Nothing from compilation (thunks, caches) is stored.
+    """
+    fg = FunctionGraph(inputs, outputs, clone=False)
+    index: dict[Variable, int] = {}
+    table: list[tuple] = []
+    for v in inputs:
+        index[v] = len(table)
+        table.append(("input", v.type, v.name))
+    for node in fg.toposort():
+        ins = []
+        for v in node.inputs:
+            if v not in index:
+                if not isinstance(v, Constant):
+                    raise ValueError(f"graph input {v} is not listed among the inputs")
+                index[v] = len(table)
+                table.append(("const", type(v), v.type, v.data))
+            ins.append(index[v])
+        table.append(("node", node.op, ins, [o.type for o in node.outputs]))
+        for k, o in enumerate(node.outputs):
+            index[o] = (len(table) - 1, k)
+    out_ref = []
+    for o in outputs:
+        if o not in index:
+            index[o] = len(table)
+            table.append(("const", type(o), o.type, o.data))
+        out_ref.append(index[o])
+    buf = io.BytesIO()
+    _GraphPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump((table, out_ref))
+    return buf.getvalue()
+
+
+class _GraphPickler(pickle.Pickler):
+    """Pickles ``OpFromGraph`` ops without their derivative caches (closures, rebuilt on demand)."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, OpFromGraph) and (obj._lop_op_cache or obj._rop_op_cache is not None):
+            clean = copy.copy(obj)
+            clean._lop_op_cache = {}
+            clean._rop_op_cache = None
+            return clean.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        return NotImplemented
+
+
+def loads_graph(blob: bytes) -> tuple[list[Variable], list[Variable]]:
+    """Inverse of :func:`dumps_graph`: fresh variables, the same computation."""
+    table, out_ref = pickle.loads(blob)
+    made: list = []
+    inputs = []
+    for entry in table:
+        kind = entry[0]
+        if kind == "input":
+            v = entry[1](name=entry[2])
+            inputs.append(v)
+            made.append(v)
+        elif kind == "const":
+            made.append(entry[1](entry[2], entry[3]))
+        else:
+            _, op, ins, types = entry
+            args = [made[i] if isinstance(i, int) else made[i[0]].outputs[i[1]] for i in ins]
+            made.append(Apply(op, args, [t() for t in types]))
+    outputs = [made[i] if isinstance(i, int) else made[i[0]].outputs[i[1]] for i in out_ref]
+    return inputs, outputs
+
+
+def load_graph(key: str, build: Callable[[], tuple[list[Variable], list[Variable]]]):
+    """The graph stored under ``key`` on disk, or ``build()`` (stored for next time)."""
+    path = _file(key)
+    if path is not None and path.exists():
+        try:
+            return loads_graph(path.read_bytes())
+        except Exception:  # a corrupt or incompatible entry: rebuild it
+            pass
+    inputs, outputs = build()
+    if path is not None:
+        _store(path, inputs, outputs)
+    return inputs, outputs
+
+
+def _store(path: Path, inputs, outputs) -> None:
+    try:
+        blob = dumps_graph(inputs, outputs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        os.replace(tmp, path)
+    except Exception as err:  # a read-only home, a full disk: carry on without the disk cache
+        warnings.warn(
+            f"could not write the compile cache in {path.parent} ({type(err).__name__}: {err}); "
+            "set PYMC_MIXVCOV_CACHE to a writable directory, or to 'off'",
+            stacklevel=3,
+        )
+
+
+def clear() -> None:
+    """Delete the on-disk cache entries."""
+    d = cache_dir()
+    if d is not None and d.exists():
+        for f in d.glob("*.pkl"):
+            f.unlink(missing_ok=True)
