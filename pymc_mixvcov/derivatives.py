@@ -27,10 +27,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
+from pytensor.compile.builders import OpFromGraph
 from pytensor.compile.mode import optdb
+from pytensor.compile.rewriting import inline_ofg_node
 from pytensor.gradient import grad
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.replace import graph_replace
+from pytensor.graph.rewriting.basic import MergeOptimizer, SequentialGraphRewriter, dfs_rewriter, node_rewriter
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 from pytensor.tensor import TensorVariable
 
@@ -46,9 +49,19 @@ __all__ = ["compile_fn", "hessian", "jacobian_of", "core_function", "ModelMap", 
 MODE_NAME = os.environ.get("PYMC_MIXVCOV_MODE", "PY")
 
 
+@node_rewriter([OpFromGraph])
+def _inline_op_from_graph(fgraph, node):
+    """Replace an ``OpFromGraph`` (``pt.diag``, ``einsum``, PyMC helpers) by its inner graph.
+
+    Left in place, each would compile its inner graph with pytensor's default (C) backend.
+    """
+    return inline_ofg_node(node)
+
+
 def _mode():
     if MODE_NAME == "PY":
-        return pytensor.compile.mode.Mode(linker="py", optimizer="merge")
+        rewriter = SequentialGraphRewriter(dfs_rewriter(_inline_op_from_graph), MergeOptimizer())
+        return pytensor.compile.mode.Mode(linker="py", optimizer=rewriter)
     return MODE_NAME
 
 
@@ -127,7 +140,8 @@ def _rewriter():
     """
     if MODE_NAME != "PY":
         return pytensor.compile.mode.get_mode(MODE_NAME).optimizer
-    return optdb.query(RewriteDatabaseQuery(include=["canonicalize"], exclude=["inplace"]))
+    canonicalize = optdb.query(RewriteDatabaseQuery(include=["canonicalize"], exclude=["inplace"]))
+    return SequentialGraphRewriter(dfs_rewriter(_inline_op_from_graph), canonicalize)
 
 
 def compile_fn(inputs: Sequence[TensorVariable], outputs: Sequence[TensorVariable], rewrite: bool = True):
