@@ -7,9 +7,10 @@ import sys
 
 
 def demo() -> int:
-    """Fit sleepstudy by ML; print the full covariance matrix and the SD-scale standard errors."""
+    """Fit sleepstudy by ML; print the full covariance matrix and model-based and CR1 standard errors."""
     import warnings
 
+    import numpy as np
     import pandas as pd
 
     import pymc_mixvcov as pmv
@@ -23,8 +24,16 @@ def demo() -> int:
         print(f"log-likelihood: {fit.loglik:.4f}   converged: {fit.converged}\n")
         print("Full covariance matrix (inverse observed information, variance scale):")
         print(fit.vcov(scale="var", information="observed").to_string(), "\n")
-        table = pd.DataFrame({"estimate": fit.params("sd"), "se": fit.se("sd")})
+        robust = fit.sandwich(scale="sd", information="observed", adjust="CR1")
+        table = pd.DataFrame(
+            {
+                "estimate": fit.params("sd"),
+                "se (model)": fit.se("sd"),
+                "se (CR1 sandwich)": pd.Series(np.sqrt(np.diag(robust.to_numpy())), index=robust.index),
+            }
+        )
         print("Estimates and standard errors, SD scale (sd, correlation, sigma):")
+        print("  model: inverse observed information; CR1: cluster-robust by Subject, G/(G-1) adjusted")
         print(table.to_string())
     return 0
 

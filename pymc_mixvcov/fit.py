@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
+import pandas as pd
 import pytensor
 from scipy.optimize import minimize
 
@@ -61,7 +62,14 @@ def no_gc():
             gc.enable()
 
 
-def fit(model, random: list[str], *, method: Method = "ML", fixed_labels: list[str] | None = None) -> MixedFit:
+def fit(
+    model,
+    random: list[str],
+    *,
+    method: Method = "ML",
+    fixed_labels: list[str] | None = None,
+    data: pd.DataFrame | None = None,
+) -> MixedFit:
     """Fit a PyMC model by maximising its marginal likelihood over the random effects.
 
     Parameters
@@ -75,6 +83,9 @@ def fit(model, random: list[str], *, method: Method = "ML", fixed_labels: list[s
     fixed_labels : list of str, optional
         Labels of the fixed effects in reports (default: the model's own labels, e.g.
         ``beta[Days]``).
+    data : pandas.DataFrame, optional
+        The data, row-aligned with the observations, whose columns may then be named as
+        clusters in :meth:`MixedFit.sandwich`.
 
     Returns
     -------
@@ -85,10 +96,10 @@ def fit(model, random: list[str], *, method: Method = "ML", fixed_labels: list[s
     # graph construction records a stack trace per node unless told not to: a large share of
     # the build time of gradient graphs
     with pytensor.config.change_flags(traceback__limit=0), no_gc():
-        return _fit(model, random, method, fixed_labels)
+        return _fit(model, random, method, fixed_labels, data)
 
 
-def _fit(model, random, method, fixed_labels) -> MixedFit:
+def _fit(model, random, method, fixed_labels, data) -> MixedFit:
     if method == "REML":
         from pytensor.tensor.random.basic import NormalRV
 
@@ -118,6 +129,7 @@ def _fit(model, random, method, fixed_labels) -> MixedFit:
         grad_norm=opt.grad_norm,
         at_bound=opt.at_bound,
         message=opt.message,
+        data=data,
     )
 
 

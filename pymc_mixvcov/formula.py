@@ -208,7 +208,7 @@ class MixedModel:
         """
         from .fit import fit
 
-        return fit(self.model, random=self.random, method=method, fixed_labels=self.fixed_labels)
+        return fit(self.model, random=self.random, method=method, fixed_labels=self.fixed_labels, data=self.data)
 
 
 def lmm(formula: str, data: pd.DataFrame) -> MixedModel:

@@ -88,10 +88,21 @@ class ClusterStructure:
     free: tuple[np.ndarray, np.ndarray, float, int] = field(repr=False)
     lam_sizes: list[int]
     p: int
+    obs_pos: np.ndarray = field(repr=False)  # (n, R) position in the cluster's block, -1 if unused
+    obs_val: np.ndarray = field(repr=False)  # (n, R) the design value there
 
     @property
     def n_clusters(self) -> int:
         return len(self.clusters)
+
+    def locate(self) -> tuple[np.ndarray, np.ndarray]:
+        """Batch index and row within the batch of every cluster."""
+        b = np.zeros(self.n_clusters, int)
+        row = np.zeros(self.n_clusters, int)
+        for k, bt in enumerate(self.batches):
+            b[bt.clusters] = k
+            row[bt.clusters] = np.arange(bt.clusters.size)
+        return b, row
 
 
 def _bincount(index: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
@@ -211,7 +222,7 @@ def build_structure(spec: GaussianSpec) -> ClusterStructure:
     free_obs = obs_cluster < 0
     Xf, yf = X[free_obs], y[free_obs]
     free = (Xf.T @ Xf, Xf.T @ yf, float(yf @ yf), int(free_obs.sum()))
-    return ClusterStructure(clusters, obs_cluster, batches, free, lam_sizes, p)
+    return ClusterStructure(clusters, obs_cluster, batches, free, lam_sizes, p, pos_m, val_m)
 
 
 def _logdet_pos(a: TensorVariable) -> TensorVariable:

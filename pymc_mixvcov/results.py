@@ -9,12 +9,15 @@ import numpy as np
 import pandas as pd
 
 from .errors import MixVcovError, SingularFitWarning
+from .sandwich import ADJUSTS, Adjust, check_adjust, estfun, vcov_cluster, vcov_multiway
 from .scales import check_scale, delta_method
 
 __all__ = ["MixedFit", "Information"]
 
 Information = Literal["observed", "expected"]
 INFORMATIONS: tuple[str, ...] = get_args(Information)
+Level = Literal["cluster", "observation"]
+LEVELS: tuple[str, ...] = get_args(Level)
 
 #: lme4's ``isSingular`` tolerance on the relative Cholesky factor's diagonal.
 SINGULAR_TOL = 1e-4
@@ -26,6 +29,12 @@ def _check_information(information: str) -> str:
             f"unknown information {information!r}; valid values are: {', '.join(map(repr, INFORMATIONS))}"
         )
     return information
+
+
+def _check_level(level: str) -> str:
+    if level not in LEVELS:
+        raise MixVcovError(f"unknown level {level!r}; valid values are: {', '.join(map(repr, LEVELS))}")
+    return level
 
 
 def invert_information(A: np.ndarray, held: np.ndarray, labels: list[str]) -> np.ndarray:
@@ -90,6 +99,7 @@ class MixedFit:
         grad_norm,
         at_bound,
         message,
+        data=None,
     ):
         self.spec = spec
         self.structure = structure
@@ -104,6 +114,8 @@ class MixedFit:
         self.message = message
         self.loglik = float(optimum["loglik"])
         self._vcov_nat: dict[str, np.ndarray] = {}
+        self._cache: dict[str, object] = {}
+        self.data = data
         self._warn_boundary()
 
     # -- basic facts ---------------------------------------------------------------------------
@@ -212,6 +224,336 @@ class MixedFit:
         """Standard errors on ``scale``: square roots of the diagonal of :meth:`vcov`."""
         V = self.vcov(scale, information)
         return pd.Series(np.sqrt(np.diag(V.to_numpy())), index=V.index, name="se")
+
+    # -- scores and log-likelihood contributions -----------------------------------------------
+    def _require_ml(self, what: str) -> None:
+        if self.method != "ML":
+            raise MixVcovError(
+                f"{what} are defined for maximum-likelihood fits: the REML criterion is not a sum of "
+                "cluster contributions. Refit with method='ML'."
+            )
+
+    def _pieces(self, expected: bool = False) -> dict[str, np.ndarray]:
+        """Per-cluster log-likelihoods, scores and information contributions (natural scale)."""
+        key = "clusters_expected" if expected else "clusters"
+        if key not in self._cache:
+            fns, nat = self._functions, self._opt["nat"]
+            self._cache[key] = fns.clusters_expected(nat) if expected else fns.clusters(nat)
+        return self._cache[key]
+
+    def _cluster_rows(self) -> tuple[np.ndarray, list[str], str]:
+        """Clusters in the row order of the cluster-level output, with their labels.
+
+        A grouping factor defines the rows when each cluster holds exactly one of its levels: the
+        factor itself for one grouping factor, the outermost factor of a nested design.
+        """
+        st = self.structure
+        if st.free[3] > 0:
+            raise MixVcovError(
+                f"{st.free[3]} observations use no random effect and belong to no cluster; cluster-level "
+                "scores need every observation in a cluster (use level='observation')"
+            )
+        best = None
+        for k, t in enumerate(self.spec.terms):
+            owner = np.full(len(t.levels), -1)
+            per_cluster = np.zeros(st.n_clusters, int)
+            for c, blocks in enumerate(st.clusters):
+                for tk, lev in blocks:
+                    if tk == k:
+                        owner[lev] = c
+                        per_cluster[c] += 1
+            if np.all(per_cluster == 1) and (best is None or len(t.levels) < len(best[1])):
+                best = (owner, t.levels, t.group)
+        if best is None:
+            raise MixVcovError(
+                "this model's random effects are crossed: all observations form one cluster of the marginal "
+                "likelihood, which does not split into independent cluster contributions. Use "
+                "scores(level='observation'), or sandwich(cluster=[...]) with one or more grouping columns "
+                "(multi-way clustering)."
+            )
+        return best
+
+    def _scores_to_scale(self, S: np.ndarray, scale: str) -> np.ndarray:
+        """Scores with respect to ``scale``: ``S J^{-1}``, ``J`` the Jacobian of ``scale`` in ``natural``."""
+        if scale == "natural":
+            return S
+        J = self._opt[f"jac_{scale}"]
+        if J.shape[0] != J.shape[1]:
+            raise MixVcovError(
+                f"scale {scale!r} has {J.shape[0]} parameters and the model {J.shape[1]}; scores on it are not "
+                "defined (use scale='natural')"
+            )
+        if not np.all(np.isfinite(J)) or np.linalg.cond(J) > 1e12:
+            raise MixVcovError(
+                f"the map from the model's parameters to scale {scale!r} is singular at this estimate (a "
+                "variance at its boundary?); scores on it are not defined (use scale='natural')"
+            )
+        return np.linalg.solve(J.T, S.T).T
+
+    def scores(self, level: Level = "cluster", scale: str = "var") -> pd.DataFrame:
+        """Score contributions: gradients of the log-likelihood contributions (ML fits).
+
+        Parameters
+        ----------
+        level : {"cluster", "observation"}
+            ``"cluster"``: one row per level of the grouping factor (the outermost factor of a
+            nested design), in its level order; row ``j`` is the gradient of cluster ``j``'s
+            marginal log-likelihood (symbolic, exact). ``"observation"``: one row per data row,
+            in data order, from merDeriv's casewise decomposition (see
+            :mod:`pymc_mixvcov.scores`); rows sum within clusters to the cluster scores.
+        scale : str
+            Parameterisation (``"var"``, ``"sd"``, ``"cholesky"``, ``"natural"``,
+            ``"unconstrained"``): scores are ``s_natural J^{-1}`` with ``J`` the exact Jacobian of
+            the scale, so that ``J^{-T}`` carries gradients as ``J`` carries covariances.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns labelled as in :meth:`vcov`.
+
+        Raises
+        ------
+        MixVcovError
+            For REML fits, for cluster-level scores of crossed designs, and for observation-level
+            scores of models without a casewise decomposition.
+        """
+        check_scale(scale)
+        _check_level(level)
+        self._require_ml("scores")
+        labels = self.labels(scale)
+        if level == "cluster":
+            owner, lev, group = self._cluster_rows()
+            S = self._scores_to_scale(self._pieces()["scores"][owner], scale)
+            return pd.DataFrame(S, index=pd.Index(lev, name=group), columns=labels)
+        S = self._scores_to_scale(self._observation_scores(), scale)
+        return pd.DataFrame(S, index=pd.RangeIndex(S.shape[0], name="row"), columns=labels)
+
+    def _observation_scores(self) -> np.ndarray:
+        if "obs_scores" not in self._cache:
+            from .scores import casewise_scores
+
+            fns = self._functions
+            phi, J, _ = fns.map(self._opt["nat"])
+            self._cache["obs_scores"] = casewise_scores(self.spec, self.structure, fns.sig, phi) @ J
+        return self._cache["obs_scores"]
+
+    def loglik_contributions(self, level: Literal["cluster"] = "cluster") -> pd.Series:
+        """Marginal log-likelihood of every cluster (merDeriv's ``llcont``); they sum to :attr:`loglik`."""
+        if level != "cluster":
+            raise MixVcovError(
+                f"unknown level {level!r}; log-likelihood contributions exist per cluster only ('cluster'): "
+                "a cluster's marginal likelihood does not factor over its observations"
+            )
+        self._require_ml("log-likelihood contributions")
+        owner, lev, group = self._cluster_rows()
+        return pd.Series(self._pieces()["loglik"][owner], index=pd.Index(lev, name=group), name="loglik")
+
+    # -- sandwich ------------------------------------------------------------------------------------
+    def _cluster_codes(self, cluster) -> list[np.ndarray]:
+        """Integer codes of the observations for each clustering variable in ``cluster``."""
+        items = list(cluster) if isinstance(cluster, list | tuple) else [cluster]
+        if not items:
+            raise MixVcovError("`cluster` is an empty list; give one or more column names")
+        n = self.nobs
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                if self.data is None:
+                    raise MixVcovError(
+                        f"cluster={item!r} names a column, but this fit has no data frame; pass the cluster "
+                        "labels as an array with one entry per observation"
+                    )
+                if item not in self.data.columns:
+                    raise MixVcovError(
+                        f"cluster column {item!r} is not in the data; available columns: {list(self.data.columns)}"
+                    )
+                values, name = self.data[item], item
+            else:
+                values, name = item, "cluster"
+            values = pd.Series(np.asarray(values))
+            if len(values) != n:
+                raise MixVcovError(
+                    f"the {name} labels have {len(values)} entries but the model has {n} observations; give "
+                    "one label per observation, in the data's row order"
+                )
+            missing = values.isna().to_numpy()
+            if missing.any():
+                raise MixVcovError(
+                    f"the {name} labels are missing for {int(missing.sum())} observation(s) (rows "
+                    f"{list(np.flatnonzero(missing)[:10])}); every observation needs a cluster"
+                )
+            codes = pd.factorize(values)[0]
+            if codes.max() < 1:
+                raise MixVcovError(
+                    f"the {name} labels form a single cluster; a cluster-robust covariance needs several"
+                )
+            out.append(codes)
+        return out
+
+    def sandwich(
+        self,
+        scale: str = "var",
+        information: Information = "observed",
+        adjust: Adjust = "CR1",
+        cluster=None,
+    ) -> pd.DataFrame:
+        """Cluster-robust (sandwich) covariance of all parameters (ML fits).
+
+        Parameters
+        ----------
+        scale : str
+            Reporting scale, converted with the exact Jacobian as in :meth:`vcov`.
+        information : {"observed", "expected"}
+            The bread ``A``: observed (exact Hessian) or expected information.
+        adjust : {"CR0", "CR1", "CR3"}
+            ``CR0 = A^{-1} B A^{-1}`` with ``B = sum_g s_g s_g^T``; ``CR1 = G/(G-1) CR0``; ``CR3`` the
+            one-step leave-one-cluster-out jackknife ``(G-1)/G sum_g d_g d_g^T`` with
+            ``d_g = (A - A_g)^{-1} s_g`` and ``A_g`` cluster ``g``'s own information contribution
+            (see :mod:`pymc_mixvcov.sandwich`).
+        cluster : None, str, array-like, or list of them
+            ``None``: the model's clusters (cluster-level scores). A column name of the data or an
+            array of labels (one per observation): observation-level scores summed within those
+            clusters. A list: multi-way clustering by inclusion-exclusion (Cameron, Gelbach and
+            Miller, 2011), which is how crossed designs get a sandwich.
+
+        Returns
+        -------
+        pandas.DataFrame
+        """
+        check_scale(scale)
+        _check_information(information)
+        check_adjust(adjust)
+        self._require_ml("sandwich covariances")
+        P = self.spec.n_params
+        keep = ~self.at_bound
+        idx = np.ix_(keep, keep)
+        A = self._opt[information][idx]
+        need_ai = adjust == "CR3"
+        if cluster is None:
+            owner, _, _ = self._cluster_rows()
+            S = self._pieces()["scores"][owner][:, keep]
+            Ag = self._cluster_information(information)[owner][:, keep][:, :, keep] if need_ai else None
+            Vk = vcov_cluster(A, S, adjust, Ag)
+        else:
+            codes = self._cluster_codes(cluster)
+            S_obs = self._observation_scores()[:, keep]
+            if len(codes) == 1:
+                S, labels = estfun(S_obs, codes[0])
+                Ag = self._union_information(codes[0], information)[:, keep][:, :, keep] if need_ai else None
+                Vk = vcov_cluster(A, S, adjust, Ag)
+            else:
+                Vk = vcov_multiway(A, S_obs, codes, adjust)
+        V = np.full((P, P), np.nan)
+        V[idx] = Vk
+        if scale != "natural":
+            held = np.isnan(np.diag(V))
+            V = delta_method(V, self._opt[f"jac_{scale}"], self._dependence(scale) if held.any() else None)
+        lab = self.labels(scale)
+        return pd.DataFrame(V, index=lab, columns=lab)
+
+    def _cluster_information(self, information: str) -> np.ndarray:
+        pieces = self._pieces(expected=information == "expected")
+        return pieces["expected_clusters" if information == "expected" else "observed_clusters"]
+
+    def _union_information(self, codes: np.ndarray, information: str) -> np.ndarray:
+        """Information contributions of clusters that are unions of the model's clusters (for CR3)."""
+        oc = self.structure.obs_cluster
+        G = int(codes.max()) + 1
+        pairs = np.unique(np.stack([oc[oc >= 0], codes[oc >= 0]], axis=1), axis=0)
+        if np.unique(pairs[:, 0]).size != pairs.shape[0]:
+            raise MixVcovError(
+                "CR3 needs each cluster's own information contribution, which exists when every cluster is "
+                "a union of the model's clusters; these clusters split a cluster of the model. Use 'CR0' "
+                "or 'CR1'."
+            )
+        owner = np.full(self.structure.n_clusters, -1)
+        owner[pairs[:, 0]] = pairs[:, 1]
+        if self.structure.free[3] > 0:
+            raise MixVcovError("CR3 is not available when some observations use no random effect")
+        Ai = self._cluster_information(information)
+        out = np.zeros((G, *Ai.shape[1:]))
+        used = owner >= 0
+        np.add.at(out, owner[used], Ai[used])
+        return out
+
+    # -- summary -------------------------------------------------------------------------------------
+    def summary(
+        self,
+        vcov: Literal["model", "CR0", "CR1", "CR3"] = "model",
+        scale: str = "sd",
+        level: float = 0.95,
+        information: Information = "observed",
+        cluster=None,
+    ) -> pd.DataFrame:
+        """Table of estimates, standard errors, Wald tests and confidence intervals.
+
+        Parameters
+        ----------
+        vcov : {"model", "CR0", "CR1", "CR3"}
+            Model-based covariance (:meth:`vcov`) or a sandwich (:meth:`sandwich`).
+        scale : str
+            Reporting scale (default ``"sd"``: SDs and correlations).
+        level : float
+            Confidence level of the intervals.
+        information : {"observed", "expected"}
+        cluster :
+            Passed to :meth:`sandwich`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``Estimate``, ``Std. Error``, ``z value``, ``Pr(>|z|)`` and the interval bounds.
+
+        Notes
+        -----
+        Intervals are Wald intervals on a scale where the parameter is unbounded, mapped back:
+        SDs, variances, ``sigma`` and diagonal Cholesky entries on the log scale
+        (``est * exp(+-q se / est)``, so they stay positive), correlations on Fisher's ``atanh``
+        scale (``tanh(atanh(r) +- q se / (1 - r^2))``, so they stay in ``(-1, 1)``), everything else
+        on its own scale. ``z`` and ``Pr(>|z|)`` are plain Wald statistics; for a variance
+        component the null value 0 is on the boundary of the parameter space, where the Wald
+        test is not valid (the likelihood-ratio test with a mixture null is).
+        """
+        from scipy.stats import norm
+
+        if vcov not in ("model", *ADJUSTS):
+            raise MixVcovError(f"unknown vcov {vcov!r}; valid values are: {', '.join(map(repr, ('model', *ADJUSTS)))}")
+        if not 0 < level < 1:
+            raise MixVcovError(f"level must be between 0 and 1, got {level!r}")
+        est = self.params(scale).to_numpy()
+        V = (
+            self.vcov(scale, information)
+            if vcov == "model"
+            else self.sandwich(scale, information, adjust=vcov, cluster=cluster)
+        )
+        se = np.sqrt(np.where(np.diag(V.to_numpy()) >= 0, np.diag(V.to_numpy()), np.nan))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = est / se
+            p = 2 * norm.sf(np.abs(z))
+            q = norm.ppf(0.5 + level / 2)
+            lo, hi = est - q * se, est + q * se
+            kinds = np.array(self._scales.kinds(scale))
+            pos = kinds == "positive"
+            f = np.exp(q * se / est)
+            lo = np.where(pos, np.where(est > 0, est / f, np.nan), lo)
+            hi = np.where(pos, np.where(est > 0, est * f, np.nan), hi)
+            cor = kinds == "correlation"
+            zr = np.arctanh(np.clip(est, -1, 1))
+            d = q * se / (1 - est**2)
+            lo = np.where(cor, np.tanh(zr - d), lo)
+            hi = np.where(cor, np.tanh(zr + d), hi)
+        a = 100 * (1 - level) / 2
+        return pd.DataFrame(
+            {
+                "Estimate": est,
+                "Std. Error": se,
+                "z value": z,
+                "Pr(>|z|)": p,
+                f"{a:g} %": lo,
+                f"{100 - a:g} %": hi,
+            },
+            index=self.labels(scale),
+        )
 
     def __repr__(self) -> str:
         return (

@@ -1,9 +1,9 @@
-"""Reporting scales and the delta method.
+"""Reporting scales, their labels, and the delta method.
 
 Every scale is a symbolic map of the natural parameters (the model's free variables on
-their constrained scale); covariances move between scales with the exact Jacobian ``J`` of the
-map: ``V_scale = J V_natural J^T``. At the maximum-likelihood estimate this equals
-re-parameterising the information matrix.
+their constrained scale), compiled in :mod:`pymc_mixvcov.derivatives`; covariances move between
+scales with the exact Jacobian ``J`` of the map: ``V_scale = J V_natural J^T``. At the
+maximum-likelihood estimate this equals re-parameterising the information matrix.
 
 Scales (rows: fixed effects, then variance parameters in lme4's theta order, i.e. the
 column-major lower triangle of each term, terms in order, then the residual):
@@ -26,9 +26,6 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 import numpy as np
-import pytensor.tensor as pt
-from pytensor.graph.replace import graph_replace
-from pytensor.tensor import TensorVariable
 
 from .errors import MixVcovError
 from .spec import GaussianSpec
@@ -84,31 +81,24 @@ class ScaleMaps:
         out.append("residual" if scale == "var" else "sigma")
         return out
 
-    def maps(self, nat: TensorVariable) -> dict[str, tuple[TensorVariable, list[str]]]:
-        """Symbolic values of every scale at ``nat`` (natural is the identity)."""
+    def kinds(self, scale: str) -> list[str]:
+        """Kind of every entry of ``scale``: ``"positive"`` (SDs, variances, diagonal Cholesky
+        entries), ``"correlation"``, or ``"real"`` (fixed effects, covariances, other)."""
+        check_scale(scale)
         spec = self.spec
-        repl = {spec.nat: nat}
-        sigma = graph_replace(spec.sigma, repl, strict=False)
-        beta = nat[spec.fixed_index]
-        parts = {"var": [beta], "sd": [beta], "cholesky": [beta]}
+        if scale in ("natural", "unconstrained"):
+            if scale == "unconstrained":
+                return ["real"] * len(self.labels(scale))
+            pos = (spec.lower == 0) & ~np.isfinite(spec.upper)
+            return ["positive" if k else "real" for k in pos]
+        out = ["real"] * len(self.fixed_labels)
         for t in spec.terms:
-            lam = graph_replace(t.lam, repl, strict=False)
-            G = pt.dot(lam, lam.T)
-            sd = pt.sqrt(pt.diagonal(G))
-            idx = _lower_tri_colmajor(t.r)
-            rows = np.array([i for i, _ in idx])
-            cols = np.array([j for _, j in idx])
-            parts["var"].append(G[rows, cols])
-            cor = G / (sd[:, None] * sd[None, :])
-            diag = rows == cols
-            parts["sd"].append(pt.where(diag, sd[rows], cor[rows, cols]))
-            parts["cholesky"].append(lam[rows, cols] / sigma)
-        parts["var"].append(pt.reshape(sigma**2, (1,)))
-        parts["sd"].append(pt.reshape(sigma, (1,)))
-        parts["cholesky"].append(pt.reshape(sigma, (1,)))
-        out = {k: (pt.concatenate(v), self.labels(k)) for k, v in parts.items()}
-        unc = graph_replace(spec.unconstrained(), repl, strict=False)
-        out["unconstrained"] = (unc, self.labels("unconstrained"))
+            for i, j in _lower_tri_colmajor(t.r):
+                if i == j:
+                    out.append("positive")
+                else:
+                    out.append("correlation" if scale == "sd" else "real")
+        out.append("positive")
         return out
 
 
