@@ -18,6 +18,9 @@ Wall-clock time of one complete, fresh-process workflow with :mod:`pymc_mixvcov`
 5. **vcov** -- ``f.vcov(scale="var")``: the full ``6 x 6`` covariance matrix of the fixed
    effects and the variance components, from the inverse observed information mapped to the
    variance scale with the exact Jacobian.
+6. **cluster scores** -- ``f.scores(level="cluster", scale="var")``: one row per cluster;
+7. **CR1 sandwich** -- ``f.sandwich(scale="var", adjust="CR1")``: the cluster-robust covariance
+   of all parameters.
 
 It also reports the time since the first line of this script ran (``time.perf_counter`` at
 the top) and, on Linux, the time since the process started (from ``/proc/self/stat``), which
@@ -85,11 +88,20 @@ def main() -> int:
     V = f.vcov(scale="var")
     phases["vcov"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    S = f.scores(level="cluster", scale="var")
+    phases["cluster scores"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    W = f.sandwich(scale="var", adjust="CR1")
+    phases["CR1 sandwich"] = time.perf_counter() - t
+
     end = time.perf_counter()
     since_start = since_process_start()
 
     est = f.params("var")
     se = pd.Series(np.sqrt(np.diag(V.to_numpy())), index=V.index)
+    se_cr1 = pd.Series(np.sqrt(np.diag(W.to_numpy())), index=W.index)
 
     print(f"sleepstudy: {FORMULA}, n = {len(df)}, {df['Subject'].nunique()} subjects, ML")
     print(
@@ -113,10 +125,13 @@ def main() -> int:
     )
     print()
     print(f"converged: {f.converged}  ({getattr(f, 'message', '')}; iterations {getattr(f, 'iterations', '?')})")
-    print(f"loglik: {f.loglik:.4f}")
-    table = pd.DataFrame({"estimate": est, "se": se.reindex(est.index)})
+    print(
+        f"loglik: {f.loglik:.4f}   cluster scores: {S.shape[0]} x {S.shape[1]}, column sums max |.| "
+        f"{np.max(np.abs(S.sum().to_numpy())):.2g}"
+    )
+    table = pd.DataFrame({"estimate": est, "se": se.reindex(est.index), "se CR1": se_cr1.reindex(est.index)})
     print()
-    print("estimates (variance scale) and SEs from the full vcov:")
+    print("estimates (variance scale), SEs from the full vcov and from the CR1 sandwich:")
     print(table.to_string(float_format=lambda v: f"{v:.6g}"))
     print()
     print("full vcov (variance scale):")

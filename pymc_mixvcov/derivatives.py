@@ -38,6 +38,7 @@ from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 from pytensor.tensor import TensorVariable
 
 from . import cache
+from .errors import MixVcovError
 from .marginal import ClusterStructure, CoreGraph, Signature, data_values, signature_of
 
 __all__ = ["compile_fn", "hessian", "jacobian_of", "core_function", "ModelMap", "LMMFunctions"]
@@ -149,7 +150,12 @@ def compile_fn(inputs: Sequence[TensorVariable], outputs: Sequence[TensorVariabl
 
     ``rewrite=False`` skips graph rewriting in the default mode (for graphs already merged).
     """
-    if not rewrite and MODE_NAME == "PY":
+    if MODE_NAME == "PY":
+        if rewrite:
+            with pytensor.config.change_flags(traceback__limit=0):
+                fg = FunctionGraph(list(inputs), list(outputs), clone=True)
+                _mode().optimizer.rewrite(fg)
+            return GraphFunction(list(fg.inputs), list(fg.outputs))
         return GraphFunction(list(inputs), list(outputs))
     with pytensor.config.change_flags(traceback__limit=0):
         return pytensor.function(list(inputs), list(outputs), mode=_mode(), on_unused_input="ignore")
@@ -324,6 +330,7 @@ class ModelMap:
     def __init__(self, spec, sig: Signature):
         self.spec, self.sig = spec, sig
         self._fn = None
+        self._fn2 = None
         self._unc = None
 
     def _phi(self, nat: TensorVariable) -> TensorVariable:
@@ -337,26 +344,31 @@ class ModelMap:
         parts.append(pt.reshape(graph_replace(spec.sigma, repl, strict=False), (1,)))
         return pt.concatenate(parts)
 
-    def __call__(self, nat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(phi, J, T)`` at ``nat``: ``J[k, i] = d phi_k / d nat_i``, ``T[k] = d^2 phi_k / d nat^2``."""
+    def __call__(self, nat: np.ndarray, second: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(phi, J, T)`` at ``nat``: ``J[k, i] = d phi_k / d nat_i``, ``T[k] = d^2 phi_k / d nat^2``.
+
+        ``second=False`` skips ``T`` (returned as ``None``).
+        """
+        nat = np.asarray(nat, float)
         if self._fn is None:
             nat_s = pt.vector("nat", shape=(self.spec.n_params,))
             phi = self._phi(nat_s)
-            J = jacobian_of(phi, nat_s)
-            p = self.sig.p
-            T = pt.stack([jacobian_of(J[k], nat_s) for k in range(p, self.sig.dim)])
-            upper = self._upper_entries(nat_s)
-            self._fn = compile_fn([nat_s], [phi, J, T, upper])
-        phi, J, Tv, upper = self._fn(np.asarray(nat, float))
+            self._fn = compile_fn([nat_s], [phi, jacobian_of(phi, nat_s), self._upper_entries(nat_s)])
+        phi, J, upper = self._fn(nat)
         if np.any(np.abs(upper) > 0):
-            from .errors import MixVcovError
-
             raise MixVcovError(
                 "a random-effect covariance factor is not lower triangular; give the covariance "
                 "(MvNormal cov=...) or a Cholesky factor (chol=...) so that it can be factored"
             )
+        if not second:
+            return phi, J, None
+        if self._fn2 is None:
+            nat_s = pt.vector("nat", shape=(self.spec.n_params,))
+            J_s = jacobian_of(self._phi(nat_s), nat_s)
+            T_s = pt.stack([jacobian_of(J_s[k], nat_s) for k in range(self.sig.p, self.sig.dim)])
+            self._fn2 = compile_fn([nat_s], [T_s])
         T = np.zeros((self.sig.dim, nat.size, nat.size))
-        T[self.sig.p :] = Tv
+        T[self.sig.p :] = self._fn2(nat)[0]
         return phi, J, T
 
     def _upper_entries(self, nat: TensorVariable) -> TensorVariable:
@@ -411,7 +423,7 @@ class LMMFunctions:
         """Profiled criterion (``beta`` at its GLS value), its gradient in ``vv`` and the full ``nat``."""
         nat = np.zeros(self.P)
         nat[self.vi] = vv
-        phi, J, _ = self.map(nat)
+        phi, J, _ = self.map(nat, second=False)
         p = self.sig.p
         f, g, beta = self._fn("profile")(phi[p:], *self.data)
         nat[self.fi] = beta
@@ -478,7 +490,7 @@ class LMMFunctions:
 
     def clusters_expected(self, nat: np.ndarray, phi=None) -> dict[str, np.ndarray]:
         """Per-cluster expected information and its total on the natural scale (ML)."""
-        phi, J, _ = self.map(nat) if phi is None else phi
+        phi, J, _ = self.map(nat, second=False) if phi is None else phi
         nb = len(self.structure.batches)
         res = self._fn("cluster_expected")(*self._per_batch(phi), phi, phi, *self.data)
         C = self.structure.n_clusters
@@ -490,7 +502,7 @@ class LMMFunctions:
 
     def scales(self, nat: np.ndarray) -> dict[str, np.ndarray]:
         """Values and Jacobians (with respect to the natural parameters) of every scale."""
-        phi, J, _ = self.map(nat)
+        phi, J, _ = self.map(nat, second=False)
         out: dict[str, np.ndarray] = {}
         vals = self._fn("scales")(phi)
         for k, name in enumerate(("var", "sd", "cholesky")):
