@@ -263,7 +263,7 @@ def _cov_factor(cov: TensorVariable) -> TensorVariable:
     return pt.linalg.cholesky(cov)
 
 
-def inspect_model(model, random: list[str]) -> GaussianSpec:
+def inspect_model(model, random: list[str], noncentered: dict[str, str] | None = None) -> GaussianSpec:
     """Read a linear mixed model off a ``pm.Model``.
 
     Parameters
@@ -274,6 +274,9 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
     random : list of str
         Names of the free variables to integrate out. Each must be a zero-mean ``Normal`` or
         ``MvNormal`` whose first dimension is a named grouping dimension.
+    noncentered : dict, optional
+        ``{random variable: deterministic}`` for non-centred random effects whose deterministic
+        cannot be found automatically (see :func:`_mean_target`).
 
     Returns
     -------
@@ -309,15 +312,21 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
         raise MixVcovError(f"observed variable {obs.name!r} has missing or infinite values")
     rand_rvs = [names[r] for r in random]
     mu, sigma = obs.owner.inputs[2], obs.owner.inputs[3]
+    # the variable through which the mean uses each random effect: itself (centred) or a
+    # deterministic of it (non-centred: u = Deterministic(z * sd) or z @ chol.T)
+    targets = [_mean_target(model, u, mu, rand_rvs, (noncentered or {}).get(u.name)) for u in rand_rvs]
+    _check_used(rand_rvs, targets, mu)
 
     init = initial_natural(model)
     params: list[FreeParam] = []
     start = 0
-    mean_anc = set(ancestors([mu], blockers=rand_rvs))
+    mean_anc = set(ancestors([mu], blockers=targets))
     var_anc = set(ancestors([sigma], blockers=rand_rvs))
     resid_anc = set(var_anc)
-    for u in rand_rvs:
+    for u, t in zip(rand_rvs, targets, strict=True):
         var_anc |= set(ancestors(u.owner.inputs[2:], blockers=rand_rvs))
+        if t is not u:
+            var_anc |= set(ancestors([t], blockers=rand_rvs)) - {u}
     for rv in model.free_RVs:
         if rv in rand_rvs:
             continue
@@ -355,7 +364,7 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
     sizes = [int(np.prod(s, dtype=int)) for s in shapes]
     uvec = pt.vector("u", shape=(sum(sizes),))
     offs = np.concatenate([[0], np.cumsum(sizes)])
-    urepl = {u: pt.reshape(uvec[offs[k] : offs[k + 1]], shapes[k]) for k, u in enumerate(rand_rvs)}
+    urepl = {t: pt.reshape(uvec[offs[k] : offs[k + 1]], shapes[k]) for k, t in enumerate(targets)}
     mu_g, sigma_g = graph_replace([mu, sigma], {**repl, **urepl}, strict=False)
     mu_g = pt.broadcast_to(mu_g, (y.size,)) if mu_g.ndim == 0 else pt.flatten(mu_g)
     mu_fn = pytensor.function([nat, uvec], mu_g, mode=_FAST, on_unused_input="ignore")
@@ -382,14 +391,103 @@ def inspect_model(model, random: list[str]) -> GaussianSpec:
 
     terms = []
     for k, u in enumerate(rand_rvs):
-        terms.append(
-            _random_term(model, u, shapes[k], offs[k], offs[-1], mu_fn, base, offset, repl, rand_rvs, nat, nat0)
-        )
+        term = _random_term(model, u, shapes[k], offs[k], offs[-1], mu_fn, base, offset, repl, rand_rvs, nat, nat0)
+        if targets[k] is not u:
+            term = _through_deterministic(model, term, u, targets[k], shapes[k], repl, nat, nat0)
+        terms.append(term)
     _verify_affine(mu_fn, base, offset, X, terms, offs, fixed_index, params, nat0)
     residual_index = np.array(
         [i for p in params if p.rv in resid_anc for i in range(p.start, p.start + p.size)], dtype=int
     )
     return GaussianSpec(model, nat, params, terms, X, y, offset, sigma_s, fixed_index, nat0, obs.name, residual_index)
+
+
+def _mean_target(model, u, mu, rand_rvs, name: str | None):
+    """The variable through which the linear predictor uses the random variable ``u``.
+
+    ``u`` itself for a centred random effect. For a non-centred one (``z ~ N(0, 1)`` and
+    ``u = pm.Deterministic("u", z * sd)`` or ``z @ chol.T``) the deterministic: found as the
+    only deterministic of ``u`` through which every use of ``u`` in the mean passes, or named
+    by the user (``noncentered={"z": "u"}``). Its covariance factor is then read off the
+    deterministic (see :func:`_through_deterministic`).
+    """
+    others = [r for r in rand_rvs if r is not u]
+    if name is not None:
+        dets = {d.name: d for d in model.deterministics}
+        if name not in dets:
+            raise MixVcovError(
+                f"noncentered names {name!r} for random variable {u.name!r}, but the model has no "
+                f"deterministic of that name; deterministics: {', '.join(dets) or 'none'}"
+            )
+        d = dets[name]
+        if u not in set(ancestors([d], blockers=others)):
+            raise MixVcovError(f"deterministic {name!r} does not depend on random variable {u.name!r}")
+        return d
+    if u not in set(ancestors([mu], blockers=others)):
+        return u  # unused: reported by _check_used
+    candidates = [
+        d
+        for d in model.deterministics
+        if u in set(ancestors([d], blockers=others))
+        and d in set(ancestors([mu], blockers=others))
+        and u not in set(ancestors([mu], blockers=[*others, d]))
+    ]
+    if not candidates:
+        return u
+    # the deterministic closest to the mean: not an ancestor of another candidate
+    closest = [d for d in candidates if not any(d in set(ancestors([e])) for e in candidates if e is not d)]
+    first = [d for d in closest if not any(e in set(ancestors([d])) for e in closest if e is not d)]
+    return first[0] if len(first) == 1 else min(candidates, key=lambda d: len(list(ancestors([d]))))
+
+
+def _check_used(rand_rvs, targets, mu) -> None:
+    anc = set(ancestors([mu], blockers=targets))
+    for u, t in zip(rand_rvs, targets, strict=True):
+        if t not in anc:
+            raise MixVcovError(
+                f"random variable {u.name!r} is not used by the likelihood's mean; only random effects "
+                "that enter the linear predictor can be integrated out"
+            )
+
+
+def _through_deterministic(model, term: RandomTerm, u, det, shape, repl, nat, nat0) -> RandomTerm:
+    """A non-centred term: the mean uses ``det = f(u)``, linear in each level of ``u``.
+
+    Per level ``det[l] = M(theta) u[l]``; ``M`` is the symbolic Jacobian of one level, verified
+    to be the same for every level at random points. The covariance factor of ``det`` is then
+    ``M Lambda_u`` (lower triangular as for ``z * sd`` or ``z @ chol.T``; otherwise the Cholesky
+    factor of ``M Lambda_u Lambda_u^T M^T``).
+    """
+    r = term.r
+    n_lev = shape[0]
+    zz = pt.matrix("zz", shape=(n_lev, r))
+    d_of = graph_replace(det, {u: pt.reshape(zz, shape), **repl}, strict=False)
+    d_of = pt.reshape(d_of, (n_lev, r))
+    M = pt.stack([pytensor.gradient.grad(d_of[0, i], zz)[0] for i in range(r)])
+    fn = pytensor.function([nat, zz], [d_of, M], mode=_FAST, on_unused_input="ignore")
+    rng = np.random.default_rng(11)
+    for point in (nat0, nat0 * (1.0 + 0.3 * rng.uniform(size=nat0.size)) + 0.1):
+        z = rng.normal(size=(n_lev, r))
+        d_val, M_val = fn(point, z)
+        if not np.allclose(d_val, z @ M_val.T, rtol=1e-8, atol=1e-10 * (1 + np.abs(d_val).max())):
+            raise MixVcovError(
+                f"deterministic {det.name!r} is not the same linear map of every level of random variable "
+                f"{u.name!r}; a non-centred random effect must be u[l] = M z[l] (e.g. z * sd or z @ chol.T)"
+            )
+    M_sym = graph_replace(M, {zz: pt.zeros((n_lev, r))}, strict=False)
+    fac = pt.dot(M_sym, term.lam)
+    f_val = pytensor.function([nat], fac, mode=_FAST, on_unused_input="ignore")(nat0)
+    if r > 1 and np.any(np.abs(np.triu(f_val, 1)) > 0):
+        fac = pt.linalg.cholesky(pt.dot(fac, fac.T))
+    name = det.name
+    dims = model.named_vars_to_dims.get(name)
+    effects = term.effects
+    if dims and len(dims) > 1 and dims[1] in model.coords:
+        effects = [str(c) for c in model.coords[dims[1]]]
+    elif r == 1:
+        effects = [name]
+    group = dims[0] if dims and dims[0] in model.coords else term.group
+    return RandomTerm(name, group, term.levels, effects, term.codes, term.z, fac)
 
 
 def initial_natural(model) -> dict[str, np.ndarray]:
