@@ -67,6 +67,8 @@ def fit(
     random: list[str],
     *,
     method: Method = "ML",
+    cluster=None,
+    noncentered: dict[str, str] | None = None,
     fixed_labels: list[str] | None = None,
     data: pd.DataFrame | None = None,
 ) -> MixedFit:
@@ -80,6 +82,14 @@ def fit(
         Names of the random-effect variables to integrate out.
     method : {"ML", "REML"}
         Maximum likelihood, or restricted maximum likelihood (lme4's REML criterion).
+    cluster : str, array-like or list, optional
+        Default clusters of :meth:`MixedFit.sandwich` (a column of ``data``, labels with one
+        entry per observation, or a list for multi-way clustering). By default the clusters are
+        the levels of the random variables' grouping dimension.
+    noncentered : dict, optional
+        ``{"z": "u"}``: random variable ``z`` is non-centred and the mean uses it through the
+        deterministic ``u`` (e.g. ``u = pm.Deterministic("u", z * sd)``). Needed only when the
+        deterministic cannot be found automatically (the mean uses ``z`` only through ``u``).
     fixed_labels : list of str, optional
         Labels of the fixed effects in reports (default: the model's own labels, e.g.
         ``beta[Days]``).
@@ -96,10 +106,10 @@ def fit(
     # graph construction records a stack trace per node unless told not to: a large share of
     # the build time of gradient graphs
     with pytensor.config.change_flags(traceback__limit=0), no_gc():
-        return _fit(model, random, method, fixed_labels, data)
+        return _fit(model, random, method, fixed_labels, data, cluster, noncentered)
 
 
-def _fit(model, random, method, fixed_labels, data) -> MixedFit:
+def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=None) -> MixedFit:
     if method == "REML":
         from pytensor.tensor.random.basic import NormalRV
 
@@ -109,7 +119,9 @@ def _fit(model, random, method, fixed_labels, data) -> MixedFit:
                 f"REML is defined for Gaussian likelihoods only; observed variable {obs[0].name!r} has "
                 f"a {obs[0].owner.op.name} likelihood: use method='ML'"
             )
-    spec = inspect_model(model, list(random))
+    if isinstance(random, str):
+        random = [random]
+    spec = inspect_model(model, list(random), noncentered)
     structure = build_structure(spec)
     scales = ScaleMaps(spec, fixed_labels)
     fns = LMMFunctions(spec, structure, method)
@@ -130,6 +142,7 @@ def _fit(model, random, method, fixed_labels, data) -> MixedFit:
         at_bound=opt.at_bound,
         message=opt.message,
         data=data,
+        cluster=cluster,
     )
 
 

@@ -100,6 +100,7 @@ class MixedFit:
         at_bound,
         message,
         data=None,
+        cluster=None,
     ):
         self.spec = spec
         self.structure = structure
@@ -116,6 +117,7 @@ class MixedFit:
         self._vcov_nat: dict[str, np.ndarray] = {}
         self._cache: dict[str, object] = {}
         self.data = data
+        self._default_cluster = cluster
         self._warn_boundary()
 
     # -- basic facts ---------------------------------------------------------------------------
@@ -411,7 +413,8 @@ class MixedFit:
             ``d_g = (A - A_g)^{-1} s_g`` and ``A_g`` cluster ``g``'s own information contribution
             (see :mod:`pymc_mixvcov.sandwich`).
         cluster : None, str, array-like, or list of them
-            ``None``: the model's clusters (cluster-level scores). A column name of the data or an
+            ``None``: the clusters given to :func:`pymc_mixvcov.fit`, else the model's clusters
+            (cluster-level scores). A column name of the data or an
             array of labels (one per observation): observation-level scores summed within those
             clusters. A list: multi-way clustering by inclusion-exclusion (Cameron, Gelbach and
             Miller, 2011), which is how crossed designs get a sandwich.
@@ -429,6 +432,8 @@ class MixedFit:
         idx = np.ix_(keep, keep)
         A = self._opt[information][idx]
         need_ai = adjust == "CR3"
+        if cluster is None:
+            cluster = self._default_cluster
         if cluster is None:
             owner, _, _ = self._cluster_rows()
             S = self._pieces()["scores"][owner][:, keep]

@@ -296,6 +296,15 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
             raise MixVcovError(
                 f"{r!r} in `random` is not a free variable of the model; free variables are: {', '.join(names)}"
             )
+    imputed = [v.name for v in model.free_RVs if v.name.endswith("_unobserved")]
+    if imputed:
+        raise MixVcovError(
+            f"the observed data have missing values: PyMC turned them into the free variable(s) {imputed} "
+            "(automatic imputation), which would be estimated as parameters. Remove the rows with missing "
+            "values before building the model."
+        )
+    if not model.observed_RVs:
+        raise MixVcovError("the model has no observed variable; give the likelihood observed=data")
     if len(model.observed_RVs) != 1:
         raise MixVcovError(f"the model has {len(model.observed_RVs)} observed variables; exactly one is supported")
     obs = model.observed_RVs[0]
@@ -593,7 +602,7 @@ def _prior_factor(model, u, r, repl, rand_rvs, nat, nat0) -> TensorVariable:
         loc, scale = inputs[2], inputs[3]
     else:
         raise MixVcovError(
-            f"random variable {u.name!r} is a {getattr(op, 'name', type(op).__name__)}; random "
+            f"random variable {u.name!r} has a {type(op).__name__.removesuffix('RV')} prior; random "
             "effects must be zero-mean Normal or MvNormal"
         )
     if any(a in rand_rvs for a in ancestors([loc, scale], blockers=rand_rvs) if a is not u):
