@@ -257,11 +257,21 @@ def _lower_colmajor(r: int) -> list[tuple[int, int]]:
 def _build_scales(sig: Signature, _method: str):
     """Values and Jacobians (in ``phi``) of the var, sd and cholesky scales."""
     phi = pt.vector("phi", shape=(sig.dim,))
-    core = CoreGraph(sig)
-    beta, theta, sigma = core.split(phi)
+    parts = _scale_parts(phi, sig.p, sig.r, sig.n_theta, "sigma")
+    outs = []
+    for name in ("var", "sd", "cholesky"):
+        val = pt.concatenate(parts[name])
+        outs += [val, jacobian_of(val, phi)]
+    return [phi], outs
+
+
+def _scale_parts(phi, p: int, r_terms, n_theta: int, tail: str):
+    """Values of the var, sd and cholesky scales from ``phi`` (see :func:`_build_scales`)."""
+    beta, theta = phi[:p], phi[p : p + n_theta]
+    rest = phi[p + n_theta :]
     parts: dict[str, list[TensorVariable]] = {"var": [beta], "sd": [beta], "cholesky": [beta]}
     off = 0
-    for r in sig.r:
+    for r in r_terms:
         idx = _lower_colmajor(r)
         rows = np.array([i for i, _ in idx])
         cols = np.array([j for _, j in idx])
@@ -276,10 +286,22 @@ def _build_scales(sig: Signature, _method: str):
         parts["sd"].append(
             pt.stack([sd[i] if i == j else G[i, j] / (sd[i] * sd[j]) for i, j in zip(rows, cols, strict=True)])
         )
-        parts["cholesky"].append(L[rows, cols] / sigma)
-    parts["var"].append(pt.reshape(sigma**2, (1,)))
-    parts["sd"].append(pt.reshape(sigma, (1,)))
-    parts["cholesky"].append(pt.reshape(sigma, (1,)))
+        parts["cholesky"].append(L[rows, cols] / rest[0] if tail == "sigma" else L[rows, cols])
+    if tail == "sigma":
+        sigma = rest[0]
+        parts["var"].append(pt.reshape(sigma**2, (1,)))
+        parts["sd"].append(pt.reshape(sigma, (1,)))
+        parts["cholesky"].append(pt.reshape(sigma, (1,)))
+    else:  # the likelihood's own parameters, as they are
+        for k in parts:
+            parts[k].append(rest)
+    return parts
+
+
+def _build_scales_laplace(sig, _method: str):
+    """Scales of a non-Gaussian model: ``cholesky`` is the absolute factor; ``psi`` as it is."""
+    phi = pt.vector("phi", shape=(sig.dim,))
+    parts = _scale_parts(phi, sig.p, sig.r, sig.n_theta, "psi")
     outs = []
     for name in ("var", "sd", "cholesky"):
         val = pt.concatenate(parts[name])
@@ -294,6 +316,7 @@ _BUILDERS: dict[str, Callable] = {
     "reml_observed": _build_reml_observed,
     "reml_expected": _build_reml_expected,
     "scales": _build_scales,
+    "scales_laplace": _build_scales_laplace,
 }
 
 
@@ -341,7 +364,10 @@ class ModelMap:
             lam = graph_replace(t.lam, repl, strict=False)
             idx = _lower_colmajor(t.r)
             parts.append(lam[np.array([i for i, _ in idx]), np.array([j for _, j in idx])])
-        parts.append(pt.reshape(graph_replace(spec.sigma, repl, strict=False), (1,)))
+        if spec.gaussian:
+            parts.append(pt.reshape(graph_replace(spec.sigma, repl, strict=False), (1,)))
+        else:
+            parts.append(nat[spec.psi_index])
         return pt.concatenate(parts)
 
     def __call__(self, nat: np.ndarray, second: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -394,6 +420,8 @@ class ModelMap:
 class LMMFunctions:
     """Criterion, derivatives and per-cluster pieces of a Gaussian LMM on its natural parameters.
 
+    ``beta`` is profiled out of the optimiser's criterion (``profiled = True``).
+
     Parameters
     ----------
     spec : GaussianSpec
@@ -403,6 +431,8 @@ class LMMFunctions:
     method : {"ML", "REML"}
         The criterion.
     """
+
+    profiled = True
 
     def __init__(self, spec, structure: ClusterStructure, method: str):
         self.spec, self.structure, self.method = spec, structure, method
@@ -521,4 +551,164 @@ class LMMFunctions:
         out = np.zeros((self.P, self.P))
         out[np.ix_(self.fi, self.fi)] = XtVX
         out[np.ix_(self.vi, self.vi)] = Hv
+        return out
+
+
+# -- non-Gaussian likelihoods: the Laplace engine ----------------------------------------------------
+def _laplace_builders(spec):
+    from pytensor.gradient import pushforward
+
+    from .laplace import LaplaceGraph
+
+    def inputs(sig):
+        g = LaplaceGraph(sig, spec)
+        phi = pt.vector("phi", shape=(sig.dim,))
+        return g, phi, g.mode_inputs()
+
+    def gh(sig):
+        g, phi, vs = inputs(sig)
+        hs, gs, Hs = g.grad_hess(*g.split(phi), vs)
+        return [phi, *vs, *g.data_inputs], [*hs, *gs, *Hs]
+
+    def value(sig):
+        g, phi, vs = inputs(sig)
+        lls = g.cluster_loglik(phi, vs)
+        total = sum(pt.sum(ll) for ll in lls)
+        return [phi, *vs, *g.data_inputs], [*lls, total, grad(total, phi)]
+
+    def _scores(g, phi, vs, sig):
+        lls = g.cluster_loglik(phi, vs)
+        eye = np.eye(sig.dim)
+        cols = [pushforward(lls, phi, [pt.constant(eye[k])]) for k in range(sig.dim)]
+        return lls, [pt.stack([c[b] for c in cols], axis=1) for b in range(len(lls))]
+
+    def info(sig):
+        g, phi, vs = inputs(sig)
+        lls, S = _scores(g, phi, vs, sig)
+        total = sum(pt.sum(ll) for ll in lls)
+        return [phi, *vs, *g.data_inputs], [hessian(total, phi), *S]
+
+    def cluster_hessians(sig):
+        g, phi, vs = inputs(sig)
+        _, S = _scores(g, phi, vs, sig)
+        eye = np.eye(sig.dim)
+        cols = [pushforward(S, phi, [pt.constant(eye[k])]) for k in range(sig.dim)]
+        return [phi, *vs, *g.data_inputs], [pt.stack([c[b] for c in cols], axis=2) for b in range(len(S))]
+
+    return {"gh": gh, "value": value, "info": info, "cluster_hessians": cluster_hessians}
+
+
+def laplace_function(name: str, sig, spec):
+    """Compiled Laplace function ``name`` (see :func:`_laplace_builders`), cached like the core functions."""
+    key = f"{name}-{sig.key()}"
+    if key not in _COMPILED:
+
+        def build():
+            with pytensor.config.change_flags(traceback__limit=0):
+                inputs, outputs = _laplace_builders(spec)[name](sig)
+                fg = FunctionGraph(inputs, outputs, clone=True)
+                _rewriter().rewrite(fg)
+            return list(fg.inputs), list(fg.outputs)
+
+        inputs, outputs = cache.load_graph(key, build)
+        _COMPILED[key] = compile_fn(inputs, outputs, rewrite=False)
+    return _COMPILED[key]
+
+
+class LaplaceFunctions:
+    """Criterion, derivatives and per-cluster pieces of a non-Gaussian mixed model (Laplace).
+
+    Same interface as :class:`LMMFunctions` (``information``, ``clusters``, ``scales``, ``map``),
+    plus ``value`` for the optimiser; no profiling (``beta`` is optimised with the rest).
+    """
+
+    profiled = False
+
+    def __init__(self, spec, structure: ClusterStructure, method: str = "ML"):
+        from .laplace import laplace_data, laplace_signature
+
+        self.spec, self.structure, self.method = spec, structure, method
+        self.sig = laplace_signature(spec, structure)
+        self.data = laplace_data(spec, structure)
+        self.map = ModelMap(spec, self.sig)
+        self.P = spec.n_params
+        self.vi = spec.variance_index
+        self.fi = spec.fixed_index
+        self._modes = [np.zeros((bt.clusters.size, bt.s)) for bt in structure.batches]
+        self.modes_converged = True
+
+    def _fn(self, name: str):
+        return laplace_function(name, self.sig, self.spec)
+
+    def modes(self, phi: np.ndarray) -> list[np.ndarray]:
+        """Modes of the random effects (standardised) at ``phi``, warm-started from the last ones."""
+        from .laplace import find_modes
+
+        vs, ok = find_modes(self._fn("gh"), phi, self._modes, self.data)
+        if not ok:
+            vs, ok = find_modes(self._fn("gh"), phi, [np.zeros_like(v) for v in vs], self.data)
+        self.modes_converged = ok
+        if all(np.all(np.isfinite(v)) for v in vs):
+            self._modes = vs
+        return vs
+
+    def value(self, nat: np.ndarray) -> tuple[float, np.ndarray]:
+        """Laplace log-likelihood and its gradient in ``nat``."""
+        phi, J, _ = self.map(nat, second=False)
+        vs = self.modes(phi)
+        res = self._fn("value")(phi, *vs, *self.data)
+        nb = len(vs)
+        return float(res[nb]), J.T @ np.asarray(res[nb + 1])
+
+    def information(self, nat: np.ndarray, expected: bool = False) -> dict[str, np.ndarray]:
+        c = self.clusters(nat)
+        out = {"loglik": c["loglik_total"], "grad": c["grad"], "observed": c["observed"]}
+        if expected:
+            out["expected"] = None
+        return out
+
+    def clusters(self, nat: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-cluster log-likelihoods and scores, total gradient and observed information (natural)."""
+        nat = np.asarray(nat, float)
+        phi, J, T = self.map(nat)
+        vs = self.modes(phi)
+        nb = len(vs)
+        val = self._fn("value")(phi, *vs, *self.data)
+        info = self._fn("info")(phi, *vs, *self.data)
+        C = self.structure.n_clusters
+        ll = np.zeros(C)
+        S = np.zeros((C, self.sig.dim))
+        for bt, a, b in zip(self.structure.batches, val[:nb], info[1:], strict=True):
+            ll[bt.clusters], S[bt.clusters] = a, b
+        gphi, Hphi = np.asarray(val[nb + 1]), np.asarray(info[0])
+        return {
+            "loglik_total": float(val[nb]),
+            "loglik": ll,
+            "scores": S @ J,
+            "grad": J.T @ gphi,
+            "observed": -(J.T @ Hphi @ J + np.einsum("k,kij->ij", gphi, T)),
+        }
+
+    def cluster_observed(self, nat: np.ndarray) -> np.ndarray:
+        """Each cluster's observed information contribution on the natural scale, ``(C, P, P)``."""
+        phi, J, T = self.map(np.asarray(nat, float))
+        vs = self.modes(phi)
+        H = self._fn("cluster_hessians")(phi, *vs, *self.data)
+        S = self._fn("info")(phi, *vs, *self.data)[1:]
+        C = self.structure.n_clusters
+        Hc = np.zeros((C, self.sig.dim, self.sig.dim))
+        Sc = np.zeros((C, self.sig.dim))
+        for bt, h, sc in zip(self.structure.batches, H, S, strict=True):
+            Hc[bt.clusters], Sc[bt.clusters] = h, sc
+        return -(np.einsum("ki,ckl,lj->cij", J, Hc, J) + np.einsum("ck,kij->cij", Sc, T))
+
+    def scales(self, nat: np.ndarray) -> dict[str, np.ndarray]:
+        phi, J, _ = self.map(nat, second=False)
+        out: dict[str, np.ndarray] = {}
+        vals = core_function("scales_laplace", self.sig)(phi)
+        for k, name in enumerate(("var", "sd", "cholesky")):
+            out[f"value_{name}"] = np.asarray(vals[2 * k])
+            out[f"jac_{name}"] = np.asarray(vals[2 * k + 1]) @ J
+        u, Ju = self.map.unconstrained(nat)
+        out["value_unconstrained"], out["jac_unconstrained"] = u, Ju
         return out

@@ -19,7 +19,7 @@ import pandas as pd
 import pytensor
 from scipy.optimize import minimize
 
-from .derivatives import LMMFunctions
+from .derivatives import LaplaceFunctions, LMMFunctions
 from .errors import MixVcovError
 from .marginal import build_structure
 from .results import MixedFit
@@ -124,8 +124,8 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
     spec = inspect_model(model, list(random), noncentered)
     structure = build_structure(spec)
     scales = ScaleMaps(spec, fixed_labels)
-    fns = LMMFunctions(spec, structure, method)
-    opt = optimise(fns, spec)
+    fns = LMMFunctions(spec, structure, method) if spec.gaussian else LaplaceFunctions(spec, structure)
+    opt = optimise(fns, spec) if fns.profiled else _optimise_all(fns, spec)
     optimum = {**opt.info, **fns.scales(opt.nat), "nat": opt.nat}
     if "expected" not in optimum:
         optimum["expected"] = fns.information(opt.nat, expected=True)["expected"]
@@ -192,6 +192,49 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
     res.x = natural(res.x)
     iterations = int(res.nit)
     _, _, nat = fns.profile(res.x)
+    return _newton(fns, spec, nat, iterations)
+
+
+def _optimise_all(fns, spec) -> OptimResult:
+    """L-BFGS-B over all natural parameters (no profiling), then Newton steps: the Laplace engine.
+
+    Parameters with support ``(0, inf)`` are optimised on the log scale.
+    """
+    lower, upper = spec.lower, spec.upper
+    logged = (lower == 0) & ~np.isfinite(upper)
+    span = np.where(np.isfinite(upper - lower), upper - lower, 1.0)
+    x0 = np.clip(
+        spec.nat0,
+        np.where(np.isfinite(lower), lower + 1e-3 * span, -np.inf),
+        np.where(np.isfinite(upper), upper - 1e-3 * span, np.inf),
+    )
+    x0 = np.where(logged, np.log(np.where(logged, x0, 1.0)), x0)
+
+    def natural(z):
+        return np.where(logged, np.exp(np.where(logged, z, 0.0)), z)
+
+    def negative(z):
+        x = natural(z)
+        with np.errstate(all="ignore"):
+            f, g = fns.value(x)
+        if not (np.isfinite(f) and np.all(np.isfinite(g))):
+            return np.inf, np.zeros_like(z)
+        return -f, -np.where(logged, g * x, g)
+
+    bounds = [
+        (None, None) if lg else (a if np.isfinite(a) else None, b if np.isfinite(b) else None)
+        for lg, a, b in zip(logged, lower, upper, strict=True)
+    ]
+    res = minimize(
+        negative, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 2000, "ftol": 1e-10, "gtol": 1e-6}
+    )
+    return _newton(fns, spec, natural(res.x), int(res.nit))
+
+
+def _newton(fns, spec, nat, iterations) -> OptimResult:
+    """Newton steps with the exact Hessian from ``nat`` until the Newton decrement is below 1e-12."""
+    lower, upper = spec.lower, spec.upper
+    vi = spec.variance_index
     # parameters the criterion involves: all (ML) or the variance parameters (REML)
     active = np.ones(spec.n_params, bool) if fns.method == "ML" else np.isin(np.arange(spec.n_params), vi)
     info = fns.information(nat)

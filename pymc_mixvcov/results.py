@@ -182,6 +182,11 @@ class MixedFit:
         return pd.DataFrame(self._opt[information], index=lab, columns=lab)
 
     def _vcov_natural(self, information: str) -> np.ndarray:
+        if self._opt.get(information) is None:
+            raise MixVcovError(
+                f"{information} information is available for Gaussian models only; this model's "
+                f"{self.spec.family} likelihood is fitted by the Laplace approximation: use information='observed'"
+            )
         if information not in self._vcov_nat:
             self._vcov_nat[information] = invert_information(
                 self._opt[information], self.at_bound, self.spec.natural_labels
@@ -331,6 +336,12 @@ class MixedFit:
         return pd.DataFrame(S, index=pd.RangeIndex(S.shape[0], name="row"), columns=labels)
 
     def _observation_scores(self) -> np.ndarray:
+        if not self.spec.gaussian:
+            raise MixVcovError(
+                f"observation-level scores need a casewise decomposition of the cluster scores, which exists "
+                f"for Gaussian models only (this model has a {self.spec.family} likelihood); use "
+                "level='cluster', or cluster by columns that group whole clusters"
+            )
         if "obs_scores" not in self._cache:
             from .scores import casewise_scores
 
@@ -430,6 +441,8 @@ class MixedFit:
         P = self.spec.n_params
         keep = ~self.at_bound
         idx = np.ix_(keep, keep)
+        if self._opt.get(information) is None:
+            self._vcov_natural(information)  # raises: not available for this model
         A = self._opt[information][idx]
         need_ai = adjust == "CR3"
         if cluster is None:
@@ -457,6 +470,12 @@ class MixedFit:
         return pd.DataFrame(V, index=lab, columns=lab)
 
     def _cluster_information(self, information: str) -> np.ndarray:
+        if not self.spec.gaussian:
+            if information == "expected":
+                self._vcov_natural("expected")  # raises: not available
+            if "observed_clusters" not in self._cache:
+                self._cache["observed_clusters"] = self._functions.cluster_observed(self._opt["nat"])
+            return self._cache["observed_clusters"]
         pieces = self._pieces(expected=information == "expected")
         return pieces["expected_clusters" if information == "expected" else "observed_clusters"]
 

@@ -78,7 +78,10 @@ class ScaleMaps:
                     out.append(f"sd_{e[i]}|{g}" if i == j else f"cor_{e[i]}.{e[j]}|{g}")
                 else:
                     out.append(f"theta_{g}.{e[i]}" if i == j else f"theta_{g}.{e[i]}.{e[j]}")
-        out.append("residual" if scale == "var" else "sigma")
+        if spec.gaussian:
+            out.append("residual" if scale == "var" else "sigma")
+        else:  # the likelihood's own parameters, as they are on every scale
+            out += [spec.natural_labels[i] for i in spec.psi_index]
         return out
 
     def kinds(self, scale: str) -> list[str]:
@@ -98,7 +101,11 @@ class ScaleMaps:
                     out.append("positive")
                 else:
                     out.append("correlation" if scale == "sd" else "real")
-        out.append("positive")
+        if spec.gaussian:
+            out.append("positive")
+        else:
+            pos = (spec.lower == 0) & ~np.isfinite(spec.upper)
+            out += ["positive" if pos[i] else "real" for i in spec.psi_index]
         return out
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
+from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import graph_replace
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor import TensorVariable
@@ -126,6 +127,15 @@ class GaussianSpec:
     nat0: np.ndarray
     observed_name: str
     residual_index: np.ndarray  # entries of ``nat`` that the residual SD depends on
+    family: str = "gaussian"
+    #: non-Gaussian likelihoods: ``(eta, y, lp)``, the per-observation log-density ``lp`` as a
+    #: graph of the linear predictor ``eta``, the data ``y`` and ``nat`` (its ``psi`` entries)
+    logp: tuple | None = field(default=None, repr=False)
+    psi_index: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+
+    @property
+    def gaussian(self) -> bool:
+        return self.logp is None
 
     @property
     def n(self) -> int:
@@ -308,30 +318,37 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
     if len(model.observed_RVs) != 1:
         raise MixVcovError(f"the model has {len(model.observed_RVs)} observed variables; exactly one is supported")
     obs = model.observed_RVs[0]
-    if not isinstance(obs.owner.op, NormalRV):
-        raise MixVcovError(
-            f"observed variable {obs.name!r} has a {obs.owner.op.name} likelihood; the exact "
-            "engine needs a Normal likelihood"
-        )
-    y = np.asarray(
-        _value(model.rvs_to_values[obs]),
-        dtype=float,
-    ).reshape(-1)
+    y = np.asarray(_value(model.rvs_to_values[obs]), dtype=float).reshape(-1)
     if not np.all(np.isfinite(y)):
         raise MixVcovError(f"observed variable {obs.name!r} has missing or infinite values")
     rand_rvs = [names[r] for r in random]
-    mu, sigma = obs.owner.inputs[2], obs.owner.inputs[3]
+    gaussian = isinstance(obs.owner.op, NormalRV)
+    roots = (
+        [obs.owner.inputs[2]]
+        if gaussian
+        else [v for v in obs.owner.inputs if str(getattr(v.type, "dtype", "")).startswith("float")]
+    )
     # the variable through which the mean uses each random effect: itself (centred) or a
     # deterministic of it (non-centred: u = Deterministic(z * sd) or z @ chol.T)
-    targets = [_mean_target(model, u, mu, rand_rvs, (noncentered or {}).get(u.name)) for u in rand_rvs]
-    _check_used(rand_rvs, targets, mu)
+    targets = [_mean_target(model, u, roots, rand_rvs, (noncentered or {}).get(u.name)) for u in rand_rvs]
+    if gaussian:
+        mu, sigma = obs.owner.inputs[2], obs.owner.inputs[3]
+        if any(t in set(ancestors([sigma], blockers=targets)) for t in targets):
+            gaussian = False  # a random effect in the residual SD: not a linear mixed model
+    if gaussian:
+        eta = mu
+    else:
+        eta = _find_eta(obs, targets, roots)
+        sigma = None
+    _check_used(rand_rvs, targets, eta)
 
     init = initial_natural(model)
     params: list[FreeParam] = []
     start = 0
-    mean_anc = set(ancestors([mu], blockers=targets))
-    var_anc = set(ancestors([sigma], blockers=rand_rvs))
+    mean_anc = set(ancestors([eta], blockers=targets))
+    var_anc = set(ancestors([sigma], blockers=rand_rvs)) if gaussian else set()
     resid_anc = set(var_anc)
+    lik_anc = set() if gaussian else set(ancestors(roots, blockers=[eta, *targets]))
     for u, t in zip(rand_rvs, targets, strict=True):
         var_anc |= set(ancestors(u.owner.inputs[2:], blockers=rand_rvs))
         if t is not u:
@@ -346,11 +363,11 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
         shape = tuple(np.shape(init[rv.name]))
         size = int(np.prod(shape, dtype=int))
         lower, upper = _support(model, rv, size)
-        in_mean, in_var = rv in mean_anc, rv in var_anc
-        if in_mean and in_var:
+        in_mean, in_var, in_lik = rv in mean_anc, rv in var_anc, rv in lik_anc
+        if in_mean + in_var + in_lik > 1:
             raise MixVcovError(
-                f"parameter {rv.name!r} enters both the mean and the variances; the exact "
-                "Gaussian engine needs them separate"
+                f"parameter {rv.name!r} enters more than one of the linear predictor, the random-effect "
+                "covariances and the likelihood's other parameters; they must be separate parameters"
             )
         params.append(
             FreeParam(
@@ -361,7 +378,7 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
                 _entry_labels(model, rv, shape),
                 lower,
                 upper,
-                "fixed" if in_mean else "variance",
+                "fixed" if in_mean else ("likelihood" if in_lik else "variance"),
             )
         )
         start += size
@@ -374,16 +391,23 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
     uvec = pt.vector("u", shape=(sum(sizes),))
     offs = np.concatenate([[0], np.cumsum(sizes)])
     urepl = {t: pt.reshape(uvec[offs[k] : offs[k + 1]], shapes[k]) for k, t in enumerate(targets)}
-    mu_g, sigma_g = graph_replace([mu, sigma], {**repl, **urepl}, strict=False)
+    mu_g = graph_replace(eta, {**repl, **urepl}, strict=False)
     mu_g = pt.broadcast_to(mu_g, (y.size,)) if mu_g.ndim == 0 else pt.flatten(mu_g)
     mu_fn = pytensor.function([nat, uvec], mu_g, mode=_FAST, on_unused_input="ignore")
-    sigma_val = np.asarray(pytensor.function([nat], sigma_g, mode=_FAST, on_unused_input="ignore")(nat0))
-    if sigma_val.size != 1:
-        raise MixVcovError(
-            f"the residual SD of {obs.name!r} varies across observations; the exact Gaussian "
-            "engine needs one residual SD"
-        )
-    sigma_s = pt.reshape(sigma_g, ())
+    if gaussian:
+        sigma_g = graph_replace(sigma, repl, strict=False)
+        sigma_val = np.asarray(pytensor.function([nat], sigma_g, mode=_FAST, on_unused_input="ignore")(nat0))
+        if sigma_val.size != 1:
+            raise MixVcovError(
+                f"the residual SD of {obs.name!r} varies across observations; the exact Gaussian "
+                "engine needs one residual SD"
+            )
+        sigma_s = pt.reshape(sigma_g, ())
+        logp = None
+    else:
+        sigma_s = None
+        obs_shape = tuple(np.shape(_value(model.rvs_to_values[obs])))
+        logp = _observation_logp(obs, eta, repl, targets, y, obs_shape)
 
     fixed_index = np.concatenate(
         [np.arange(p.start, p.start + p.size) for p in params if p.role == "fixed"] or [np.zeros(0, int)]
@@ -408,10 +432,29 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
     residual_index = np.array(
         [i for p in params if p.rv in resid_anc for i in range(p.start, p.start + p.size)], dtype=int
     )
-    return GaussianSpec(model, nat, params, terms, X, y, offset, sigma_s, fixed_index, nat0, obs.name, residual_index)
+    psi_index = np.array(
+        [i for p in params if p.role == "likelihood" for i in range(p.start, p.start + p.size)], dtype=int
+    )
+    return GaussianSpec(
+        model,
+        nat,
+        params,
+        terms,
+        X,
+        y,
+        offset,
+        sigma_s,
+        fixed_index,
+        nat0,
+        obs.name,
+        residual_index,
+        family="gaussian" if gaussian else type(obs.owner.op).__name__.removesuffix("RV"),
+        logp=logp,
+        psi_index=psi_index,
+    )
 
 
-def _mean_target(model, u, mu, rand_rvs, name: str | None):
+def _mean_target(model, u, roots, rand_rvs, name: str | None):
     """The variable through which the linear predictor uses the random variable ``u``.
 
     ``u`` itself for a centred random effect. For a non-centred one (``z ~ N(0, 1)`` and
@@ -432,14 +475,14 @@ def _mean_target(model, u, mu, rand_rvs, name: str | None):
         if u not in set(ancestors([d], blockers=others)):
             raise MixVcovError(f"deterministic {name!r} does not depend on random variable {u.name!r}")
         return d
-    if u not in set(ancestors([mu], blockers=others)):
+    if u not in set(ancestors(roots, blockers=others)):
         return u  # unused: reported by _check_used
     candidates = [
         d
         for d in model.deterministics
         if u in set(ancestors([d], blockers=others))
-        and d in set(ancestors([mu], blockers=others))
-        and u not in set(ancestors([mu], blockers=[*others, d]))
+        and d in set(ancestors(roots, blockers=others))
+        and u not in set(ancestors(roots, blockers=[*others, d]))
     ]
     if not candidates:
         return u
@@ -447,6 +490,55 @@ def _mean_target(model, u, mu, rand_rvs, name: str | None):
     closest = [d for d in candidates if not any(d in set(ancestors([e])) for e in candidates if e is not d)]
     first = [d for d in closest if not any(e in set(ancestors([d])) for e in closest if e is not d)]
     return first[0] if len(first) == 1 else min(candidates, key=lambda d: len(list(ancestors([d]))))
+
+
+def _find_eta(obs, targets, roots):
+    """The linear predictor of a non-Gaussian likelihood: the variable closest to the observed
+    variable through which every random effect enters (``eta`` in ``Poisson(exp(eta))``).
+    Its affinity in the fixed and random effects is verified later by probing."""
+    from pytensor.graph.traversal import toposort
+
+    tset = set(targets)
+    dependent = [
+        out
+        for node in reversed(list(toposort(roots)))
+        for out in node.outputs
+        if str(getattr(out.type, "dtype", "")).startswith("float") and tset & set(ancestors([out], blockers=targets))
+    ]
+    for var in dependent:
+        if var.ndim <= 1 and not tset & set(ancestors(roots, blockers=[var])):
+            return var
+    raise MixVcovError(
+        f"cannot find the linear predictor of observed variable {obs.name!r}: the random effects must "
+        "enter its likelihood through one linear predictor eta = offset + X beta + Z u (e.g. "
+        "Poisson(mu=exp(eta)))"
+    )
+
+
+def _observation_logp(obs, eta, repl, targets, y, obs_shape):
+    """Per-observation log-density as a graph of ``eta``, ``y`` and ``nat`` (see GaussianSpec.logp)."""
+    import pymc as pm
+
+    n = y.size
+    eta_in = pt.vector("eta", shape=(n,))
+    y_in = pt.vector("yobs", shape=(n,))
+    value = pt.cast(y_in, obs.type.dtype) if obs.type.dtype != "float64" else y_in
+    eta_rep = eta_in if eta.ndim == 1 else eta_in[0]
+    # the observed variable with its linear predictor and parameters replaced, then its log-density
+    # (PyMC's logp machinery clones graphs, so the replacement must come first)
+    obs_new = graph_replace(graph_replace(obs, {eta: eta_rep}, strict=False), repl, strict=False)
+    lp = pm.logp(obs_new, pt.reshape(value, obs_shape))
+    # shared variables (coordinate lengths, pm.Data) become constants: the graph is cached
+    shared = [v for v in ancestors([lp]) if isinstance(v, SharedVariable) and hasattr(v.type, "dtype")]
+    if shared:
+        lp = graph_replace(lp, {v: pt.constant(v.get_value(), dtype=v.type.dtype) for v in shared}, strict=False)
+    lp = pt.broadcast_to(lp, (n,)) if lp.ndim == 0 else pt.flatten(lp)
+    if set(targets) & set(ancestors([lp])):
+        raise MixVcovError(
+            f"the likelihood of {obs.name!r} uses the random effects outside its linear predictor; the "
+            "Laplace engine needs them inside one linear predictor"
+        )
+    return eta_in, y_in, lp
 
 
 def _check_used(rand_rvs, targets, mu) -> None:
