@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytensor
+import pytensor.scalar as ps
 import pytensor.tensor as pt
 from pytensor.compile.builders import OpFromGraph
 from pytensor.compile.mode import optdb
@@ -36,6 +37,7 @@ from pytensor.graph.replace import graph_replace
 from pytensor.graph.rewriting.basic import MergeOptimizer, SequentialGraphRewriter, dfs_rewriter, node_rewriter
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 from pytensor.tensor import TensorVariable
+from pytensor.tensor.elemwise import Elemwise
 
 from . import cache
 from .errors import MixVcovError
@@ -57,6 +59,19 @@ def _inline_op_from_graph(fgraph, node):
     Left in place, each would compile its inner graph with pytensor's default (C) backend.
     """
     return inline_ofg_node(node)
+
+
+@node_rewriter([Elemwise])
+def _split_wide_elemwise(fgraph, node):
+    """Split a variadic ``add``/``mul`` with more than 31 inputs (NumPy's ufunc operand limit,
+    which the Python ``perform`` enforces) into a tree of narrower ones."""
+    if len(node.inputs) <= 31 or not isinstance(node.op.scalar_op, ps.Add | ps.Mul):
+        return None
+    parts = [node.op(*node.inputs[k : k + 16]) for k in range(0, len(node.inputs), 16)]
+    out = node.op(*parts) if len(parts) <= 31 else None
+    if out is None:
+        return None
+    return [pt.cast(out, node.outputs[0].dtype)] if out.dtype != node.outputs[0].dtype else [out]
 
 
 def _mode():
@@ -142,7 +157,9 @@ def _rewriter():
     if MODE_NAME != "PY":
         return pytensor.compile.mode.get_mode(MODE_NAME).optimizer
     canonicalize = optdb.query(RewriteDatabaseQuery(include=["canonicalize"], exclude=["inplace"]))
-    return SequentialGraphRewriter(dfs_rewriter(_inline_op_from_graph), canonicalize)
+    return SequentialGraphRewriter(
+        dfs_rewriter(_inline_op_from_graph), canonicalize, dfs_rewriter(_split_wide_elemwise), MergeOptimizer()
+    )
 
 
 def compile_fn(inputs: Sequence[TensorVariable], outputs: Sequence[TensorVariable], rewrite: bool = True):

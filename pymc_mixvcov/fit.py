@@ -218,15 +218,36 @@ def _optimise_all(fns, spec) -> OptimResult:
         with np.errstate(all="ignore"):
             f, g = fns.value(x)
         if not (np.isfinite(f) and np.all(np.isfinite(g))):
-            return np.inf, np.zeros_like(z)
+            return 1e300, np.zeros_like(z)
         return -f, -np.where(logged, g * x, g)
 
     bounds = [
         (None, None) if lg else (a if np.isfinite(a) else None, b if np.isfinite(b) else None)
         for lg, a, b in zip(logged, lower, upper, strict=True)
     ]
+    # stage 0: the fixed effects and the likelihood's parameters with the random-effect
+    # parameters held at their starting values (a GLM-like warm start from a distant default)
+    free0 = ~np.isin(np.arange(x0.size), spec.variance_index)
+    if free0.any():
+
+        def negative0(z0):
+            z = x0.copy()
+            z[free0] = z0
+            f, g = negative(z)
+            return f, g[free0]
+
+        res0 = minimize(
+            negative0,
+            x0[free0],
+            jac=True,
+            method="L-BFGS-B",
+            bounds=[b for b, k in zip(bounds, free0, strict=True) if k],
+            options={"maxiter": 2000, "ftol": 1e-10, "gtol": 1e-6},
+        )
+        x0 = x0.copy()
+        x0[free0] = res0.x
     res = minimize(
-        negative, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 2000, "ftol": 1e-10, "gtol": 1e-6}
+        negative, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-7}
     )
     return _newton(fns, spec, natural(res.x), int(res.nit))
 

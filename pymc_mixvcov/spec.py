@@ -533,6 +533,16 @@ def _observation_logp(obs, eta, repl, targets, y, obs_shape):
     if shared:
         lp = graph_replace(lp, {v: pt.constant(v.get_value(), dtype=v.type.dtype) for v in shared}, strict=False)
     lp = pt.broadcast_to(lp, (n,)) if lp.ndim == 0 else pt.flatten(lp)
+    # PyMC's parameter checks raise; as -inf the optimiser can step back from invalid values
+    from pymc.logprob.utils import local_check_parameter_to_ninf_switch
+    from pytensor.graph.fg import FunctionGraph
+    from pytensor.graph.rewriting.basic import dfs_rewriter
+    from pytensor.graph.traversal import graph_inputs
+
+    roots = [v for v in graph_inputs([lp]) if not isinstance(v, pt.TensorConstant | SharedVariable)]
+    fg = FunctionGraph(roots, [lp], clone=False)
+    dfs_rewriter(local_check_parameter_to_ninf_switch).rewrite(fg)
+    lp = fg.outputs[0]
     if set(targets) & set(ancestors([lp])):
         raise MixVcovError(
             f"the likelihood of {obs.name!r} uses the random effects outside its linear predictor; the "
