@@ -170,12 +170,24 @@ def compile_fn(inputs: Sequence[TensorVariable], outputs: Sequence[TensorVariabl
     if MODE_NAME == "PY":
         if rewrite:
             with pytensor.config.change_flags(traceback__limit=0):
+                outputs = _freeze_shared(list(outputs))
                 fg = FunctionGraph(list(inputs), list(outputs), clone=True)
                 _mode().optimizer.rewrite(fg)
             return GraphFunction(list(fg.inputs), list(fg.outputs))
         return GraphFunction(list(inputs), list(outputs))
     with pytensor.config.change_flags(traceback__limit=0):
         return pytensor.function(list(inputs), list(outputs), mode=_mode(), on_unused_input="ignore")
+
+
+def _freeze_shared(outputs: list[TensorVariable]) -> list[TensorVariable]:
+    """Replace shared variables (PyMC's coordinate lengths, ``pm.Data``) by constants of their values."""
+    from pytensor.compile.sharedvalue import SharedVariable
+    from pytensor.graph.traversal import graph_inputs
+
+    shared = [v for v in graph_inputs(outputs) if isinstance(v, SharedVariable) and hasattr(v.type, "dtype")]
+    if not shared:
+        return outputs
+    return graph_replace(outputs, {v: pt.constant(v.get_value(), dtype=v.type.dtype) for v in shared}, strict=False)
 
 
 def jacobian_of(y: TensorVariable, x: TensorVariable | Sequence[TensorVariable]):
@@ -729,3 +741,67 @@ class LaplaceFunctions:
         u, Ju = self.map.unconstrained(nat)
         out["value_unconstrained"], out["jac_unconstrained"] = u, Ju
         return out
+
+
+class MAPFunctions:
+    """``method="MAP"``: the marginal log-likelihood plus the log prior density of the parameters.
+
+    The criterion is ``log p(y | nat) + sum_k log p_k(nat_k)``, the log marginal posterior density
+    of the natural parameters (priors on the constrained scale, no Jacobian of PyMC's
+    transforms): its maximiser is the marginal posterior mode, and the inverse of its negative
+    Hessian there is the Laplace (normal) approximation of the posterior covariance. The random
+    effects are integrated out as for ML. Useful when the likelihood alone is flat or maximised
+    on a boundary (few clusters, a variance estimated at 0): weakly informative priors keep the
+    mode inside the parameter space, and the covariance then describes the posterior, not the
+    sampling distribution of an estimator.
+    """
+
+    profiled = False
+
+    def __init__(self, base):
+        self.base = base
+        self.spec, self.structure, self.sig, self.map = base.spec, base.structure, base.sig, base.map
+        self.method = "ML"
+        self.P, self.vi, self.fi = base.P, base.vi, base.fi
+        spec = base.spec
+        import pymc as pm
+
+        nat = pt.vector("nat", shape=(spec.n_params,))
+        repl = {p.rv: pt.reshape(nat[p.slice], p.shape) for p in spec.params}
+        terms = []
+        for p in spec.params:
+            rv = graph_replace(p.rv, {k: v for k, v in repl.items() if k is not p.rv}, strict=False)
+            terms.append(pt.sum(pm.logp(rv, repl[p.rv])))
+        lp = pt.sum(pt.stack(terms))
+        g = grad(lp, nat)
+        self._prior = compile_fn([nat], [lp, g, jacobian_of(g, nat)])
+
+    def prior(self, nat):
+        lp, g, H = self._prior(np.asarray(nat, float))
+        return float(lp), np.asarray(g), np.asarray(H)
+
+    def value(self, nat: np.ndarray) -> tuple[float, np.ndarray]:
+        lp, g, _ = self.prior(nat)
+        if hasattr(self.base, "value"):
+            f, gf = self.base.value(nat)
+        else:
+            info = self.base.information(nat)
+            f, gf = info["loglik"], info["grad"]
+        return f + lp, gf + g
+
+    def information(self, nat: np.ndarray, expected: bool = False) -> dict[str, np.ndarray]:
+        info = dict(self.base.information(nat))
+        lp, g, H = self.prior(nat)
+        info["loglik_only"] = info["loglik"]
+        info["loglik"] = info["loglik"] + lp
+        info["grad"] = info["grad"] + g
+        info["observed"] = info["observed"] - H
+        if expected:
+            info["expected"] = None
+        return info
+
+    def clusters(self, nat):
+        return self.base.clusters(nat)
+
+    def scales(self, nat):
+        return self.base.scales(nat)

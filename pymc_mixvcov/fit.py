@@ -19,7 +19,7 @@ import pandas as pd
 import pytensor
 from scipy.optimize import minimize
 
-from .derivatives import LaplaceFunctions, LMMFunctions
+from .derivatives import LaplaceFunctions, LMMFunctions, MAPFunctions
 from .errors import MixVcovError
 from .marginal import build_structure
 from .results import MixedFit
@@ -28,7 +28,7 @@ from .spec import inspect_model
 
 __all__ = ["fit", "Method"]
 
-Method = Literal["ML", "REML"]
+Method = Literal["ML", "REML", "MAP"]
 METHODS: tuple[str, ...] = get_args(Method)
 
 
@@ -80,8 +80,11 @@ def fit(
         A model with one observed Normal variable whose mean is affine in the random effects.
     random : list of str
         Names of the random-effect variables to integrate out.
-    method : {"ML", "REML"}
-        Maximum likelihood, or restricted maximum likelihood (lme4's REML criterion).
+    method : {"ML", "REML", "MAP"}
+        Maximum likelihood, restricted maximum likelihood (lme4's REML criterion), or the mode
+        of the marginal posterior of the parameters (priors kept; see
+        :class:`pymc_mixvcov.derivatives.MAPFunctions`): its covariance is the Laplace
+        approximation of the posterior covariance.
     cluster : str, array-like or list, optional
         Default clusters of :meth:`MixedFit.sandwich` (a column of ``data``, labels with one
         entry per observation, or a list for multi-way clustering). By default the clusters are
@@ -124,9 +127,14 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
     spec = inspect_model(model, list(random), noncentered)
     structure = build_structure(spec)
     scales = ScaleMaps(spec, fixed_labels)
-    fns = LMMFunctions(spec, structure, method) if spec.gaussian else LaplaceFunctions(spec, structure)
+    base_method = "ML" if method == "MAP" else method
+    fns = LMMFunctions(spec, structure, base_method) if spec.gaussian else LaplaceFunctions(spec, structure)
+    if method == "MAP":
+        fns = MAPFunctions(fns)
     opt = optimise(fns, spec) if fns.profiled else _optimise_all(fns, spec)
     optimum = {**opt.info, **fns.scales(opt.nat), "nat": opt.nat}
+    if method == "MAP":  # report the log-likelihood; the posterior criterion stays available
+        optimum["log_posterior"], optimum["loglik"] = optimum["loglik"], optimum["loglik_only"]
     if "expected" not in optimum:
         optimum["expected"] = fns.information(opt.nat, expected=True)["expected"]
     return MixedFit(
@@ -225,12 +233,14 @@ def _optimise_all(fns, spec) -> OptimResult:
         (None, None) if lg else (a if np.isfinite(a) else None, b if np.isfinite(b) else None)
         for lg, a, b in zip(logged, lower, upper, strict=True)
     ]
-    # stage 0: the fixed effects and the likelihood's parameters with the random-effect
-    # parameters held at their starting values (a GLM-like warm start from a distant default)
-    free0 = ~np.isin(np.arange(x0.size), spec.variance_index)
-    if free0.any():
+    # warm start from a distant default: first the likelihood's own parameters (a scale that
+    # fits the data), then with the fixed effects (a GLM), the random-effect parameters held
+    psi = np.isin(np.arange(x0.size), spec.psi_index)
+    for free0 in (psi, ~np.isin(np.arange(x0.size), spec.variance_index)):
+        if not free0.any():
+            continue
 
-        def negative0(z0):
+        def negative0(z0, free0=free0, x0=x0):
             z = x0.copy()
             z[free0] = z0
             f, g = negative(z)
@@ -246,8 +256,49 @@ def _optimise_all(fns, spec) -> OptimResult:
         )
         x0 = x0.copy()
         x0[free0] = res0.x
+    bounded = (np.isfinite(lower) | np.isfinite(upper)) & ~logged
+    if bounded.any():
+        res = minimize(
+            negative,
+            x0,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-7},
+        )
+        return _newton(fns, spec, natural(res.x), int(res.nit))
+
+    # then a trust-region Newton method with the exact Hessian (on the log scale for positive
+    # parameters): robust in the curved valleys of variance parameters that L-BFGS crawls along
+    cache: dict = {}
+
+    def pieces(z):
+        key = z.tobytes()
+        if key not in cache:
+            x = natural(z)
+            with np.errstate(all="ignore"):
+                try:
+                    info = fns.information(x)
+                except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+                    info = None
+            if info is None or not np.isfinite(info["loglik"]):
+                cache.clear()
+                cache[key] = (1e300, np.zeros_like(z), np.eye(z.size))
+            else:
+                g, A = info["grad"], info["observed"]
+                d = np.where(logged, x, 1.0)
+                H = d[:, None] * A * d[None, :] - np.diag(np.where(logged, g * x, 0.0))
+                cache.clear()
+                cache[key] = (-info["loglik"], -g * d, H)
+        return cache[key]
+
     res = minimize(
-        negative, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-7}
+        lambda z: pieces(z)[0],
+        x0,
+        jac=lambda z: pieces(z)[1],
+        hess=lambda z: pieces(z)[2],
+        method="trust-exact",
+        options={"maxiter": 200, "gtol": 1e-8},
     )
     return _newton(fns, spec, natural(res.x), int(res.nit))
 

@@ -234,6 +234,11 @@ class MixedFit:
 
     # -- scores and log-likelihood contributions -----------------------------------------------
     def _require_ml(self, what: str) -> None:
+        if self.method == "MAP":
+            raise MixVcovError(
+                f"{what} are defined for maximum-likelihood fits; a MAP fit's covariance is a posterior "
+                "approximation. Refit with method='ML'."
+            )
         if self.method != "ML":
             raise MixVcovError(
                 f"{what} are defined for maximum-likelihood fits: the REML criterion is not a sum of "

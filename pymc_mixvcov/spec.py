@@ -313,6 +313,12 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
             "(automatic imputation), which would be estimated as parameters. Remove the rows with missing "
             "values before building the model."
         )
+    if getattr(model, "potentials", None):
+        raise MixVcovError(
+            f"the model has pm.Potential terms ({', '.join(v.name or '?' for v in model.potentials)}); they are "
+            "not part of any observed variable's likelihood and cannot be split by cluster. Write the "
+            "likelihood as an observed variable (pm.CustomDist(..., logp=..., observed=...))."
+        )
     if not model.observed_RVs:
         raise MixVcovError("the model has no observed variable; give the likelihood observed=data")
     if len(model.observed_RVs) != 1:

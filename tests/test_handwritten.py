@@ -232,3 +232,31 @@ def test_data_frame_not_needed_but_columns_need_one(centred_fit):
     with pytest.raises(pmv.MixVcovError, match="has no data frame"):
         centred_fit.sandwich(cluster="Subject")
     assert isinstance(centred_fit.scores("cluster"), pd.DataFrame)
+
+
+def test_map_keeps_the_priors(ss, centred_fit):
+    """MAP: the marginal posterior mode. With these weak priors it lies near the MLE, its
+    log-likelihood is below the maximum, and its criterion's gradient (likelihood + prior) is 0."""
+    fit = pmv.fit(centred(*ss), random=["u"], method="MAP")
+    assert fit.converged and fit.method == "MAP"
+    assert fit.loglik <= centred_fit.loglik + 1e-9
+    ml, mp = centred_fit.params("sd"), fit.params("sd")
+    se = centred_fit.se("sd")
+    # the priors move each estimate by a fraction of its standard error
+    assert np.all(np.abs(mp - ml) < 0.5 * se)
+    info = fit._functions.information(fit.params("natural").to_numpy())
+    sd = np.sqrt(np.diag(fit.vcov("natural")))
+    assert np.max(np.abs(info["grad"]) * sd) < 1e-4
+    with pytest.raises(pmv.MixVcovError, match="MAP fit's covariance is a posterior approximation"):
+        fit.sandwich()
+
+
+def test_potential_is_refused(ss):
+    d, subj, days, y = ss
+    with pm.Model(coords={"Subject": list(d["Subject"].cat.categories)}) as model:
+        sd = pm.HalfNormal("sd", 10.0)
+        u = pm.Normal("u", 0, sd, dims="Subject")
+        pm.Normal("y", 250 + u[subj], 20.0, observed=y)
+        pm.Potential("penalty", -sd)
+    with pytest.raises(pmv.MixVcovError, match="pm.Potential terms \\(penalty\\)"):
+        pmv.fit(model, random=["u"])
