@@ -28,9 +28,9 @@ from outside, e.g.::
 
     /usr/bin/time -f "%e s %M KB" .venv/bin/python benchmarks/lmm_100k.py
 
-which includes interpreter start-up and shutdown as well. The package's default compile mode
-(``PYMC_MIXVCOV_MODE=PY``) uses no JIT and no C compilation, so the first run in a fresh
-environment and later runs are expected to take about the same time.
+which includes interpreter start-up and shutdown as well. Compiled graphs are cached on disk per model signature
+(``~/.cache/pymc_mixvcov`` or ``$PYMC_MIXVCOV_CACHE``): point ``PYMC_MIXVCOV_CACHE`` to an empty
+directory to time a first-ever run.
 
 Data
 ----

@@ -30,9 +30,9 @@ from outside, e.g.::
     /usr/bin/time -f "%e s %M KB" .venv/bin/python benchmarks/sleepstudy.py
 
 which includes interpreter start-up and shutdown as well. On data this small the fixed costs
-(imports, graph construction and compilation) dominate. The package's default compile mode
-(``PYMC_MIXVCOV_MODE=PY``) uses no JIT and no C compilation, so the first run in a fresh
-environment and later runs are expected to take about the same time.
+(imports, graph construction and compilation) dominate. Compiled graphs are cached on disk per model signature
+(``~/.cache/pymc_mixvcov`` or ``$PYMC_MIXVCOV_CACHE``): point ``PYMC_MIXVCOV_CACHE`` to an empty
+directory to time a first-ever run.
 
 Anchor
 ------

@@ -313,27 +313,30 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
             "(automatic imputation), which would be estimated as parameters. Remove the rows with missing "
             "values before building the model."
         )
-    if getattr(model, "potentials", None):
-        raise MixVcovError(
-            f"the model has pm.Potential terms ({', '.join(v.name or '?' for v in model.potentials)}); they are "
-            "not part of any observed variable's likelihood and cannot be split by cluster. Write the "
-            "likelihood as an observed variable (pm.CustomDist(..., logp=..., observed=...))."
-        )
-    if not model.observed_RVs:
-        raise MixVcovError("the model has no observed variable; give the likelihood observed=data")
-    if len(model.observed_RVs) != 1:
-        raise MixVcovError(f"the model has {len(model.observed_RVs)} observed variables; exactly one is supported")
-    obs = model.observed_RVs[0]
-    y = np.asarray(_value(model.rvs_to_values[obs]), dtype=float).reshape(-1)
-    if not np.all(np.isfinite(y)):
-        raise MixVcovError(f"observed variable {obs.name!r} has missing or infinite values")
     rand_rvs = [names[r] for r in random]
-    gaussian = isinstance(obs.owner.op, NormalRV)
-    roots = (
-        [obs.owner.inputs[2]]
-        if gaussian
-        else [v for v in obs.owner.inputs if str(getattr(v.type, "dtype", "")).startswith("float")]
-    )
+    potential = None
+    if getattr(model, "potentials", None):
+        potential = _likelihood_potential(model)
+    elif not model.observed_RVs:
+        raise MixVcovError("the model has no observed variable; give the likelihood observed=data")
+    if potential is not None:
+        obs = potential  # a sum of per-observation terms: its terms play the observed log-density
+        y = None
+        gaussian = False
+        roots = [potential]
+    else:
+        if len(model.observed_RVs) != 1:
+            raise MixVcovError(f"the model has {len(model.observed_RVs)} observed variables; exactly one is supported")
+        obs = model.observed_RVs[0]
+        y = np.asarray(_value(model.rvs_to_values[obs]), dtype=float).reshape(-1)
+        if not np.all(np.isfinite(y)):
+            raise MixVcovError(f"observed variable {obs.name!r} has missing or infinite values")
+        gaussian = isinstance(obs.owner.op, NormalRV)
+        roots = (
+            [obs.owner.inputs[2]]
+            if gaussian
+            else [v for v in obs.owner.inputs if str(getattr(v.type, "dtype", "")).startswith("float")]
+        )
     # the variable through which the mean uses each random effect: itself (centred) or a
     # deterministic of it (non-centred: u = Deterministic(z * sd) or z @ chol.T)
     targets = [_mean_target(model, u, roots, rand_rvs, (noncentered or {}).get(u.name)) for u in rand_rvs]
@@ -344,8 +347,10 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
     if gaussian:
         eta = mu
     else:
-        eta = _find_eta(obs, targets, roots)
+        eta = _find_eta(obs, targets, roots, model, rand_rvs)
         sigma = None
+    if y is None:  # a Potential: as many "observations" as terms
+        y = np.zeros(int(pytensor.function([], pt.as_tensor(potential.owner.inputs[0].shape[0]), mode=_FAST)()))
     _check_used(rand_rvs, targets, eta)
 
     init = initial_natural(model)
@@ -412,8 +417,11 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
         logp = None
     else:
         sigma_s = None
-        obs_shape = tuple(np.shape(_value(model.rvs_to_values[obs])))
-        logp = _observation_logp(obs, eta, repl, targets, y, obs_shape)
+        if potential is not None:
+            logp = _potential_logp(potential, eta, repl, targets, y.size)
+        else:
+            obs_shape = tuple(np.shape(_value(model.rvs_to_values[obs])))
+            logp = _observation_logp(obs, eta, repl, targets, y, obs_shape)
 
     fixed_index = np.concatenate(
         [np.arange(p.start, p.start + p.size) for p in params if p.role == "fixed"] or [np.zeros(0, int)]
@@ -498,10 +506,14 @@ def _mean_target(model, u, roots, rand_rvs, name: str | None):
     return first[0] if len(first) == 1 else min(candidates, key=lambda d: len(list(ancestors([d]))))
 
 
-def _find_eta(obs, targets, roots):
-    """The linear predictor of a non-Gaussian likelihood: the variable closest to the observed
-    variable through which every random effect enters (``eta`` in ``Poisson(exp(eta))``).
-    Its affinity in the fixed and random effects is verified later by probing."""
+def _find_eta(obs, targets, roots, model, rand_rvs):
+    """The linear predictor of a non-Gaussian likelihood (``eta`` in ``Poisson(exp(eta))``).
+
+    The variable closest to the likelihood through which every random effect enters, that is
+    affine in the random effects with a design free of every parameter (checked numerically at
+    two parameter points; ``(y - eta) / sigma`` is rejected: its design depends on ``sigma``).
+    Its affinity in the fixed effects is verified later by probing.
+    """
     from pytensor.graph.traversal import toposort
 
     tset = set(targets)
@@ -513,12 +525,46 @@ def _find_eta(obs, targets, roots):
     ]
     for var in dependent:
         if var.ndim <= 1 and not tset & set(ancestors(roots, blockers=[var])):
-            return var
+            if _design_is_free(var, targets, model, rand_rvs):
+                return var
     raise MixVcovError(
         f"cannot find the linear predictor of observed variable {obs.name!r}: the random effects must "
         "enter its likelihood through one linear predictor eta = offset + X beta + Z u (e.g. "
         "Poisson(mu=exp(eta)))"
     )
+
+
+def _design_is_free(var, targets, model, rand_rvs) -> bool:
+    """Whether ``var`` is affine in the random effects with a design that no parameter changes."""
+    init = initial_natural(model)
+    free = [rv for rv in model.free_RVs if rv not in rand_rvs]
+    sizes = [init[rv.name].size for rv in free]
+    offs = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    pvec = pt.vector("p", shape=(int(offs[-1]),))
+    repl = {rv: pt.reshape(pvec[offs[k] : offs[k + 1]], init[rv.name].shape) for k, rv in enumerate(free)}
+    tshapes = [tuple(np.shape(init[u.name])) for u in rand_rvs]
+    tsizes = [int(np.prod(sh, dtype=int)) for sh in tshapes]
+    toffs = np.concatenate([[0], np.cumsum(tsizes)]).astype(int)
+    uvec = pt.vector("u", shape=(int(toffs[-1]),))
+    urepl = {t: pt.reshape(uvec[toffs[k] : toffs[k + 1]], tshapes[k]) for k, t in enumerate(targets)}
+    g = pt.flatten(graph_replace(var, {**repl, **urepl}, strict=False))
+    try:
+        fn = pytensor.function([pvec, uvec], g, mode=_FAST, on_unused_input="ignore")
+        rng = np.random.default_rng(5)
+        p0 = np.concatenate([init[rv.name].reshape(-1) for rv in free]) if free else np.zeros(0)
+        p1 = p0 * (1.0 + 0.3 * rng.uniform(size=p0.size)) + 0.1 * np.sign(p0 + 1e-300)
+        u1, u2, zero = (
+            rng.normal(size=uvec.type.shape[0]),
+            rng.normal(size=uvec.type.shape[0]),
+            np.zeros(uvec.type.shape[0]),
+        )
+        f0 = fn(p0, zero)
+        d1, d2, d12 = fn(p0, u1) - f0, fn(p0, u2) - f0, fn(p0, u1 + u2) - f0
+        e1 = fn(p1, u1) - fn(p1, zero)
+    except Exception:  # not evaluable alone (e.g. depends on data outside the graph)
+        return False
+    scale = 1e-8 * (1.0 + np.max(np.abs(d12)))
+    return bool(np.all(np.isfinite(d12)) and np.allclose(d12, d1 + d2, atol=scale) and np.allclose(e1, d1, atol=scale))
 
 
 def _observation_logp(obs, eta, repl, targets, y, obs_shape):
@@ -553,6 +599,53 @@ def _observation_logp(obs, eta, repl, targets, y, obs_shape):
         raise MixVcovError(
             f"the likelihood of {obs.name!r} uses the random effects outside its linear predictor; the "
             "Laplace engine needs them inside one linear predictor"
+        )
+    return eta_in, y_in, lp
+
+
+def _likelihood_potential(model):
+    """The one ``pm.Potential`` that holds the likelihood: ``pm.Potential(name, terms.sum())``.
+
+    Its per-observation terms (the summed vector) take the place of an observed variable's
+    log-density. Models with observed variables and potentials, or several potentials, are refused:
+    a potential's terms cannot otherwise be assigned to clusters.
+    """
+    from pytensor.tensor.math import Sum
+
+    names = ", ".join(v.name or "?" for v in model.potentials)
+    if model.observed_RVs or len(model.potentials) != 1:
+        raise MixVcovError(
+            f"the model has pm.Potential terms ({names}) besides {len(model.observed_RVs)} observed variable(s); "
+            "supported are one observed variable, or one Potential holding the whole likelihood as a sum of "
+            "per-observation terms, pm.Potential('loglik', terms.sum())"
+        )
+    pot = model.potentials[0]
+    node = pot.owner
+    while node is not None and type(node.op).__name__ == "DimShuffle":
+        node = node.inputs[0].owner
+    if node is None or not isinstance(node.op, Sum) or node.inputs[0].ndim != 1:
+        raise MixVcovError(
+            f"pm.Potential {pot.name!r} must be the sum of a vector of per-observation log-likelihood terms, "
+            "pm.Potential(name, terms.sum()), so that its terms can be assigned to clusters"
+        )
+    return node.outputs[0]
+
+
+def _potential_logp(potential, eta, repl, targets, n: int):
+    """Per-observation terms of a likelihood Potential as a graph of ``eta`` and ``nat``."""
+    eta_in = pt.vector("eta", shape=(n,))
+    y_in = pt.vector("yobs", shape=(n,))
+    eta_rep = eta_in if eta.ndim == 1 else eta_in[0]
+    terms = potential.owner.inputs[0]
+    lp = graph_replace(graph_replace(terms, {eta: eta_rep}, strict=False), repl, strict=False)
+    shared = [v for v in ancestors([lp]) if isinstance(v, SharedVariable) and hasattr(v.type, "dtype")]
+    if shared:
+        lp = graph_replace(lp, {v: pt.constant(v.get_value(), dtype=v.type.dtype) for v in shared}, strict=False)
+    lp = pt.flatten(lp)
+    if set(targets) & set(ancestors([lp])):
+        raise MixVcovError(
+            "the Potential uses the random effects outside its linear predictor; the Laplace engine needs "
+            "them inside one linear predictor"
         )
     return eta_in, y_in, lp
 

@@ -113,3 +113,32 @@ def test_student_t_fit_and_exact_hessian(student, ss):
         val, _ = integrate.quad(lambda u, f=f: f(u) * st.norm.pdf(u, 0, sd), -8 * sd, 8 * sd, limit=200)
         # the Laplace error for 10 t-distributed observations per cluster: well below 0.05
         np.testing.assert_allclose(ll[c], np.log(val) + top, atol=0.05)
+
+
+def test_potential_likelihood_reproduces_the_exact_fit(ss):
+    """The likelihood as pm.Potential(name, terms.sum()): Laplace is exact for Gaussian terms."""
+    d, subj, days, y = ss
+    with pm.Model(coords={"Subject": list(d["Subject"].cat.categories)}) as model:
+        b = pm.Normal("b", 0, 100, shape=2)
+        sd = pm.HalfNormal("sd", 50.0)
+        u = pm.Normal("u", 0.0, sd, dims="Subject")
+        sigma = pm.HalfNormal("sigma", 50.0)
+        pm.Potential("loglik", _normal_logp(y, b[0] + b[1] * days + u[subj], sigma).sum())
+    fit = pmv.fit(model, random=["u"])
+    exact = pmv.lmm("Reaction ~ Days + (1 | Subject)", d).fit("ML")
+    np.testing.assert_allclose(fit.loglik, exact.loglik, rtol=1e-9)
+    assert np.max(scaled_error(fit.vcov("natural").to_numpy(), exact.vcov("natural").to_numpy())) < 1e-5
+
+
+def test_custom_likelihood_hessian_equals_finite_differences(custom_fit):
+    nat = custom_fit.params("natural").to_numpy()
+    fns = custom_fit._functions
+    A = custom_fit.information("observed").to_numpy()
+    fd = np.empty_like(A)
+    for i in range(nat.size):
+        h = 1e-4 * max(abs(nat[i]), 1.0)
+        e = np.zeros_like(nat)
+        e[i] = h
+        fd[:, i] = -(fns.value(nat + e)[1] - fns.value(nat - e)[1]) / (2 * h)
+    dd = np.sqrt(np.outer(np.diag(A), np.diag(A)))
+    np.testing.assert_allclose(fd / dd, A / dd, atol=1e-5)
