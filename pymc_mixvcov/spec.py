@@ -561,10 +561,18 @@ def _design_is_free(var, targets, model, rand_rvs) -> bool:
         f0 = fn(p0, zero)
         d1, d2, d12 = fn(p0, u1) - f0, fn(p0, u2) - f0, fn(p0, u1 + u2) - f0
         e1 = fn(p1, u1) - fn(p1, zero)
+        # and affine in the parameters (the fixed effects): rejects log(alpha) - eta and the like
+        fm, f1 = fn(0.5 * (p0 + p1), zero), fn(p1, zero)
     except Exception:  # not evaluable alone (e.g. depends on data outside the graph)
         return False
     scale = 1e-8 * (1.0 + np.max(np.abs(d12)))
-    return bool(np.all(np.isfinite(d12)) and np.allclose(d12, d1 + d2, atol=scale) and np.allclose(e1, d1, atol=scale))
+    pscale = 1e-8 * (1.0 + np.max(np.abs(np.r_[f0, f1])))
+    return bool(
+        np.all(np.isfinite(d12))
+        and np.allclose(d12, d1 + d2, atol=scale)
+        and np.allclose(e1, d1, atol=scale)
+        and np.allclose(fm, 0.5 * (f0 + f1), atol=pscale)
+    )
 
 
 def _observation_logp(obs, eta, repl, targets, y, obs_shape):
