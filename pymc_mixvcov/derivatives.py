@@ -283,10 +283,14 @@ def _lower_colmajor(r: int) -> list[tuple[int, int]]:
     return [(i, j) for j in range(r) for i in range(j, r)]
 
 
-def _build_scales(sig: Signature, _method: str):
-    """Values and Jacobians (in ``phi``) of the var, sd and cholesky scales."""
+def _build_scales(sig: Signature, _method: str, tail: str = "sigma"):
+    """Values and Jacobians (in ``phi``) of the var, sd and cholesky scales.
+
+    ``tail="sigma"``: a Gaussian model, ``phi = (beta, theta, sigma)``, lme4's relative Cholesky
+    factor; ``tail="psi"``: other likelihoods, the absolute factor and ``psi`` as it is.
+    """
     phi = pt.vector("phi", shape=(sig.dim,))
-    parts = _scale_parts(phi, sig.p, sig.r, sig.n_theta, "sigma")
+    parts = _scale_parts(phi, sig.p, sig.r, sig.n_theta, tail)
     outs = []
     for name in ("var", "sd", "cholesky"):
         val = pt.concatenate(parts[name])
@@ -327,15 +331,9 @@ def _scale_parts(phi, p: int, r_terms, n_theta: int, tail: str):
     return parts
 
 
-def _build_scales_laplace(sig, _method: str):
-    """Scales of a non-Gaussian model: ``cholesky`` is the absolute factor; ``psi`` as it is."""
-    phi = pt.vector("phi", shape=(sig.dim,))
-    parts = _scale_parts(phi, sig.p, sig.r, sig.n_theta, "psi")
-    outs = []
-    for name in ("var", "sd", "cholesky"):
-        val = pt.concatenate(parts[name])
-        outs += [val, jacobian_of(val, phi)]
-    return [phi], outs
+def _build_scales_laplace(sig, method: str):
+    """Scales of a non-Gaussian model (see :func:`_build_scales`)."""
+    return _build_scales(sig, method, tail="psi")
 
 
 _BUILDERS: dict[str, Callable] = {

@@ -168,16 +168,7 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
     # optimised on the log scale; the other variance parameters on their natural scale within
     # their supports, so that a random-effect SD can reach 0 exactly (a boundary fit)
     logged = np.isin(vi, spec.residual_index) & (lo_v == 0) & ~np.isfinite(up_v)
-    span = np.where(np.isfinite(up_v - lo_v), up_v - lo_v, 1.0)
-    x0 = np.clip(
-        spec.nat0[vi],
-        np.where(np.isfinite(lo_v), lo_v + 1e-3 * span, -np.inf),
-        np.where(np.isfinite(up_v), up_v - 1e-3 * span, np.inf),
-    )
-    x0 = np.where(logged, np.log(np.where(logged, x0, 1.0)), x0)
-
-    def natural(z):
-        return np.where(logged, np.exp(np.where(logged, z, 0.0)), z)
+    x0, natural, bounds = _search_space(spec.nat0[vi], lo_v, up_v, logged)
 
     def negative(z):
         x = natural(z)
@@ -190,10 +181,6 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
             )
         return -f, -np.where(logged, g * x, g)
 
-    bounds = [
-        (None, None) if lg else (a if np.isfinite(a) else None, b if np.isfinite(b) else None)
-        for lg, a, b in zip(logged, lo_v, up_v, strict=True)
-    ]
     res = minimize(
         negative, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 2000, "ftol": 1e-9, "gtol": 1e-6}
     )
@@ -203,16 +190,15 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
     return _newton(fns, spec, nat, iterations)
 
 
-def _optimise_all(fns, spec) -> OptimResult:
-    """L-BFGS-B over all natural parameters (no profiling), then Newton steps: the Laplace engine.
+def _search_space(start, lower, upper, logged):
+    """The optimiser's coordinates: the start (inside the supports), the map back, the bounds.
 
-    Parameters with support ``(0, inf)`` are optimised on the log scale.
+    Entries flagged in ``logged`` are optimised on the log scale, the others on their natural
+    scale within their supports.
     """
-    lower, upper = spec.lower, spec.upper
-    logged = (lower == 0) & ~np.isfinite(upper)
     span = np.where(np.isfinite(upper - lower), upper - lower, 1.0)
     x0 = np.clip(
-        spec.nat0,
+        start,
         np.where(np.isfinite(lower), lower + 1e-3 * span, -np.inf),
         np.where(np.isfinite(upper), upper - 1e-3 * span, np.inf),
     )
@@ -220,6 +206,22 @@ def _optimise_all(fns, spec) -> OptimResult:
 
     def natural(z):
         return np.where(logged, np.exp(np.where(logged, z, 0.0)), z)
+
+    bounds = [
+        (None, None) if lg else (a if np.isfinite(a) else None, b if np.isfinite(b) else None)
+        for lg, a, b in zip(logged, lower, upper, strict=True)
+    ]
+    return x0, natural, bounds
+
+
+def _optimise_all(fns, spec) -> OptimResult:
+    """L-BFGS-B over all natural parameters (no profiling), then Newton steps: the Laplace engine.
+
+    Parameters with support ``(0, inf)`` are optimised on the log scale.
+    """
+    lower, upper = spec.lower, spec.upper
+    logged = (lower == 0) & ~np.isfinite(upper)
+    x0, natural, bounds = _search_space(spec.nat0, lower, upper, logged)
 
     def negative(z):
         x = natural(z)
@@ -229,10 +231,6 @@ def _optimise_all(fns, spec) -> OptimResult:
             return 1e300, np.zeros_like(z)
         return -f, -np.where(logged, g * x, g)
 
-    bounds = [
-        (None, None) if lg else (a if np.isfinite(a) else None, b if np.isfinite(b) else None)
-        for lg, a, b in zip(logged, lower, upper, strict=True)
-    ]
     # warm start from a distant default: first the likelihood's own parameters (a scale that
     # fits the data), then with the fixed effects (a GLM), the random-effect parameters held
     psi = np.isin(np.arange(x0.size), spec.psi_index)

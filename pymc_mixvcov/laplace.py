@@ -34,13 +34,13 @@ from pytensor.graph.replace import graph_replace
 from pytensor.tensor import TensorVariable
 
 from .linalg import BatchedCholesky, bmv
-from .marginal import ClusterStructure
+from .marginal import ClusterStructure, Signature
 
 __all__ = ["LaplaceSignature", "LaplaceGraph", "laplace_signature", "laplace_data", "find_modes"]
 
 
 @dataclass(frozen=True)
-class LaplaceSignature:
+class LaplaceSignature(Signature):
     """What fixes the Laplace graphs: sizes as for the Gaussian engine plus the likelihood.
 
     ``phi = (beta, theta, psi)``: fixed effects, lower triangles of the absolute covariance
@@ -48,37 +48,16 @@ class LaplaceSignature:
     dispersion) on the model's natural scale.
     """
 
-    p: int
-    r: tuple[int, ...]
-    sizes: tuple[int, ...]
-    n_psi: int
-    n_params: int
-    likelihood: str  # hash of the per-observation log-density graph
-
-    @property
-    def n_theta(self) -> int:
-        return sum(r * (r + 1) // 2 for r in self.r)
+    n_psi: int = 0
+    n_params: int = 0
+    likelihood: str = ""  # hash of the per-observation log-density graph
 
     @property
     def dim(self) -> int:
         return self.p + self.n_theta + self.n_psi
 
-    @property
-    def lam_size(self) -> int:
-        return sum(r * r for r in self.r)
-
-    def theta_positions(self) -> np.ndarray:
-        out, off = [], 0
-        for r in self.r:
-            out += [off + i * r + j for j in range(r) for i in range(j, r)]
-            off += r * r
-        return np.array(out, dtype=int)
-
     def key(self) -> str:
-        return (
-            f"lap-p{self.p}-r{'.'.join(map(str, self.r))}-s{'.'.join(map(str, self.sizes))}"
-            f"-q{self.n_psi}-{self.likelihood}"
-        )
+        return f"lap-{super().key()}-q{self.n_psi}-{self.likelihood}"
 
 
 def laplace_signature(spec, structure: ClusterStructure) -> LaplaceSignature:

@@ -26,6 +26,24 @@ def ss():
     return d, d["Subject"].cat.codes.to_numpy(), d["Days"].to_numpy(float), d["Reaction"].to_numpy(float)
 
 
+def _check_exact_hessian(fit):
+    """The symbolic observed information equals central differences of the exact gradient (test
+    only; O(h^2) truncation, inner modes solved to 1e-10), and the gradient is ~0 at the optimum."""
+    nat = fit.params("natural").to_numpy()
+    fns = fit._functions
+    A = fit.information("observed").to_numpy()
+    fd = np.empty_like(A)
+    for i in range(nat.size):
+        h = 1e-5 * max(abs(nat[i]), 1.0)
+        e = np.zeros_like(nat)
+        e[i] = h
+        fd[:, i] = -(fns.value(nat + e)[1] - fns.value(nat - e)[1]) / (2 * h)
+    dd = np.sqrt(np.outer(np.diag(A), np.diag(A)))
+    np.testing.assert_allclose(fd / dd, A / dd, atol=1e-5)
+    se = np.sqrt(np.diag(fit.vcov("natural")))
+    assert np.max(np.abs(fns.value(nat)[1]) * se) < 1e-4
+
+
 def _normal_logp(value, mu, sigma):
     return -0.5 * ((value - mu) / sigma) ** 2 - pm.math.log(sigma) - 0.5 * np.log(2 * np.pi)
 
@@ -84,21 +102,8 @@ def student(ss):
 def test_student_t_fit_and_exact_hessian(student, ss):
     fit = pmv.fit(student, random=["u"])
     assert fit.converged
+    _check_exact_hessian(fit)
     nat = fit.params("natural").to_numpy()
-    fns = fit._functions
-    A = fit.information("observed").to_numpy()
-    fd = np.empty_like(A)
-    for i in range(nat.size):
-        h = 1e-4 * max(abs(nat[i]), 1.0)
-        e = np.zeros_like(nat)
-        e[i] = h
-        fd[:, i] = -(fns.value(nat + e)[1] - fns.value(nat - e)[1]) / (2 * h)
-    d = np.sqrt(np.outer(np.diag(A), np.diag(A)))
-    # central differences of an exact gradient: O(h^2) truncation, inner modes solved to 1e-10
-    np.testing.assert_allclose(fd / d, A / d, atol=1e-5)
-    g = fns.value(nat)[1]
-    se = np.sqrt(np.diag(fit.vcov("natural")))
-    assert np.max(np.abs(g) * se) < 1e-4
     # Laplace against numerical integration of three clusters' likelihoods at the estimate
     d_, subj, days, y = ss
     b0, b1, sd, sigma = nat
@@ -131,17 +136,7 @@ def test_potential_likelihood_reproduces_the_exact_fit(ss):
 
 
 def test_custom_likelihood_hessian_equals_finite_differences(custom_fit):
-    nat = custom_fit.params("natural").to_numpy()
-    fns = custom_fit._functions
-    A = custom_fit.information("observed").to_numpy()
-    fd = np.empty_like(A)
-    for i in range(nat.size):
-        h = 1e-4 * max(abs(nat[i]), 1.0)
-        e = np.zeros_like(nat)
-        e[i] = h
-        fd[:, i] = -(fns.value(nat + e)[1] - fns.value(nat - e)[1]) / (2 * h)
-    dd = np.sqrt(np.outer(np.diag(A), np.diag(A)))
-    np.testing.assert_allclose(fd / dd, A / dd, atol=1e-5)
+    _check_exact_hessian(custom_fit)
 
 
 def test_binomial_glmm_matches_lme4_laplace():
@@ -223,22 +218,6 @@ def _count_model(family: str):
             shape = pm.HalfNormal("shape", 10.0)
             pm.Gamma("y", alpha=shape, beta=shape / mu, observed=y)
     return model
-
-
-def _check_exact_hessian(fit):
-    nat = fit.params("natural").to_numpy()
-    fns = fit._functions
-    A = fit.information("observed").to_numpy()
-    fd = np.empty_like(A)
-    for i in range(nat.size):
-        h = 1e-5 * max(abs(nat[i]), 1.0)
-        e = np.zeros_like(nat)
-        e[i] = h
-        fd[:, i] = -(fns.value(nat + e)[1] - fns.value(nat - e)[1]) / (2 * h)
-    dd = np.sqrt(np.outer(np.diag(A), np.diag(A)))
-    np.testing.assert_allclose(fd / dd, A / dd, atol=1e-5)
-    se = np.sqrt(np.diag(fit.vcov("natural")))
-    assert np.max(np.abs(fns.value(nat)[1]) * se) < 1e-4
 
 
 def test_poisson_glmm():
