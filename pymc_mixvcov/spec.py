@@ -862,7 +862,12 @@ def _verify_affine(mu_fn, base, offset, X, terms, offs, fixed_index, params, nat
                 if trial == 0
                 else "the variance parameters (a non-centred parameterisation?)"
             )
+            hint = (
+                ". If a random effect is non-centred (z ~ Normal(0, 1) scaled by an SD in the mean), let the "
+                "mean use a deterministic u = pm.Deterministic('u', z * sd) (or z @ chol.T), or name it: "
+                "noncentered={'z': 'u'}"
+            )
             raise MixVcovError(
                 "the linear predictor is not affine in the random effects with a design that is "
-                f"free of {what}; the exact Gaussian engine needs mean = offset + X beta + Z u"
+                f"free of {what}; the engine needs mean = offset + X beta + Z u{hint}"
             )

@@ -260,3 +260,33 @@ def test_potential_is_refused(ss):
         pm.Potential("penalty", -sd)
     with pytest.raises(pmv.MixVcovError, match="pm.Potential terms \\(penalty\\)"):
         pmv.fit(model, random=["u"])
+
+
+def test_crossed_random_effects_by_hand():
+    """Penicillin, (1 | plate) + (1 | sample) written by hand: the same fit as the formula path."""
+    d = pmv.datasets.load("penicillin")
+    plate, sample = d["plate"].cat.codes.to_numpy(), d["sample"].cat.codes.to_numpy()
+    coords = {"plate": list(d["plate"].cat.categories), "sample": list(d["sample"].cat.categories)}
+    with pm.Model(coords=coords) as model:
+        b = pm.Normal("b", 20, 10)
+        sp = pm.HalfNormal("sd_plate", 5.0)
+        ss_ = pm.HalfNormal("sd_sample", 5.0)
+        up = pm.Normal("up", 0, sp, dims="plate")
+        us = pm.Normal("us", 0, ss_, dims="sample")
+        sigma = pm.HalfNormal("sigma", 5.0)
+        pm.Normal("y", b + up[plate] + us[sample], sigma, observed=d["diameter"].to_numpy(float))
+    fit = pmv.fit(model, random=["up", "us"])
+    ref = pmv.lmm("diameter ~ 1 + (1 | plate) + (1 | sample)", d).fit("ML")
+    np.testing.assert_allclose(fit.loglik, ref.loglik, rtol=1e-10)
+    assert np.max(scaled_error(fit.vcov("var").to_numpy(), ref.vcov("var").to_numpy())) < 1e-5
+    assert fit.n_clusters == 1
+
+
+def test_noncentred_without_deterministic_is_explained(ss):
+    d, subj, days, y = ss
+    with pm.Model(coords={"Subject": list(d["Subject"].cat.categories)}) as model:
+        sd = pm.HalfNormal("sd", 10.0)
+        z = pm.Normal("z", 0, 1, dims="Subject")
+        pm.Normal("y", 250 + z[subj] * sd, 20.0, observed=y)
+    with pytest.raises(pmv.MixVcovError, match="noncentered=\\{'z': 'u'\\}"):
+        pmv.fit(model, random=["z"])
