@@ -175,11 +175,15 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
         with np.errstate(all="ignore"):
             f, g, _ = fns.profile(x)
         if not (np.isfinite(f) and np.all(np.isfinite(g))):
-            raise MixVcovError(
-                f"the criterion is not finite at variance parameters {x}; the model may be "
-                "degenerate (check the data and the random-effect terms)"
-            )
+            # e.g. a correlation parameter at +-1 (a singular covariance): make the line search step back
+            return 1e300, np.zeros_like(z)
         return -f, -np.where(logged, g * x, g)
+
+    if negative(x0)[0] >= 1e300:
+        raise MixVcovError(
+            f"the criterion is not finite at the starting variance parameters {natural(x0)}; the model may "
+            "be degenerate (check the data and the random-effect terms)"
+        )
 
     res = minimize(
         negative, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 2000, "ftol": 1e-9, "gtol": 1e-6}
@@ -187,7 +191,13 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
     res.x = natural(res.x)
     iterations = int(res.nit)
     _, _, nat = fns.profile(res.x)
-    return _newton(fns, spec, nat, iterations)
+    out = _newton(fns, spec, nat, iterations, warn=False)
+    if not out.converged and fns.method == "ML":
+        # L-BFGS stalled (e.g. at the wall of a singular covariance): exact-Hessian trust region
+        out = _trust_region(fns, spec, out.nat, out.iterations)
+    elif not out.converged:
+        _warn_not_converged(out.message)
+    return out
 
 
 def _search_space(start, lower, upper, logged):
@@ -254,54 +264,82 @@ def _optimise_all(fns, spec) -> OptimResult:
         )
         x0 = x0.copy()
         x0[free0] = res0.x
-    bounded = (np.isfinite(lower) | np.isfinite(upper)) & ~logged
-    if bounded.any():
-        res = minimize(
-            negative,
-            x0,
-            jac=True,
-            method="L-BFGS-B",
-            bounds=bounds,
-            options={"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-7},
-        )
-        return _newton(fns, spec, natural(res.x), int(res.nit))
+    return _trust_region(fns, spec, natural(x0), 0)
 
-    # then a trust-region Newton method with the exact Hessian (on the log scale for positive
-    # parameters): robust in the curved valleys of variance parameters that L-BFGS crawls along
+
+def _trust_region(fns, spec, start, iterations) -> OptimResult:
+    """A trust-region Newton method with the exact Hessian, then Newton steps.
+
+    Robust in the curved valleys of variance parameters that L-BFGS crawls along. It runs in
+    unbounded coordinates ``x = T(z)``: ``a + exp(z)`` for a lower bound ``a``, ``b - exp(z)`` for an
+    upper bound, ``a + (b - a) expit(z)`` for both; with ``T'`` and ``T''`` the gradient is
+    ``g_z = T' g_x`` and the Hessian ``T' H_x T' + diag(T'' g_x)``, exactly.
+    """
+    from scipy.special import expit, logit
+
+    lower, upper = spec.lower, spec.upper
+    lo, hi = np.isfinite(lower), np.isfinite(upper)
+    both, only_lo, only_hi = lo & hi, lo & ~hi, hi & ~lo
+    span = np.where(both, upper - lower, 1.0)
+    eps = 1e-9 * span
+    x_start = np.clip(start, np.where(lo, lower + eps, -np.inf), np.where(hi, upper - eps, np.inf))
+    z0 = np.where(only_lo, np.log(np.where(only_lo, x_start - lower, 1.0)), x_start)
+    z0 = np.where(only_hi, np.log(np.where(only_hi, upper - x_start, 1.0)), z0)
+    z0 = np.where(both, logit(np.where(both, (x_start - lower) / span, 0.5)), z0)
+
+    def transform(z):
+        e = np.exp(np.where(only_lo | only_hi, z, 0.0))
+        s_ = expit(np.where(both, z, 0.0))
+        x = np.where(only_lo, lower + e, np.where(only_hi, upper - e, np.where(both, lower + span * s_, z)))
+        d1 = np.where(only_lo, e, np.where(only_hi, -e, np.where(both, span * s_ * (1 - s_), 1.0)))
+        d2 = np.where(only_lo, e, np.where(only_hi, -e, np.where(both, span * s_ * (1 - s_) * (1 - 2 * s_), 0.0)))
+        return x, d1, d2
+
     cache: dict = {}
 
     def pieces(z):
         key = z.tobytes()
         if key not in cache:
-            x = natural(z)
+            x, d1, d2 = transform(z)
             with np.errstate(all="ignore"):
                 try:
                     info = fns.information(x)
                 except (np.linalg.LinAlgError, FloatingPointError, ValueError):
                     info = None
+            cache.clear()
             if info is None or not np.isfinite(info["loglik"]):
-                cache.clear()
                 cache[key] = (1e300, np.zeros_like(z), np.eye(z.size))
             else:
                 g, A = info["grad"], info["observed"]
-                d = np.where(logged, x, 1.0)
-                H = d[:, None] * A * d[None, :] - np.diag(np.where(logged, g * x, 0.0))
-                cache.clear()
-                cache[key] = (-info["loglik"], -g * d, H)
+                H = d1[:, None] * A * d1[None, :] - np.diag(d2 * g)
+                cache[key] = (-info["loglik"], -g * d1, H)
         return cache[key]
 
     res = minimize(
         lambda z: pieces(z)[0],
-        x0,
+        z0,
         jac=lambda z: pieces(z)[1],
         hess=lambda z: pieces(z)[2],
         method="trust-exact",
         options={"maxiter": 200, "gtol": 1e-8},
     )
-    return _newton(fns, spec, natural(res.x), int(res.nit))
+    natural = transform
+    return _newton(fns, spec, natural(res.x)[0], iterations + int(res.nit))
 
 
-def _newton(fns, spec, nat, iterations) -> OptimResult:
+def _warn_not_converged(message: str) -> None:
+    import warnings
+
+    from .errors import ConvergenceWarning
+
+    warnings.warn(
+        f"the optimiser did not converge ({message}); estimates and covariances may be unreliable",
+        ConvergenceWarning,
+        stacklevel=4,
+    )
+
+
+def _newton(fns, spec, nat, iterations, warn: bool = True) -> OptimResult:
     """Newton steps with the exact Hessian from ``nat`` until the Newton decrement is below 1e-12."""
     lower, upper = spec.lower, spec.upper
     vi = spec.variance_index
@@ -343,14 +381,6 @@ def _newton(fns, spec, nat, iterations) -> OptimResult:
         if converged
         else f"not converged: Newton decrement {decrement:.3g} after {iterations} iterations"
     )
-    if not converged:
-        import warnings
-
-        from .errors import ConvergenceWarning
-
-        warnings.warn(
-            f"the optimiser did not converge ({message}); estimates and covariances may be unreliable",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
+    if not converged and warn:
+        _warn_not_converged(message)
     return OptimResult(nat, info, converged, iterations, gnorm, held, message)

@@ -235,7 +235,9 @@ def _support(model, rv, size: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = tr.args_fn(*rv.owner.inputs)
         a = -np.inf if a is None else np.broadcast_to(np.asarray(_value(a)), (size,))
         b = np.inf if b is None else np.broadcast_to(np.asarray(_value(b)), (size,))
-        return lower * 0 + a, upper * 0 + b
+        return np.broadcast_to(np.asarray(a, float), (size,)).copy(), np.broadcast_to(
+            np.asarray(b, float), (size,)
+        ).copy()
     raise MixVcovError(
         f"free variable {rv.name!r} has a {type(tr).__name__}, whose support pymc_mixvcov cannot "
         "read; supported transforms are log, log-odds, interval and LKJ Cholesky. Reparameterise "

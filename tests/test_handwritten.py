@@ -290,3 +290,23 @@ def test_noncentred_without_deterministic_is_explained(ss):
         pm.Normal("y", 250 + z[subj] * sd, 20.0, observed=y)
     with pytest.raises(pmv.MixVcovError, match="noncentered=\\{'z': 'u'\\}"):
         pmv.fit(model, random=["z"])
+
+
+def test_hand_built_covariance(ss, formula_fit):
+    """MvNormal(cov=...) with a covariance built from two SDs and a correlation (Uniform(-1, 1))."""
+    d, subj, days, y = ss
+    with pm.Model(coords=_coords(d)) as model:
+        beta = pm.Normal("beta", 0, 100, dims="fixed")
+        sds = pm.HalfNormal("sds", 50.0, shape=2)
+        rho = pm.Uniform("rho", -1, 1)
+        cov = pm.math.stack([[sds[0] ** 2, rho * sds[0] * sds[1]], [rho * sds[0] * sds[1], sds[1] ** 2]])
+        u = pm.MvNormal("u", mu=np.zeros(2), cov=cov, dims=("Subject", "effect"))
+        sigma = pm.HalfNormal("sigma", 50.0)
+        pm.Normal("y", beta[0] + beta[1] * days + u[subj, 0] + u[subj, 1] * days, sigma, observed=y)
+    fit = pmv.fit(model, random=["u"])
+    np.testing.assert_allclose(fit.loglik, formula_fit.loglik, rtol=1e-10)
+    assert np.max(scaled_error(fit.vcov("sd").to_numpy(), formula_fit.vcov("sd").to_numpy())) < 1e-5
+    # the model's own parameters: rho is the correlation
+    np.testing.assert_allclose(
+        fit.params("natural")["rho"], formula_fit.params("sd")["cor_Days.(Intercept)|Subject"], rtol=1e-5
+    )
