@@ -16,7 +16,7 @@ from .errors import (
     SingularFitWarning,
 )
 from .fit import fit
-from .formula import MixedModel, lmm
+from .formula import MixedModel, glmm, lmm
 from .results import MixedFit
 
 __version__ = "0.1.0"
@@ -31,6 +31,7 @@ __all__ = [
     "SingularFitWarning",
     "datasets",
     "fit",
+    "glmm",
     "lmm",
     "__version__",
 ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,18 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["MixedModel", "lmm"]
 
 Method = Literal["ML", "REML"]
+Family = Literal["binomial", "poisson", "negative_binomial", "gamma"]
+FAMILIES: tuple[str, ...] = get_args(Family)
+Link = Literal["logit", "probit", "cloglog", "log", "identity"]
+#: links each family accepts; the first is the default
+LINKS: dict[str, tuple[str, ...]] = {
+    "binomial": ("logit", "probit", "cloglog"),
+    "poisson": ("log", "identity"),
+    "negative_binomial": ("log", "identity"),
+    "gamma": ("log", "identity"),
+}
+#: internal name of an evaluated response column
+RESPONSE = "response__"
 
 
 @dataclass(frozen=True)
@@ -201,13 +213,22 @@ class MixedModel:
     blocks: list[Block] = field(repr=False)
     family: str = "gaussian"
 
-    def fit(self, method: Method = "ML") -> MixedFit:
+    def fit(self, method: Method = "ML", nAGQ: int = 1) -> MixedFit:
         """Fit by maximum likelihood (``"ML"``) or restricted maximum likelihood (``"REML"``).
 
-        The random effects are integrated out exactly; see :func:`pymc_mixvcov.fit.fit`.
+        Gaussian models: the random effects are integrated out exactly. GLMMs: by the Laplace
+        approximation (``nAGQ=1``), as lme4's ``glmer``; see :func:`pymc_mixvcov.fit.fit`.
         """
         from .fit import fit
 
+        if nAGQ != 1:
+            raise MixVcovError(
+                f"nAGQ={nAGQ!r}: adaptive Gauss-Hermite quadrature is not available yet; use nAGQ=1 (Laplace)"
+            )
+        if method == "REML" and self.family != "gaussian":
+            raise MixVcovError(
+                f"REML is defined for Gaussian likelihoods only; this is a {self.family} GLMM: use method='ML'"
+            )
         return fit(self.model, random=self.random, method=method, fixed_labels=self.fixed_labels, data=self.data)
 
 
@@ -233,6 +254,24 @@ def lmm(formula: str, data: pd.DataFrame) -> MixedModel:
         Unknown column, missing or non-finite values in a used column, a grouping factor with
         a single level (or as many levels as observations), rank-deficient fixed effects.
     """
+    data = data.reset_index(drop=True)
+    y, X, offset, fixed, blocks, response = _design(formula, data)
+    for b in blocks:
+        if len(b.levels) >= y.size:
+            raise MixVcovError(
+                f"grouping factor {b.group!r} has {len(b.levels)} levels for {y.size} observations; "
+                "its variance is not identified beside the residual variance (lme4 refuses this too)"
+            )
+    model = _build_model(response, y, X, fixed, blocks, offset=offset)
+    return MixedModel(formula, data, model, [f"u_{b.name}" for b in blocks], fixed, blocks)
+
+
+def _design(formula: str, data: pd.DataFrame, response: np.ndarray | None = None):
+    """Response, fixed-effect design, offset, lme4 labels and random-effect blocks of ``formula``.
+
+    ``response`` replaces the formula's left-hand side (already evaluated, e.g. from ``cbind``).
+    Offsets (``offset(log(time))``) are summed into ``offset`` and removed from ``X``.
+    """
     from formulae import design_matrices
 
     _check_data(formula, data)
@@ -242,15 +281,28 @@ def lmm(formula: str, data: pd.DataFrame) -> MixedModel:
             f"formula {formula!r} has no random-effect term such as (1 | group); use a "
             "linear model for fixed effects only"
         )
-    data = data.reset_index(drop=True)
-    dm = design_matrices(formula, _light_groups(formula, data, bars), na_action="error")
+    frame = _light_groups(formula, data, bars)
+    if response is not None:
+        frame = frame.assign(**{RESPONSE: response})
+        formula = f"{RESPONSE} ~ {formula.split('~', 1)[1]}"
+    namespace = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt}
+    try:
+        dm = design_matrices(formula, frame, na_action="error", extra_namespace=namespace)
+    except Exception as exc:
+        raise MixVcovError(f"cannot build the design of {formula!r}: {exc}") from exc
     y = np.asarray(dm.response.design_matrix, dtype=float).reshape(-1)
-    X = np.asarray(dm.common.design_matrix, dtype=float)
-    fixed = (
-        [_lme4_name(lab) for lab in dm.common.labels]
-        if hasattr(dm.common, "labels") and dm.common.labels
-        else [_lme4_name(lab) for t in dm.common.terms.values() for lab in t.labels]
-    )
+    Xall = np.asarray(dm.common.design_matrix, dtype=float)
+    cols = []
+    offset = np.zeros(len(data))
+    fixed = []
+    for name, term in dm.common.terms.items():
+        sl = dm.common.slices[name]
+        if name.startswith("offset("):
+            offset = offset + Xall[:, sl].sum(axis=1)
+            continue
+        cols.append(np.arange(sl.start, sl.stop))
+        fixed += [_lme4_name(lab) for lab in term.labels]
+    X = Xall[:, np.concatenate(cols)] if cols else np.zeros((len(data), 0))
     if X.shape[1] and np.linalg.matrix_rank(X) < X.shape[1]:
         raise MixVcovError(
             f"the fixed-effect design of {formula!r} is rank deficient (columns {fixed}); remove the redundant terms"
@@ -271,17 +323,11 @@ def lmm(formula: str, data: pd.DataFrame) -> MixedModel:
                 effects += [_lme4_name(lab) for lab in expr.labels]
             blocks.append(Block(group, cols, tuple(names), effects, codes, levels, np.hstack(zs)))
     blocks = _lme4_order(blocks)
-    n = y.size
     for b in blocks:
         if len(b.levels) < 2:
             raise MixVcovError(
                 f"grouping factor {b.group!r} has a single level; a variance cannot be estimated "
                 "from one cluster: drop the term or use a fixed effect"
-            )
-        if len(b.levels) >= n:
-            raise MixVcovError(
-                f"grouping factor {b.group!r} has {len(b.levels)} levels for {n} observations; "
-                "its variance is not identified beside the residual variance (lme4 refuses this too)"
             )
     counts: dict[str, int] = {}
     for b in blocks:
@@ -292,45 +338,195 @@ def lmm(formula: str, data: pd.DataFrame) -> MixedModel:
         name = b.group if counts[b.group] == 1 else f"{b.group}.{seen[b.group]}"
         object.__setattr__(b, "name", name)
 
-    model = _build_model(dm, y, X, fixed, blocks, formula)
-    return MixedModel(formula, data, model, [f"u_{b.name}" for b in blocks], fixed, blocks)
+    name = dm.response.name if hasattr(dm.response, "name") else "y"
+    return y, X, offset, fixed, blocks, str(name)
 
 
-def _build_model(dm, y, X, fixed, blocks, formula):
+def _build_model(response, y, X, fixed, blocks, *, offset=None, family="gaussian", link=None, trials=None):
     import pymc as pm
     import pytensor.tensor as pt
 
+    gaussian = family == "gaussian"
     sy = float(np.std(y)) or 1.0
+    scale = sy if gaussian else 1.0  # priors of GLMMs live on the link scale
     sx = X.std(axis=0)
     const = sx < 1e-12
-    beta_sd = np.where(const, 10.0 * max(abs(float(np.mean(y))), sy), 10.0 * sy / np.where(const, 1.0, sx))
+    centre = max(abs(float(np.mean(y))), sy) if gaussian else 1.0
+    beta_sd = np.where(const, 10.0 * centre, 10.0 * scale / np.where(const, 1.0, sx))
     coords = {"fixed": fixed}
     for b in blocks:
         coords[b.group] = b.levels
         coords[f"{b.name}_effect"] = b.effects
-    resid = y - X @ np.linalg.lstsq(X, y, rcond=None)[0] if X.shape[1] else y - y.mean()
-    s0 = float(np.std(resid)) or sy
-    response = dm.response.name if hasattr(dm.response, "name") else "y"
+    if gaussian:
+        resid = y - offset - X @ np.linalg.lstsq(X, y - offset, rcond=None)[0] if X.shape[1] else y - y.mean()
+        s0 = float(np.std(resid)) or sy
+    else:
+        s0 = 1.0
     with pm.Model(coords=coords) as model:
         beta = pm.Normal("beta", 0.0, sigma=beta_sd, dims="fixed")
-        mu = pt.dot(pt.as_tensor(X), beta)
+        eta = pt.dot(pt.as_tensor(X), beta)
+        if offset is not None and np.any(offset != 0):
+            eta = eta + pt.as_tensor(offset)
         for b in blocks:
             r = len(b.effects)
             codes = pt.as_tensor(b.codes.astype("int64"))
             if r == 1:
-                sd = pm.HalfNormal(f"sd_{b.name}", sigma=2.5 * sy, initval=0.5 * s0)
+                sd = pm.HalfNormal(f"sd_{b.name}", sigma=2.5 * scale, initval=0.5 * s0)
                 u = pm.Normal(f"u_{b.name}", 0.0, sigma=sd, dims=(b.group, f"{b.name}_effect"))
-                mu = mu + u[codes, 0] * pt.as_tensor(b.z[:, 0])
+                eta = eta + u[codes, 0] * pt.as_tensor(b.z[:, 0])
             else:
                 chol, _, _ = pm.LKJCholeskyCov(
                     f"chol_{b.name}",
                     n=r,
                     eta=1.0,
-                    sd_dist=pm.HalfNormal.dist(2.5 * sy, shape=r),
+                    sd_dist=pm.HalfNormal.dist(2.5 * scale, shape=r),
                     compute_corr=True,
                 )
                 u = pm.MvNormal(f"u_{b.name}", mu=np.zeros(r), chol=chol, dims=(b.group, f"{b.name}_effect"))
-                mu = mu + pt.sum(u[codes] * pt.as_tensor(b.z), axis=1)
-        sigma = pm.HalfNormal("sigma", sigma=2.5 * sy, initval=s0)
-        pm.Normal(str(response), mu=mu, sigma=sigma, observed=y)
+                eta = eta + pt.sum(u[codes] * pt.as_tensor(b.z), axis=1)
+        _likelihood(str(response), family, link, eta, y, trials, s0, sy)
     return model
+
+
+def _inverse_link(link: str, eta):
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    if link == "logit":
+        return pm.math.invlogit(eta)
+    if link == "probit":
+        return 0.5 * pt.erfc(-eta / np.sqrt(2.0))
+    if link == "cloglog":
+        return 1.0 - pt.exp(-pt.exp(eta))
+    if link == "log":
+        return pt.exp(eta)
+    return eta  # identity
+
+
+def _likelihood(name, family, link, eta, y, trials, s0, sy):
+    import pymc as pm
+
+    if family == "gaussian":
+        sigma = pm.HalfNormal("sigma", sigma=2.5 * sy, initval=s0)
+        pm.Normal(name, mu=eta, sigma=sigma, observed=y)
+    elif family == "binomial":
+        n = np.ones(y.size, dtype="int64") if trials is None else trials.astype("int64")
+        y_int = y.astype("int64")
+        if link == "logit":
+            pm.Binomial(name, n=n, logit_p=eta, observed=y_int)
+        else:
+            pm.Binomial(name, n=n, p=_inverse_link(link, eta), observed=y_int)
+    elif family == "poisson":
+        pm.Poisson(name, mu=_inverse_link(link, eta), observed=y.astype("int64"))
+    elif family == "negative_binomial":
+        alpha = pm.HalfNormal("alpha", sigma=10.0, initval=1.0)
+        pm.NegativeBinomial(name, mu=_inverse_link(link, eta), alpha=alpha, observed=y.astype("int64"))
+    elif family == "gamma":
+        shape = pm.HalfNormal("shape", sigma=10.0, initval=1.0)
+        pm.Gamma(name, alpha=shape, beta=shape / _inverse_link(link, eta), observed=y)
+
+
+def glmm(
+    formula: str,
+    data: pd.DataFrame,
+    family: Family = "binomial",
+    link: Link | None = None,
+    offset: np.ndarray | str | None = None,
+) -> MixedModel:
+    """Build a generalised linear mixed model from an lme4 formula.
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax, as for :func:`lmm`. Binomial responses: a 0/1 column, a two-level
+        categorical column (its second level is a success, as in lme4), or
+        ``cbind(successes, failures)`` with expressions of columns. Offsets the lme4 way,
+        ``+ offset(log(time))`` (``log``, ``exp`` and ``sqrt`` usable by bare name).
+    data : pandas.DataFrame
+    family : {"binomial", "poisson", "negative_binomial", "gamma"}
+        The negative binomial's dispersion ``alpha`` (variance ``mu + mu^2 / alpha``) and the
+        gamma's shape are estimated.
+    link : str, optional
+        ``logit`` (default), ``probit`` or ``cloglog`` for binomial; ``log`` (default) or
+        ``identity`` for the others.
+    offset : array or column name, optional
+        An offset on the linear-predictor scale, added to any ``offset()`` in the formula.
+
+    Returns
+    -------
+    MixedModel
+        ``.fit(method="ML")`` uses the Laplace approximation (lme4's ``glmer`` default).
+
+    Raises
+    ------
+    MixVcovError
+        Unknown family or link; a response outside the family's support (naming the column
+        and how many rows); everything :func:`lmm` raises.
+    """
+    if family not in FAMILIES:
+        raise MixVcovError(f"unknown family {family!r}; valid families are: {', '.join(map(repr, FAMILIES))}")
+    link = LINKS[family][0] if link is None else link
+    if link not in LINKS[family]:
+        raise MixVcovError(
+            f"link {link!r} is not available for family {family!r}; valid links: {', '.join(map(repr, LINKS[family]))}"
+        )
+    if not isinstance(data, pd.DataFrame):
+        raise MixVcovError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    data = data.reset_index(drop=True)
+    lhs, rhs = formula.split("~", 1) if "~" in formula else ("", formula)
+    y, trials, label = _glmm_response(lhs.strip(), data, family)
+    _, X, off, fixed, blocks, _ = _design(f"{RESPONSE} ~ {rhs}", data.assign(**{RESPONSE: y}))
+    if offset is not None:
+        extra = data[offset].to_numpy(float) if isinstance(offset, str) else np.asarray(offset, float).reshape(-1)
+        if extra.size != y.size or not np.all(np.isfinite(extra)):
+            raise MixVcovError(f"offset must be {y.size} finite values, one per row of the data")
+        off = off + extra
+    model = _build_model(label, y, X, fixed, blocks, offset=off, family=family, link=link, trials=trials)
+    return MixedModel(formula, data, model, [f"u_{b.name}" for b in blocks], fixed, blocks, family=family)
+
+
+def _glmm_response(lhs: str, data: pd.DataFrame, family: str) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Response values, binomial trials (or None) and a name, with the family's support checked."""
+    m = re.fullmatch(r"cbind\((.*),(.*)\)", lhs.replace(" ", ""))
+    if m is not None:
+        if family != "binomial":
+            raise MixVcovError(f"cbind(successes, failures) is a binomial response; family is {family!r}")
+        try:
+            succ = np.asarray(data.eval(m.group(1)), float)
+            fail = np.asarray(data.eval(m.group(2)), float)
+        except Exception as exc:
+            raise MixVcovError(f"cannot evaluate the response {lhs!r} in the data: {exc}") from exc
+        _check_support(
+            (succ < 0) | (fail < 0) | (succ != np.round(succ)) | (fail != np.round(fail)),
+            lhs,
+            "successes and failures must be non-negative integers (successes <= trials)",
+        )
+        return succ, succ + fail, m.group(1)
+    if lhs not in data.columns:
+        raise MixVcovError(f"response {lhs!r} is not a column of the data; available columns: {list(data.columns)}")
+    col = data[lhs]
+    if col.isna().any():
+        rows = list(np.flatnonzero(col.isna().to_numpy())[:10])
+        raise MixVcovError(f"response {lhs!r} has {int(col.isna().sum())} missing value(s) at rows {rows}")
+    if family == "binomial" and (isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object):
+        cat = col.astype("category")
+        if len(cat.cat.categories) != 2:
+            raise MixVcovError(
+                f"binomial response {lhs!r} has {len(cat.cat.categories)} levels; a categorical response needs "
+                "two (the second is a success)"
+            )
+        return cat.cat.codes.to_numpy().astype(float), None, lhs
+    y = col.to_numpy(dtype=float)
+    if family == "binomial":
+        _check_support((y != 0) & (y != 1), lhs, "a Bernoulli response must be 0 or 1")
+    elif family in ("poisson", "negative_binomial"):
+        _check_support((y < 0) | (y != np.round(y)), lhs, "counts must be non-negative integers")
+    else:
+        _check_support(~(y > 0), lhs, "gamma responses must be positive")
+    return y, None, lhs
+
+
+def _check_support(bad: np.ndarray, column: str, what: str) -> None:
+    if np.any(bad):
+        rows = list(np.flatnonzero(bad)[:10])
+        raise MixVcovError(f"response {column!r}: {int(np.sum(bad))} row(s) outside the support ({what}); rows {rows}")

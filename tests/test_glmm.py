@@ -1,0 +1,103 @@
+"""The GLMM formula front end, pmv.glmm (Laplace fits).
+
+Reference: tests/reference/cbpp_binomial.json (lme4 1.1-31 glmer, Laplace). lme4's printed
+logLik for its estimates is 2.8e-4 below the exact Laplace value there (see
+test_laplace.test_binomial_glmm_matches_lme4_laplace), hence 5e-4 on the log-likelihood and 1e-3
+on the estimates.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import reference, scaled_error
+
+import pymc_mixvcov as pmv
+
+
+@pytest.fixture(scope="module")
+def cbpp():
+    return pmv.datasets.load("cbpp")
+
+
+@pytest.fixture(scope="module")
+def cbpp_fit(cbpp):
+    return pmv.glmm("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial").fit()
+
+
+def test_cbpp_matches_lme4(cbpp_fit):
+    ref = reference("cbpp_binomial")
+    assert cbpp_fit.converged
+    np.testing.assert_allclose(cbpp_fit.loglik, ref["logLik"], atol=5e-4)
+    est = cbpp_fit.params("sd")
+    assert list(est.index) == ["(Intercept)", "period2", "period3", "period4", "sd_(Intercept)|herd"]
+    np.testing.assert_allclose(est.to_numpy()[:4], ref["beta"], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(est.iloc[4], ref["theta"], rtol=1e-3)
+    # lme4's fixed-effect covariance (vcov(fit), from its own Hessian) agrees to about 1%
+    got = cbpp_fit.vcov("var").to_numpy()[:4, :4]
+    want = np.array(ref["vcov_beta"]["values"])
+    assert np.max(scaled_error(got, want)) < 0.05
+    # the GLMM has no residual: var/sd scales end with the random-effect variance
+    assert cbpp_fit.labels("var")[-1] == "cov_herd.(Intercept)"
+
+
+def test_bernoulli_rows_give_the_cbind_estimates(cbpp, cbpp_fit):
+    rows = []
+    for _, r in cbpp.iterrows():
+        k, n = int(r["incidence"]), int(r["size"])
+        rows += [{"herd": r["herd"], "period": r["period"], "y": int(i < k)} for i in range(n)]
+    b = pd.DataFrame(rows)
+    for c in ("herd", "period"):
+        b[c] = pd.Categorical(b[c], categories=cbpp[c].cat.categories)
+    fit = pmv.glmm("y ~ period + (1 | herd)", b, family="binomial").fit()
+    np.testing.assert_allclose(fit.params("sd").to_numpy(), cbpp_fit.params("sd").to_numpy(), rtol=1e-6, atol=1e-8)
+    # the log-likelihoods differ by the binomial coefficients only (as in lme4)
+    from scipy.special import gammaln
+
+    n, k = cbpp["size"].to_numpy(), cbpp["incidence"].to_numpy()
+    log_choose = np.sum(gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1))
+    np.testing.assert_allclose(fit.loglik + log_choose, cbpp_fit.loglik, rtol=1e-9)
+
+
+def test_poisson_offset_in_formula_equals_offset_argument():
+    rng = np.random.default_rng(11)
+    G, m = 25, 8
+    g = np.repeat(np.arange(G), m)
+    x = rng.normal(size=G * m)
+    t = rng.uniform(0.5, 3.0, size=G * m)
+    y = rng.poisson(t * np.exp(0.2 + 0.5 * x + rng.normal(0, 0.5, G)[g]))
+    df = pd.DataFrame({"y": y, "x": x, "t": t, "g": pd.Categorical(g)})
+    a = pmv.glmm("y ~ x + offset(log(t)) + (1 | g)", df, family="poisson").fit()
+    b = pmv.glmm("y ~ x + (1 | g)", df, family="poisson", offset=np.log(t)).fit()
+    assert a.converged
+    np.testing.assert_allclose(a.loglik, b.loglik, rtol=1e-12)
+    np.testing.assert_allclose(a.params("sd").to_numpy(), b.params("sd").to_numpy(), rtol=1e-8)
+    S = a.scores("cluster", "natural").to_numpy()
+    se = np.sqrt(np.diag(a.vcov("natural")))
+    assert np.max(np.abs(S.sum(0)) * se) < 1e-4
+
+
+# -- bad input -------------------------------------------------------------------------------------
+def test_response_outside_support(cbpp):
+    df = cbpp.assign(neg=cbpp["incidence"] - 2, frac=cbpp["incidence"] + 0.5, half=cbpp["incidence"] / 10)
+    with pytest.raises(pmv.MixVcovError, match="response 'neg': .* row\\(s\\) outside the support \\(counts"):
+        pmv.glmm("neg ~ period + (1 | herd)", df, family="poisson")
+    with pytest.raises(pmv.MixVcovError, match="response 'frac'.*non-negative integers"):
+        pmv.glmm("frac ~ period + (1 | herd)", df, family="poisson")
+    with pytest.raises(pmv.MixVcovError, match="response 'incidence'.*must be 0 or 1"):
+        pmv.glmm("incidence ~ period + (1 | herd)", df, family="binomial")
+    with pytest.raises(pmv.MixVcovError, match="successes <= trials"):
+        pmv.glmm("cbind(incidence, incidence - size) ~ period + (1 | herd)", df, family="binomial")
+    with pytest.raises(pmv.MixVcovError, match="gamma responses must be positive"):
+        pmv.glmm("neg ~ period + (1 | herd)", df, family="gamma")
+
+
+def test_unknown_family_link_and_options(cbpp):
+    with pytest.raises(pmv.MixVcovError, match="unknown family 'gaussian'"):
+        pmv.glmm("incidence ~ period + (1 | herd)", cbpp, family="gaussian")
+    with pytest.raises(pmv.MixVcovError, match="link 'log' is not available for family 'binomial'"):
+        pmv.glmm("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial", link="log")
+    m = pmv.glmm("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial")
+    with pytest.raises(pmv.MixVcovError, match="REML is defined for Gaussian likelihoods only"):
+        m.fit(method="REML")
+    with pytest.raises(pmv.MixVcovError, match="nAGQ=5: adaptive Gauss-Hermite quadrature is not available yet"):
+        m.fit(nAGQ=5)
