@@ -609,11 +609,15 @@ def _laplace_builders(spec):
         cols = [pushforward(lls, phi, [pt.constant(eye[k])]) for k in range(sig.dim)]
         return lls, [pt.stack([c[b] for c in cols], axis=1) for b in range(len(lls))]
 
-    def info(sig):
+    def hess(sig):
         g, phi, vs = inputs(sig)
-        lls, S = _scores(g, phi, vs, sig)
-        total = sum(pt.sum(ll) for ll in lls)
-        return [phi, *vs, *g.data_inputs], [hessian(total, phi), *S]
+        total = sum(pt.sum(ll) for ll in g.cluster_loglik(phi, vs))
+        return [phi, *vs, *g.data_inputs], [hessian(total, phi)]
+
+    def scores(sig):
+        g, phi, vs = inputs(sig)
+        _, S = _scores(g, phi, vs, sig)
+        return [phi, *vs, *g.data_inputs], S
 
     def cluster_hessians(sig):
         g, phi, vs = inputs(sig)
@@ -622,7 +626,7 @@ def _laplace_builders(spec):
         cols = [pushforward(S, phi, [pt.constant(eye[k])]) for k in range(sig.dim)]
         return [phi, *vs, *g.data_inputs], [pt.stack([c[b] for c in cols], axis=2) for b in range(len(S))]
 
-    return {"gh": gh, "value": value, "info": info, "cluster_hessians": cluster_hessians}
+    return {"gh": gh, "value": value, "hess": hess, "scores": scores, "cluster_hessians": cluster_hessians}
 
 
 def laplace_function(name: str, sig, spec):
@@ -688,8 +692,19 @@ class LaplaceFunctions:
         return float(res[nb]), J.T @ np.asarray(res[nb + 1])
 
     def information(self, nat: np.ndarray, expected: bool = False) -> dict[str, np.ndarray]:
-        c = self.clusters(nat)
-        out = {"loglik": c["loglik_total"], "grad": c["grad"], "observed": c["observed"]}
+        """Laplace log-likelihood, gradient and observed information (exact Hessian) at ``nat``."""
+        nat = np.asarray(nat, float)
+        phi, J, T = self.map(nat)
+        vs = self.modes(phi)
+        nb = len(vs)
+        val = self._fn("value")(phi, *vs, *self.data)
+        (Hphi,) = self._fn("hess")(phi, *vs, *self.data)
+        gphi = np.asarray(val[nb + 1])
+        out = {
+            "loglik": float(val[nb]),
+            "grad": J.T @ gphi,
+            "observed": -(J.T @ np.asarray(Hphi) @ J + np.einsum("k,kij->ij", gphi, T)),
+        }
         if expected:
             out["expected"] = None
         return out
@@ -701,27 +716,20 @@ class LaplaceFunctions:
         vs = self.modes(phi)
         nb = len(vs)
         val = self._fn("value")(phi, *vs, *self.data)
-        info = self._fn("info")(phi, *vs, *self.data)
+        scores = self._fn("scores")(phi, *vs, *self.data)
         C = self.structure.n_clusters
         ll = np.zeros(C)
         S = np.zeros((C, self.sig.dim))
-        for bt, a, b in zip(self.structure.batches, val[:nb], info[1:], strict=True):
+        for bt, a, b in zip(self.structure.batches, val[:nb], scores, strict=True):
             ll[bt.clusters], S[bt.clusters] = a, b
-        gphi, Hphi = np.asarray(val[nb + 1]), np.asarray(info[0])
-        return {
-            "loglik_total": float(val[nb]),
-            "loglik": ll,
-            "scores": S @ J,
-            "grad": J.T @ gphi,
-            "observed": -(J.T @ Hphi @ J + np.einsum("k,kij->ij", gphi, T)),
-        }
+        return {"loglik_total": float(val[nb]), "loglik": ll, "scores": S @ J, "grad": J.T @ np.asarray(val[nb + 1])}
 
     def cluster_observed(self, nat: np.ndarray) -> np.ndarray:
         """Each cluster's observed information contribution on the natural scale, ``(C, P, P)``."""
         phi, J, T = self.map(np.asarray(nat, float))
         vs = self.modes(phi)
         H = self._fn("cluster_hessians")(phi, *vs, *self.data)
-        S = self._fn("info")(phi, *vs, *self.data)[1:]
+        S = self._fn("scores")(phi, *vs, *self.data)
         C = self.structure.n_clusters
         Hc = np.zeros((C, self.sig.dim, self.sig.dim))
         Sc = np.zeros((C, self.sig.dim))
