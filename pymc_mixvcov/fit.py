@@ -135,8 +135,6 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
     optimum = {**opt.info, **fns.scales(opt.nat), "nat": opt.nat}
     if method == "MAP":  # report the log-likelihood; the posterior criterion stays available
         optimum["log_posterior"], optimum["loglik"] = optimum["loglik"], optimum["loglik_only"]
-    if "expected" not in optimum:
-        optimum["expected"] = fns.information(opt.nat, expected=True)["expected"]
     return MixedFit(
         spec=spec,
         structure=structure,

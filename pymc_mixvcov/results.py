@@ -179,17 +179,25 @@ class MixedFit:
         """Information matrix on the natural scale (observed: ``-d2 log L``; expected: Fisher)."""
         _check_information(information)
         lab = self.spec.natural_labels
-        return pd.DataFrame(self._opt[information], index=lab, columns=lab)
+        return pd.DataFrame(self._information(information), index=lab, columns=lab)
+
+    def _information(self, information: str) -> np.ndarray | None:
+        """The information matrix on the natural scale; the expected one is computed on first use
+        (``None`` where it is not available: non-Gaussian likelihoods, MAP fits)."""
+        if information not in self._opt:
+            info = self._functions.information(self._opt["nat"], expected=True)
+            self._opt[information] = info.get(information)
+        return self._opt[information]
 
     def _vcov_natural(self, information: str) -> np.ndarray:
-        if self._opt.get(information) is None:
+        if self._information(information) is None:
             raise MixVcovError(
                 f"{information} information is available for Gaussian models only; this model's "
                 f"{self.spec.family} likelihood is fitted by the Laplace approximation: use information='observed'"
             )
         if information not in self._vcov_nat:
             self._vcov_nat[information] = invert_information(
-                self._opt[information], self.at_bound, self.spec.natural_labels
+                self._information(information), self.at_bound, self.spec.natural_labels
             )
         return self._vcov_nat[information]
 
@@ -446,9 +454,9 @@ class MixedFit:
         P = self.spec.n_params
         keep = ~self.at_bound
         idx = np.ix_(keep, keep)
-        if self._opt.get(information) is None:
+        if self._information(information) is None:
             self._vcov_natural(information)  # raises: not available for this model
-        A = self._opt[information][idx]
+        A = self._information(information)[idx]
         need_ai = adjust == "CR3"
         if cluster is None:
             cluster = self._default_cluster
