@@ -16,9 +16,8 @@ import time
 T0 = time.perf_counter()
 
 import sys  # noqa: E402
-import warnings  # noqa: E402
 
-from _timing import since_process_start  # noqa: E402
+from _timing import since_process_start, time_workflow  # noqa: E402
 
 
 def main() -> int:
@@ -45,20 +44,7 @@ def main() -> int:
     t = time.perf_counter()
     model = pmv.glmm("y ~ x + (x | g)", df, family="binomial")
     phases["build model"] = time.perf_counter() - t
-    t = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        f = model.fit()
-    phases["fit"] = time.perf_counter() - t
-    t = time.perf_counter()
-    V = f.vcov(scale="var")
-    phases["vcov"] = time.perf_counter() - t
-    t = time.perf_counter()
-    S = f.scores(level="cluster", scale="var")
-    phases["cluster scores"] = time.perf_counter() - t
-    t = time.perf_counter()
-    W = f.sandwich(scale="var", adjust="CR1")
-    phases["CR1 sandwich"] = time.perf_counter() - t
+    f, V, S, W = time_workflow(lambda: model.fit(), phases)
     since_start = since_process_start()
     for name, sec in phases.items():
         print(f"{name:<16} {sec:7.3f}")

@@ -18,9 +18,8 @@ import time
 T0 = time.perf_counter()
 
 import sys  # noqa: E402
-import warnings  # noqa: E402
 
-from _timing import since_process_start  # noqa: E402
+from _timing import since_process_start, time_workflow  # noqa: E402
 
 
 def main(case: str) -> int:
@@ -67,20 +66,7 @@ def main(case: str) -> int:
         pm.Normal("y", mu, sigma, observed=y)
     phases["build model"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        f = pmv.fit(model, random=["u"], method="ML")
-    phases["fit"] = time.perf_counter() - t
-    t = time.perf_counter()
-    V = f.vcov(scale="var")
-    phases["vcov"] = time.perf_counter() - t
-    t = time.perf_counter()
-    S = f.scores(level="cluster", scale="var")
-    phases["cluster scores"] = time.perf_counter() - t
-    t = time.perf_counter()
-    W = f.sandwich(scale="var", adjust="CR1")
-    phases["CR1 sandwich"] = time.perf_counter() - t
+    f, V, S, W = time_workflow(lambda: pmv.fit(model, random=["u"], method="ML"), phases)
     since_start = since_process_start()
 
     print(f"handwritten {case}: n = {y.size:,}, {len(levels):,} groups, ML")

@@ -49,9 +49,8 @@ T0 = time.perf_counter()
 
 import os  # noqa: E402
 import sys  # noqa: E402
-import warnings  # noqa: E402
 
-from _timing import since_process_start  # noqa: E402
+from _timing import since_process_start, time_workflow  # noqa: E402
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"
 
@@ -78,23 +77,8 @@ def main() -> int:
     m = pmv.lmm(FORMULA, df)
     phases["build model"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        f = m.fit(method="ML")
-    phases["fit"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    V = f.vcov(scale="var")
-    phases["vcov"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    S = f.scores(level="cluster", scale="var")
-    phases["cluster scores"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    W = f.sandwich(scale="var", adjust="CR1")
-    phases["CR1 sandwich"] = time.perf_counter() - t
+    f, V, S, W = time_workflow(lambda: m.fit(method="ML"), phases)
+    caught = f.caught_warnings
 
     end = time.perf_counter()
     since_start = since_process_start()

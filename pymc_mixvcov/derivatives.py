@@ -350,11 +350,17 @@ _BUILDERS: dict[str, Callable] = {
 def core_function(name: str, sig: Signature, method: str = "ML"):
     """The compiled core function ``name`` for ``sig``: from memory, the disk cache, or built now."""
     key = f"{name}{'-' + method if name == 'profile' else ''}-{sig.key()}"
+    return _cached_function(key, lambda: _BUILDERS[name](sig, method))
+
+
+def _cached_function(key: str, make_graph: Callable):
+    """A compiled function: from this process's memory, else from the disk cache, else built by
+    ``make_graph()`` (returning ``(inputs, outputs)``), rewritten once and stored."""
     if key not in _COMPILED:
 
         def build():
             with pytensor.config.change_flags(traceback__limit=0):
-                inputs, outputs = _BUILDERS[name](sig, method)
+                inputs, outputs = make_graph()
                 fg = FunctionGraph(inputs, outputs, clone=True)
                 _rewriter().rewrite(fg)
             return list(fg.inputs), list(fg.outputs)
@@ -631,19 +637,7 @@ def _laplace_builders(spec):
 
 def laplace_function(name: str, sig, spec):
     """Compiled Laplace function ``name`` (see :func:`_laplace_builders`), cached like the core functions."""
-    key = f"{name}-{sig.key()}"
-    if key not in _COMPILED:
-
-        def build():
-            with pytensor.config.change_flags(traceback__limit=0):
-                inputs, outputs = _laplace_builders(spec)[name](sig)
-                fg = FunctionGraph(inputs, outputs, clone=True)
-                _rewriter().rewrite(fg)
-            return list(fg.inputs), list(fg.outputs)
-
-        inputs, outputs = cache.load_graph(key, build)
-        _COMPILED[key] = compile_fn(inputs, outputs, rewrite=False)
-    return _COMPILED[key]
+    return _cached_function(f"{name}-{sig.key()}", lambda: _laplace_builders(spec)[name](sig))
 
 
 class LaplaceFunctions:
