@@ -40,3 +40,39 @@ def time_workflow(fit_call, phases: dict[str, float]):
     phases["CR1 sandwich"] = time.perf_counter() - t
     f.caught_warnings = caught
     return f, V, S, W
+
+
+def print_report(phases: dict[str, float], t0: float, end: float, since_start: float | None, fit, scores) -> None:
+    """Versions, the phase table, the totals and the fit's convergence, as the benchmarks print them."""
+    import os
+    import sys
+
+    import numpy as np
+
+    import pymc_mixvcov as pmv
+
+    print(
+        f"python {sys.version.split()[0]}, numpy {np.__version__}, pymc_mixvcov {pmv.__version__}, "
+        f"PYMC_MIXVCOV_MODE={os.environ.get('PYMC_MIXVCOV_MODE', 'PY (default)')}"
+    )
+    print()
+    print("phase            wall s")
+    for name, sec in phases.items():
+        print(f"{name:<16} {sec:7.3f}")
+    print(f"{'sum of phases':<16} {sum(phases.values()):7.3f}")
+    print(f"{'script total':<16} {end - t0:7.3f}   (from the first line of this script)")
+    if since_start is not None:
+        print(
+            f"{'process total':<16} {since_start:7.2f}   (from process start, incl. interpreter "
+            "start-up; 10 ms resolution)"
+        )
+    print(
+        "(time the process externally, e.g. /usr/bin/time -f '%e s %M KB', to include "
+        "interpreter start-up and shutdown)"
+    )
+    print()
+    print(f"converged: {fit.converged}  ({fit.message}; iterations {fit.iterations})")
+    print(
+        f"loglik: {fit.loglik:.4f}   cluster scores: {scores.shape[0]} x {scores.shape[1]}, column sums max |.| "
+        f"{np.max(np.abs(scores.sum().to_numpy())):.2g}"
+    )

@@ -54,10 +54,9 @@ import time
 
 T0 = time.perf_counter()
 
-import os  # noqa: E402
 import sys  # noqa: E402
 
-from _timing import since_process_start, time_workflow  # noqa: E402
+from _timing import print_report, since_process_start, time_workflow  # noqa: E402
 
 N_CLUSTERS = 2_000
 CLUSTER_SIZE = 50
@@ -115,31 +114,7 @@ def main() -> int:
     }
 
     print(f"lmm_100k: y ~ x + (x | g), n = {n:,}, {N_CLUSTERS:,} clusters of {CLUSTER_SIZE}, ML, seed {SEED}")
-    print(
-        f"python {sys.version.split()[0]}, numpy {np.__version__}, pymc_mixvcov {pmv.__version__}, "
-        f"PYMC_MIXVCOV_MODE={os.environ.get('PYMC_MIXVCOV_MODE', 'PY (default)')}"
-    )
-    print()
-    print("phase            wall s")
-    for name, sec in phases.items():
-        print(f"{name:<16} {sec:7.3f}")
-    print(f"{'sum of phases':<16} {sum(phases.values()):7.3f}")
-    print(f"{'script total':<16} {end - T0:7.3f}   (from the first line of this script)")
-    if since_start is not None:
-        print(
-            f"{'process total':<16} {since_start:7.2f}   (from process start, incl. interpreter "
-            "start-up; 10 ms resolution)"
-        )
-    print(
-        "(time the process externally, e.g. /usr/bin/time -f '%e s %M KB', to include "
-        "interpreter start-up and shutdown)"
-    )
-    print()
-    print(f"converged: {f.converged}  ({getattr(f, 'message', '')}; iterations {getattr(f, 'iterations', '?')})")
-    print(
-        f"loglik: {f.loglik:.4f}   cluster scores: {S.shape[0]} x {S.shape[1]}, column sums max |.| "
-        f"{np.max(np.abs(S.sum().to_numpy())):.2g}"
-    )
+    print_report(phases, T0, end, since_start, f, S)
     table = pd.DataFrame(
         {
             "estimate": est,

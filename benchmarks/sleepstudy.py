@@ -47,10 +47,9 @@ import time
 
 T0 = time.perf_counter()
 
-import os  # noqa: E402
 import sys  # noqa: E402
 
-from _timing import since_process_start, time_workflow  # noqa: E402
+from _timing import print_report, since_process_start, time_workflow  # noqa: E402
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"
 
@@ -88,31 +87,7 @@ def main() -> int:
     se_cr1 = pd.Series(np.sqrt(np.diag(W.to_numpy())), index=W.index)
 
     print(f"sleepstudy: {FORMULA}, n = {len(df)}, {df['Subject'].nunique()} subjects, ML")
-    print(
-        f"python {sys.version.split()[0]}, numpy {np.__version__}, pymc_mixvcov {pmv.__version__}, "
-        f"PYMC_MIXVCOV_MODE={os.environ.get('PYMC_MIXVCOV_MODE', 'PY (default)')}"
-    )
-    print()
-    print("phase            wall s")
-    for name, sec in phases.items():
-        print(f"{name:<16} {sec:7.3f}")
-    print(f"{'sum of phases':<16} {sum(phases.values()):7.3f}")
-    print(f"{'script total':<16} {end - T0:7.3f}   (from the first line of this script)")
-    if since_start is not None:
-        print(
-            f"{'process total':<16} {since_start:7.2f}   (from process start, incl. interpreter "
-            "start-up; 10 ms resolution)"
-        )
-    print(
-        "(time the process externally, e.g. /usr/bin/time -f '%e s %M KB', to include "
-        "interpreter start-up and shutdown)"
-    )
-    print()
-    print(f"converged: {f.converged}  ({getattr(f, 'message', '')}; iterations {getattr(f, 'iterations', '?')})")
-    print(
-        f"loglik: {f.loglik:.4f}   cluster scores: {S.shape[0]} x {S.shape[1]}, column sums max |.| "
-        f"{np.max(np.abs(S.sum().to_numpy())):.2g}"
-    )
+    print_report(phases, T0, end, since_start, f, S)
     table = pd.DataFrame({"estimate": est, "se": se.reindex(est.index), "se CR1": se_cr1.reindex(est.index)})
     print()
     print("estimates (variance scale), SEs from the full vcov and from the CR1 sandwich:")

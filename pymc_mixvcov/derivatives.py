@@ -449,6 +449,20 @@ class ModelMap:
         return np.asarray(u), np.asarray(J)
 
 
+def _scales(model_map: ModelMap, scales_fn, nat: np.ndarray) -> dict[str, np.ndarray]:
+    """Values of the var, sd, cholesky and unconstrained scales at ``nat`` and their Jacobians in
+    ``nat``: the core scale function's Jacobians in ``phi`` times ``J = d phi / d nat``."""
+    phi, J, _ = model_map(nat, second=False)
+    out: dict[str, np.ndarray] = {}
+    vals = scales_fn(phi)
+    for k, name in enumerate(("var", "sd", "cholesky")):
+        out[f"value_{name}"] = np.asarray(vals[2 * k])
+        out[f"jac_{name}"] = np.asarray(vals[2 * k + 1]) @ J
+    u, Ju = model_map.unconstrained(nat)
+    out["value_unconstrained"], out["jac_unconstrained"] = u, Ju
+    return out
+
+
 # -- the model-level functions ---------------------------------------------------------------------
 class LMMFunctions:
     """Criterion, derivatives and per-cluster pieces of a Gaussian LMM on its natural parameters.
@@ -565,15 +579,7 @@ class LMMFunctions:
 
     def scales(self, nat: np.ndarray) -> dict[str, np.ndarray]:
         """Values and Jacobians (with respect to the natural parameters) of every scale."""
-        phi, J, _ = self.map(nat, second=False)
-        out: dict[str, np.ndarray] = {}
-        vals = self._fn("scales")(phi)
-        for k, name in enumerate(("var", "sd", "cholesky")):
-            out[f"value_{name}"] = np.asarray(vals[2 * k])
-            out[f"jac_{name}"] = np.asarray(vals[2 * k + 1]) @ J
-        u, Ju = self.map.unconstrained(nat)
-        out["value_unconstrained"], out["jac_unconstrained"] = u, Ju
-        return out
+        return _scales(self.map, self._fn("scales"), nat)
 
     def _embed_vector(self, gv: np.ndarray) -> np.ndarray:
         out = np.zeros(self.P)
@@ -704,9 +710,9 @@ class LaplaceFunctions:
         return out
 
     def clusters(self, nat: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-cluster log-likelihoods and scores, total gradient and observed information (natural)."""
+        """Per-cluster log-likelihoods and scores, and the total gradient (natural scale)."""
         nat = np.asarray(nat, float)
-        phi, J, T = self.map(nat)
+        phi, J, _ = self.map(nat, second=False)
         vs = self.modes(phi)
         nb = len(vs)
         val = self._fn("value")(phi, *vs, *self.data)
@@ -732,15 +738,8 @@ class LaplaceFunctions:
         return -(np.einsum("ki,ckl,lj->cij", J, Hc, J) + np.einsum("ck,kij->cij", Sc, T))
 
     def scales(self, nat: np.ndarray) -> dict[str, np.ndarray]:
-        phi, J, _ = self.map(nat, second=False)
-        out: dict[str, np.ndarray] = {}
-        vals = core_function("scales_laplace", self.sig)(phi)
-        for k, name in enumerate(("var", "sd", "cholesky")):
-            out[f"value_{name}"] = np.asarray(vals[2 * k])
-            out[f"jac_{name}"] = np.asarray(vals[2 * k + 1]) @ J
-        u, Ju = self.map.unconstrained(nat)
-        out["value_unconstrained"], out["jac_unconstrained"] = u, Ju
-        return out
+        """Values and Jacobians (with respect to the natural parameters) of every scale."""
+        return _scales(self.map, core_function("scales_laplace", self.sig), nat)
 
 
 class MAPFunctions:

@@ -225,10 +225,6 @@ class MixedModel:
             raise MixVcovError(
                 f"nAGQ={nAGQ!r}: adaptive Gauss-Hermite quadrature is not available yet; use nAGQ=1 (Laplace)"
             )
-        if method == "REML" and self.family != "gaussian":
-            raise MixVcovError(
-                f"REML is defined for Gaussian likelihoods only; this is a {self.family} GLMM: use method='ML'"
-            )
         return fit(self.model, random=self.random, method=method, fixed_labels=self.fixed_labels, data=self.data)
 
 
