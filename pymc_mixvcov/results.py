@@ -82,7 +82,10 @@ class MixedFit:
         The maximised log-likelihood: ML, or REML (lme4's ``logLik`` for REML fits).
     converged : bool
         Whether the optimiser reached a stationary point (Newton decrement below 1e-6).
-    method : {"ML", "REML"}
+    method : {"ML", "REML", "MAP"}
+    nagq : int
+        Quadrature points per random effect: 1 for the Laplace approximation (and for Gaussian
+        models, whose marginal likelihood is exact), more for adaptive Gauss-Hermite quadrature.
     """
 
     def __init__(
@@ -101,8 +104,10 @@ class MixedFit:
         message,
         data=None,
         cluster=None,
+        nagq=1,
     ):
         self.spec = spec
+        self.nagq = int(nagq)
         self.structure = structure
         self._scales = scales
         self._functions = functions
