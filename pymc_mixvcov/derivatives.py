@@ -655,11 +655,11 @@ class LaplaceFunctions:
 
     profiled = False
 
-    def __init__(self, spec, structure: ClusterStructure, method: str = "ML"):
+    def __init__(self, spec, structure: ClusterStructure, method: str = "ML", nagq: int = 1):
         from .laplace import laplace_data, laplace_signature
 
         self.spec, self.structure, self.method = spec, structure, method
-        self.sig = laplace_signature(spec, structure)
+        self.sig = laplace_signature(spec, structure, nagq)
         self.data = laplace_data(spec, structure)
         self.map = ModelMap(spec, self.sig)
         self.P = spec.n_params

@@ -71,6 +71,7 @@ def fit(
     noncentered: dict[str, str] | None = None,
     fixed_labels: list[str] | None = None,
     data: pd.DataFrame | None = None,
+    nAGQ: int = 1,
 ) -> MixedFit:
     """Fit a PyMC model by maximising its marginal likelihood over the random effects.
 
@@ -99,6 +100,14 @@ def fit(
     data : pandas.DataFrame, optional
         The data, row-aligned with the observations, whose columns may then be named as
         clusters in :meth:`MixedFit.sandwich`.
+    nAGQ : int, default 1
+        Non-Gaussian likelihoods: ``1`` integrates the random effects by the Laplace
+        approximation (lme4's ``glmer`` default; any random-effect structure); more points
+        use adaptive Gauss-Hermite quadrature with ``nAGQ`` nodes per random effect (a product
+        grid of ``nAGQ**q`` nodes for ``q`` random effects per cluster), for models whose
+        random effects share one grouping factor, scalar or vector. The log-likelihood is then
+        the quadrature value of the true marginal log-likelihood, all constants included.
+        Gaussian likelihoods are integrated exactly and take ``nAGQ=1`` only.
 
     Returns
     -------
@@ -109,10 +118,41 @@ def fit(
     # graph construction records a stack trace per node unless told not to: a large share of
     # the build time of gradient graphs
     with pytensor.config.change_flags(traceback__limit=0), no_gc():
-        return _fit(model, random, method, fixed_labels, data, cluster, noncentered)
+        return _fit(model, random, method, fixed_labels, data, cluster, noncentered, nAGQ)
 
 
-def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=None) -> MixedFit:
+def _check_nagq(nagq, spec, structure) -> int:
+    """Validate ``nAGQ`` for this model (see :func:`fit`)."""
+    if isinstance(nagq, bool) or not isinstance(nagq, int | np.integer) or nagq < 1:
+        raise MixVcovError(f"nAGQ must be a positive integer, got {nagq!r}")
+    nagq = int(nagq)
+    if nagq == 1:
+        return 1
+    if spec.gaussian:
+        raise MixVcovError(
+            f"nAGQ={nagq}: the Gaussian marginal likelihood is integrated exactly; quadrature applies to "
+            "non-Gaussian likelihoods only. Use nAGQ=1"
+        )
+    groups = {t.group for t in spec.terms}
+    same = all(np.array_equal(t.codes, spec.terms[0].codes) for t in spec.terms)
+    if len(groups) > 1 or not same:
+        names = ", ".join(sorted(groups))
+        raise MixVcovError(
+            f"nAGQ={nagq}: adaptive Gauss-Hermite quadrature needs random effects on one grouping factor; "
+            f"this model has several ({names}: crossed or nested). Use nAGQ=1 (Laplace), which handles any "
+            "random-effect structure"
+        )
+    nodes = nagq ** max(bt.s for bt in structure.batches)
+    if nodes * spec.n > 5e7:
+        raise MixVcovError(
+            f"nAGQ={nagq} with {max(bt.s for bt in structure.batches)} random effects per cluster is a grid of "
+            f"{nodes} nodes, evaluated at each of {spec.n} observations: too large. Use fewer points per "
+            "random effect (nAGQ=5 to 9 is usually enough for vector random effects)"
+        )
+    return nagq
+
+
+def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=None, nagq=1) -> MixedFit:
     if method == "REML":
         from pytensor.tensor.random.basic import NormalRV
 
@@ -128,7 +168,8 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
     structure = build_structure(spec)
     scales = ScaleMaps(spec, fixed_labels)
     base_method = "ML" if method == "MAP" else method
-    fns = LMMFunctions(spec, structure, base_method) if spec.gaussian else LaplaceFunctions(spec, structure)
+    nagq = _check_nagq(nagq, spec, structure)
+    fns = LMMFunctions(spec, structure, base_method) if spec.gaussian else LaplaceFunctions(spec, structure, nagq=nagq)
     if method == "MAP":
         fns = MAPFunctions(fns)
     opt = optimise(fns, spec) if fns.profiled else _optimise_all(fns, spec)
@@ -149,6 +190,7 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
         message=opt.message,
         data=data,
         cluster=cluster,
+        nagq=nagq,
     )
 
 

@@ -217,15 +217,15 @@ class MixedModel:
         """Fit by maximum likelihood (``"ML"``) or restricted maximum likelihood (``"REML"``).
 
         Gaussian models: the random effects are integrated out exactly. GLMMs: by the Laplace
-        approximation (``nAGQ=1``), as lme4's ``glmer``; see :func:`pymc_mixvcov.fit.fit`.
+        approximation (``nAGQ=1``), as lme4's ``glmer``, or by adaptive Gauss-Hermite quadrature
+        with ``nAGQ`` points per random effect (one grouping factor; scalar or vector random
+        effects); see :func:`pymc_mixvcov.fit.fit`.
         """
         from .fit import fit
 
-        if nAGQ != 1:
-            raise MixVcovError(
-                f"nAGQ={nAGQ!r}: adaptive Gauss-Hermite quadrature is not available yet; use nAGQ=1 (Laplace)"
-            )
-        return fit(self.model, random=self.random, method=method, fixed_labels=self.fixed_labels, data=self.data)
+        return fit(
+            self.model, random=self.random, method=method, fixed_labels=self.fixed_labels, data=self.data, nAGQ=nAGQ
+        )
 
 
 def lmm(formula: str, data: pd.DataFrame) -> MixedModel:

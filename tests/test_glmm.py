@@ -40,6 +40,22 @@ def test_cbpp_matches_lme4(cbpp_fit):
     assert cbpp_fit.labels("var")[-1] == "cov_herd.(Intercept)"
 
 
+def test_cbpp_full_vcov_matches_glmmtmb(cbpp_fit):
+    """tests/reference/cbpp_glmmtmb.json (glmmTMB 1.1.5): its Hessian differentiates TMB's
+    automatic-differentiation gradient, so it is the accurate anchor. glmmTMB reports the
+    covariance of (beta, log SD); the sd scale is J V J with J = diag(1, ..., 1, SD) exactly.
+    Both compute the same Laplace approximation: log-likelihoods agree to 1e-8 (measured 5e-12);
+    estimates to glmmTMB's optimiser tolerance (measured 8e-7, allowed 1e-5); the covariance
+    within the issue's 5e-3 after scaling by the standard errors (measured 1.1e-6)."""
+    ref = reference("cbpp_glmmtmb")
+    sd = np.exp(ref["log_sd"])
+    np.testing.assert_allclose(cbpp_fit.loglik, ref["logLik"], atol=1e-8)
+    np.testing.assert_allclose(cbpp_fit.params("sd").to_numpy(), np.r_[ref["beta"], sd], atol=1e-5)
+    J = np.diag([1.0, 1.0, 1.0, 1.0, sd])
+    want = J @ np.array(ref["vcov_full_beta_logsd"]["values"]) @ J
+    assert np.max(scaled_error(cbpp_fit.vcov("sd").to_numpy(), want)) < 5e-3
+
+
 def test_bernoulli_rows_give_the_cbind_estimates(cbpp, cbpp_fit):
     rows = []
     for _, r in cbpp.iterrows():
@@ -99,8 +115,6 @@ def test_unknown_family_link_and_options(cbpp):
     m = pmv.glmm("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial")
     with pytest.raises(pmv.MixVcovError, match="REML is defined for Gaussian likelihoods only"):
         m.fit(method="REML")
-    with pytest.raises(pmv.MixVcovError, match="nAGQ=5: adaptive Gauss-Hermite quadrature is not available yet"):
-        m.fit(nAGQ=5)
 
 
 def test_frailty_poisson_offset_equals_exponential_likelihood():
