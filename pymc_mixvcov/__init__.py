@@ -8,6 +8,7 @@ pytensor derivatives, on the scale you ask for.
 from __future__ import annotations
 
 from . import datasets
+from .compare import compare, plot_compare, posterior_on_scale
 from .errors import (
     ConvergenceWarning,
     DataWarning,
@@ -29,9 +30,12 @@ __all__ = [
     "MixedFit",
     "MixedModel",
     "SingularFitWarning",
+    "compare",
     "datasets",
     "fit",
     "glmm",
     "lmm",
+    "plot_compare",
+    "posterior_on_scale",
     "__version__",
 ]

@@ -597,6 +597,46 @@ class MixedFit:
             index=self.labels(scale),
         )
 
+    # -- ArviZ output ---------------------------------------------------------------------------------
+    def to_datatree(self, *, information: Information = "observed", cluster=None):
+        """Estimates, covariances, scores, diagnostics and data as an ArviZ ``xarray.DataTree``.
+
+        See :func:`pymc_mixvcov.datatree.to_datatree` for the groups. Next to MCMC draws of the
+        same model: ``idata = pm.sample(model=model); idata.update(fit.to_datatree())``.
+        """
+        from .datatree import to_datatree
+
+        return to_datatree(self, information=information, cluster=cluster)
+
+    def sample_normal(
+        self,
+        draws: int = 1000,
+        *,
+        scale: str = "sd",
+        vcov: Literal["model", "CR0", "CR1", "CR3"] = "model",
+        chains: int = 4,
+        information: Information = "observed",
+        cluster=None,
+        random_seed=None,
+    ):
+        """Draws from the normal approximation ``N(estimate, V)`` as a DataTree with ``(chain, draw)`` dims.
+
+        See :func:`pymc_mixvcov.datatree.sample_normal`; ``az.summary`` and ArviZ's plots work on
+        the result directly.
+        """
+        from .datatree import sample_normal
+
+        return sample_normal(
+            self,
+            draws,
+            scale=scale,
+            vcov=vcov,
+            chains=chains,
+            information=information,
+            cluster=cluster,
+            random_seed=random_seed,
+        )
+
     def __repr__(self) -> str:
         return (
             f"MixedFit(method={self.method!r}, loglik={self.loglik:.4f}, nobs={self.nobs}, "

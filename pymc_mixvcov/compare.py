@@ -1,0 +1,417 @@
+"""Frequentist intervals next to the posterior of the same PyMC model.
+
+The posterior holds draws of the model's free variables. Each draw is assembled into the
+model's natural parameter vector ``nat`` (the variables of ``fit.spec.params``, in their order)
+and mapped to the reporting scale by the very map that gives the fit's estimates,
+``h(nat) = params(scale)``: the model map ``nat -> phi = (beta, theta, sigma)`` read off the
+``pm.Model`` and the core map ``phi -> scale`` (both from :mod:`pymc_mixvcov.derivatives`),
+evaluated for all draws at once. Posterior draws and estimates therefore land on the same
+labelled parameters: an LKJ Cholesky factor becomes SDs and a correlation, a HalfNormal SD a
+variance on the ``"var"`` scale, a residual SD ``sigma`` the ``residual`` variance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+
+from .datatree import _check_information, variable_name
+from .errors import MixVcovError
+from .sandwich import ADJUSTS
+from .scales import check_scale
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+__all__ = ["compare", "plot_compare", "posterior_on_scale"]
+
+CiKind = Literal["eti", "hdi"]
+CI_KINDS: tuple[str, ...] = ("eti", "hdi")
+COLUMNS: tuple[str, ...] = (
+    "estimate",
+    "se_model",
+    "se_sandwich",
+    "wald_lower",
+    "wald_upper",
+    "sandwich_lower",
+    "sandwich_upper",
+    "posterior_mean",
+    "posterior_sd",
+    "posterior_lower",
+    "posterior_upper",
+)
+
+
+# -- the posterior, as natural parameter vectors ------------------------------------------------------
+def _posterior_dataset(posterior) -> xr.Dataset:
+    """The posterior draws as a Dataset: ``pm.sample``'s DataTree, its ``posterior`` group, or a Dataset."""
+    import xarray as xr
+
+    if isinstance(posterior, xr.DataTree):
+        if "posterior" in posterior.children:
+            return posterior["posterior"].to_dataset()
+        if posterior.data_vars:
+            return posterior.to_dataset()
+        raise MixVcovError(
+            "the DataTree has no 'posterior' group and no variables of its own (groups: "
+            f"{', '.join(map(repr, posterior.children)) or 'none'}); pass the output of pm.sample or its "
+            "'posterior' group"
+        )
+    if isinstance(posterior, xr.Dataset):
+        return posterior
+    raise MixVcovError(
+        f"posterior must be an xarray DataTree (the output of pm.sample) or Dataset, got {type(posterior).__name__}"
+    )
+
+
+def _sample_dims(ds: xr.Dataset) -> tuple[str, ...]:
+    if "chain" in ds.dims and "draw" in ds.dims:
+        return ("chain", "draw")
+    if "draw" in ds.dims:
+        return ("draw",)
+    raise MixVcovError(
+        f"the posterior has no 'draw' dimension (dimensions: {', '.join(map(repr, ds.dims))}); ArviZ's "
+        "layout has the draws along ('chain', 'draw')"
+    )
+
+
+def natural_draws(fit, posterior) -> tuple[np.ndarray, tuple[str, ...], dict]:
+    """The posterior's draws of the model's natural parameter vector.
+
+    Returns
+    -------
+    nat : numpy.ndarray
+        Shape ``(chains, draws, P)``; column ``k`` is entry ``k`` of ``fit.params("natural")``.
+    sample_dims : tuple of str
+        The posterior's sample dimensions.
+    coords : dict
+        Their coordinates.
+    """
+    ds = _posterior_dataset(posterior)
+    sample_dims = _sample_dims(ds)
+    params = fit.spec.params
+    missing = [p.name for p in params if p.name not in ds.data_vars]
+    if missing:
+        raise MixVcovError(
+            f"the posterior lacks the model's parameter variable(s) {', '.join(map(repr, missing))} (needed: "
+            f"{', '.join(repr(p.name) for p in params)}; the posterior has: "
+            f"{', '.join(map(repr, ds.data_vars)) or 'no variables'}). Pass draws of the same PyMC model "
+            "the fit was made from, e.g. the output of pm.sample(model=...)."
+        )
+    model_dims = getattr(fit.spec.model, "named_vars_to_dims", {}) or {}
+    chains = ds.sizes["chain"] if "chain" in sample_dims else 1
+    n_draws = ds.sizes["draw"]
+    out = np.empty((chains, n_draws, fit.spec.n_params))
+    for p in params:
+        da = ds[p.name]
+        lacking = [d for d in sample_dims if d not in da.dims]
+        if lacking:
+            raise MixVcovError(f"posterior variable {p.name!r} lacks the sample dimension(s) {lacking}")
+        event = [d for d in da.dims if d not in sample_dims]
+        dims = model_dims.get(p.name)
+        if dims is not None and sorted(map(str, dims)) == sorted(map(str, event)):
+            event = list(dims)
+        values = np.asarray(da.transpose(*sample_dims, *event).values, float)
+        if values.shape[len(sample_dims) :] != tuple(p.shape):
+            raise MixVcovError(
+                f"posterior variable {p.name!r} has shape {values.shape[len(sample_dims) :]} per draw, but the "
+                f"model's {p.name!r} has shape {tuple(p.shape)}; the posterior is not from this model"
+            )
+        out[..., p.slice] = values.reshape(chains, n_draws, p.size)
+    coords = {d: ds[d].values for d in sample_dims if d in ds.coords}
+    return out, sample_dims, coords
+
+
+# -- the map natural -> scale, for many draws at once --------------------------------------------------
+_SCALE_ORDER = ("var", "sd", "cholesky", "unconstrained")
+
+
+def _batch_map(fit):
+    """``(fn, vectorised)``: the fit's map from natural parameters to the var, sd, cholesky and
+    unconstrained scales, compiled for a batch of vectors (one per row) when pytensor can
+    vectorise the graph, else for one vector."""
+    cache = fit._cache
+    if "batch_scale_map" not in cache:
+        import pytensor.tensor as pt
+        from pytensor.graph.replace import graph_replace, vectorize_graph
+
+        from .derivatives import _scale_parts, compile_fn
+
+        spec, model_map = fit.spec, fit._functions.map
+        sig = model_map.sig
+        nat = pt.vector("nat", shape=(spec.n_params,))
+        phi = model_map._phi(nat)
+        parts = _scale_parts(phi, sig.p, sig.r, sig.n_theta, "sigma" if spec.gaussian else "psi")
+        outs = [pt.concatenate(parts[k]) for k in _SCALE_ORDER[:3]]
+        outs.append(graph_replace(spec.unconstrained(), {spec.nat: nat}, strict=False))
+        batch = pt.matrix("nat_batch", shape=(None, spec.n_params))
+        try:
+            cache["batch_scale_map"] = (compile_fn([batch], vectorize_graph(outs, {nat: batch})), True)
+        except Exception:  # an Op pytensor cannot vectorise: one vector at a time
+            cache["batch_scale_map"] = (compile_fn([nat], outs), False)
+    return cache["batch_scale_map"]
+
+
+def scale_values(fit, nat: np.ndarray, scale: str) -> np.ndarray:
+    """Values on ``scale`` of the natural parameter vectors in the rows of ``nat`` (shape ``(..., P)``).
+
+    The same map as :meth:`MixedFit.params`: applied to the fit's own natural estimate it returns
+    ``fit.params(scale)`` (checked on every call).
+    """
+    check_scale(scale)
+    nat = np.asarray(nat, float)
+    if scale == "natural":
+        return nat.copy()
+    flat = nat.reshape(-1, nat.shape[-1])
+    rows = np.vstack([np.asarray(fit._opt["nat"], float)[None], flat])
+    fn, vectorised = _batch_map(fit)
+    k = _SCALE_ORDER.index(scale)
+    if vectorised:
+        values = np.asarray(fn(rows)[k])
+    else:
+        values = np.stack([np.asarray(fn(row)[k]) for row in rows])
+    want = fit.params(scale).to_numpy()
+    ok = np.isfinite(want)
+    if not np.allclose(values[0, ok], want[ok], rtol=1e-10, atol=1e-12 * (1 + np.max(np.abs(want[ok]), initial=0))):
+        raise MixVcovError(f"internal error: the batched map to scale {scale!r} does not reproduce the fit's estimates")
+    return values[1:].reshape(*nat.shape[:-1], values.shape[-1])
+
+
+def _draws_on_scale(fit, posterior, scale: str) -> tuple[np.ndarray, tuple[str, ...], dict]:
+    nat, sample_dims, coords = natural_draws(fit, posterior)
+    return scale_values(fit, nat, scale), sample_dims, coords
+
+
+def posterior_on_scale(fit, posterior, scale: str = "sd") -> xr.DataTree:
+    """The posterior of the fit's model, mapped to ``scale`` and labelled as the fit's parameters.
+
+    Parameters
+    ----------
+    fit : MixedFit
+    posterior : xarray.DataTree or xarray.Dataset
+        Draws of the model's free variables: the output of ``pm.sample`` (its ``posterior``
+        group is used), that group, or a Dataset with ``(chain, draw)`` dimensions.
+    scale : {"sd", "var", "cholesky", "natural", "unconstrained"}
+
+    Returns
+    -------
+    xarray.DataTree
+        A ``posterior`` group laid out as :meth:`MixedFit.sample_normal`'s: one variable per
+        label of ``fit.labels(scale)``, dimensions ``(chain, draw)``, so that the two can be
+        passed together to ArviZ (``az.plot_forest({"MCMC": ..., "normal": ...})``).
+    """
+    from arviz_base import from_dict
+
+    check_scale(scale)
+    x, sample_dims, coords = _draws_on_scale(fit, posterior, scale)
+    if sample_dims == ("draw",):
+        coords = {"draw": coords["draw"]} if "draw" in coords else {}
+    data = {variable_name(lab): x[..., k] for k, lab in enumerate(fit.labels(scale))}
+    return from_dict({"posterior": data}, coords=coords, attrs={"posterior": {"scale": scale}})
+
+
+# -- the table ------------------------------------------------------------------------------------
+def _check_prob(prob) -> float:
+    if isinstance(prob, bool) or not isinstance(prob, int | float | np.floating) or not 0 < prob < 1:
+        raise MixVcovError(f"prob must be a number strictly between 0 and 1, got {prob!r}")
+    return float(prob)
+
+
+def _check_options(scale: str, prob, vcov, ci_kind: str, information: str) -> float:
+    check_scale(scale)
+    prob = _check_prob(prob)
+    if vcov is not None and vcov not in ADJUSTS:
+        raise MixVcovError(
+            f"unknown vcov {vcov!r}; valid values are: {', '.join(map(repr, ADJUSTS))}, or None to leave the "
+            "sandwich columns out"
+        )
+    if ci_kind not in CI_KINDS:
+        raise MixVcovError(f"unknown ci_kind {ci_kind!r}; valid values are: {', '.join(map(repr, CI_KINDS))}")
+    _check_information(information)
+    return prob
+
+
+def _interval(x: np.ndarray, prob: float, ci_kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior intervals of the columns of ``x`` (draws in rows)."""
+    if ci_kind == "eti":
+        lo, hi = np.quantile(x, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
+        return lo, hi
+    from arviz_stats.base import array_stats
+
+    bounds = np.asarray(array_stats.hdi(x.T, prob, axis=-1))
+    return bounds[:, 0], bounds[:, 1]
+
+
+def compare(
+    fit,
+    posterior,
+    scale: str = "sd",
+    prob: float = 0.95,
+    vcov: Literal["CR0", "CR1", "CR3"] | None = "CR1",
+    *,
+    ci_kind: CiKind = "eti",
+    information: Literal["observed", "expected"] = "observed",
+    cluster=None,
+) -> pd.DataFrame:
+    """Frequentist estimates and intervals next to posterior summaries, parameter by parameter.
+
+    Parameters
+    ----------
+    fit : MixedFit
+    posterior : xarray.DataTree or xarray.Dataset
+        Draws of the fitted PyMC model's free variables: ``pm.sample``'s output, its
+        ``posterior`` group, or a Dataset with ``(chain, draw)`` dimensions. It must hold every
+        parameter variable of the model (``[p.name for p in fit.spec.params]``); other
+        variables (random effects, PyMC's derived ``*_corr`` and ``*_stds``) are ignored.
+    scale : {"sd", "var", "cholesky", "natural", "unconstrained"}
+        Scale of every column; the posterior draws are mapped to it by the fit's own map.
+    prob : float
+        Coverage of all intervals, strictly between 0 and 1.
+    vcov : {"CR0", "CR1", "CR3"} or None
+        The sandwich of ``se_sandwich`` and the sandwich interval; ``None`` leaves these
+        columns NaN (REML and MAP fits have no sandwich).
+    ci_kind : {"eti", "hdi"}
+        Posterior interval: equal-tailed (quantiles ``(1 - prob)/2`` and ``(1 + prob)/2``) or
+        highest-density (ArviZ's ``hdi``).
+    information : {"observed", "expected"}
+    cluster :
+        Clustering of the sandwich (see :meth:`MixedFit.sandwich`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per parameter, indexed by ``fit.labels(scale)`` as in :meth:`MixedFit.vcov`;
+        columns ``estimate``, ``se_model``, ``se_sandwich``, ``wald_lower``, ``wald_upper``,
+        ``sandwich_lower``, ``sandwich_upper``, ``posterior_mean``, ``posterior_sd``,
+        ``posterior_lower``, ``posterior_upper``. ``attrs`` records the options.
+
+    Raises
+    ------
+    MixVcovError
+        For an unknown scale, ``prob`` outside ``(0, 1)``, a posterior that lacks one of the
+        model's parameter variables (the message names them) or holds them with another shape,
+        and a sandwich the fit does not have.
+
+    Notes
+    -----
+    With ``h`` the map from natural parameters to the scale (``estimate = h(nat_hat)``) and
+    ``x_s = h(nat_s)`` the mapped draws, ``posterior_mean = S^{-1} sum_s x_s`` and
+    ``posterior_sd`` is their standard deviation with divisor ``S - 1`` (as ``az.summary``).
+    The Wald and sandwich intervals are :meth:`MixedFit.summary`'s, with ``q = Phi^{-1}((1 + prob)/2)``:
+    ``est +- q se`` for unbounded parameters, ``est exp(+-q se / est)`` for SDs and variances
+    (a Wald interval for ``log est``) and ``tanh(atanh(r) +- q se / (1 - r^2))`` for
+    correlations (Fisher's ``z``), so that they respect the parameter space as posterior
+    intervals do.
+    """
+    prob = _check_options(scale, prob, vcov, ci_kind, information)
+    x, _, _ = _draws_on_scale(fit, posterior, scale)
+    x = x.reshape(-1, x.shape[-1])
+    labels = fit.labels(scale)
+    model = fit.summary(vcov="model", scale=scale, level=prob, information=information)
+    table = pd.DataFrame(index=pd.Index(labels, name="parameter"), columns=list(COLUMNS), dtype=float)
+    table["estimate"] = model["Estimate"].to_numpy()
+    table["se_model"] = model["Std. Error"].to_numpy()
+    table["wald_lower"] = model.iloc[:, 4].to_numpy()
+    table["wald_upper"] = model.iloc[:, 5].to_numpy()
+    if vcov is not None:
+        try:
+            robust = fit.summary(vcov=vcov, scale=scale, level=prob, information=information, cluster=cluster)
+        except MixVcovError as err:
+            raise MixVcovError(f"{err}; or pass vcov=None to leave the sandwich columns out") from err
+        table["se_sandwich"] = robust["Std. Error"].to_numpy()
+        table["sandwich_lower"] = robust.iloc[:, 4].to_numpy()
+        table["sandwich_upper"] = robust.iloc[:, 5].to_numpy()
+    table["posterior_mean"] = x.mean(axis=0)
+    table["posterior_sd"] = x.std(axis=0, ddof=1) if x.shape[0] > 1 else np.nan
+    lo, hi = _interval(x, prob, ci_kind)
+    table["posterior_lower"], table["posterior_upper"] = lo, hi
+    table.attrs = {
+        "scale": scale,
+        "prob": prob,
+        "vcov": vcov,
+        "ci_kind": ci_kind,
+        "information": information,
+        "method": fit.method,
+        "draws": int(x.shape[0]),
+    }
+    return table
+
+
+# -- the plot -------------------------------------------------------------------------------------
+def plot_compare(
+    fit,
+    posterior,
+    scale: str = "sd",
+    prob: float = 0.95,
+    filename: str | Path | None = None,
+    *,
+    vcov: Literal["CR0", "CR1", "CR3"] | None = "CR1",
+    ci_kind: CiKind = "eti",
+    information: Literal["observed", "expected"] = "observed",
+    cluster=None,
+    dpi: int = 150,
+):
+    """Forest plot: the posterior, Wald and sandwich intervals of every parameter.
+
+    Parameters
+    ----------
+    fit, posterior, scale, prob, vcov, ci_kind, information, cluster :
+        As in :func:`compare`, which computes the intervals.
+    filename : str or path, optional
+        Where to write the figure (PNG, or any format matplotlib infers from the suffix).
+    dpi : int
+        Resolution of the written file.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per parameter, each with its own horizontal axis: the posterior interval
+        with the posterior mean, the Wald interval and the sandwich interval with the estimate.
+
+    Notes
+    -----
+    Drawn with matplotlib, not with ArviZ's ``plot_forest``: that puts every parameter on one
+    shared axis, where an intercept of 250 and a correlation of 0.07 cannot both be read. The
+    figure is built without pyplot, so no GUI backend is needed. The table behind it is
+    ``compare(fit, posterior, scale, prob, vcov)``.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    table = compare(fit, posterior, scale, prob, vcov, ci_kind=ci_kind, information=information, cluster=cluster)
+    rows = [
+        ("posterior", "posterior_lower", "posterior_upper", "posterior_mean", "C0", "o"),
+        ("Wald (model)", "wald_lower", "wald_upper", "estimate", "C1", "D"),
+    ]
+    if vcov is not None:
+        rows.append((f"sandwich ({vcov})", "sandwich_lower", "sandwich_upper", "estimate", "C2", "s"))
+    n = len(table)
+    fig = Figure(figsize=(7.5, 0.75 + 0.62 * n), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(n, 1, squeeze=False)[:, 0])
+    for ax, (label, row) in zip(axes, table.iterrows(), strict=True):
+        for k, (_, lo, hi, mid, colour, marker) in enumerate(rows):
+            y = len(rows) - 1 - k
+            if np.isfinite(row[lo]) and np.isfinite(row[hi]):
+                ax.plot([row[lo], row[hi]], [y, y], color=colour, lw=2.2, solid_capstyle="butt")
+            if np.isfinite(row[mid]):
+                ax.plot([row[mid]], [y], marker=marker, color=colour, ms=4.5, ls="none")
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8.5)
+        ax.tick_params(axis="x", labelsize=7.5, length=2.5, pad=1.5)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+        ax.grid(axis="x", lw=0.4, alpha=0.4)
+    handles = [Line2D([], [], color=c, lw=2.2, marker=m, ms=4.5, label=name) for name, _, _, _, c, m in rows]
+    kind = "equal-tailed" if ci_kind == "eti" else "HDI"
+    fig.suptitle(
+        f"{fit.method} fit vs posterior, scale {scale!r}: {100 * prob:g}% intervals (posterior: {kind})",
+        fontsize=10,
+    )
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8.5, frameon=False)
+    if filename is not None:
+        fig.savefig(filename, dpi=dpi)
+    return fig
