@@ -15,12 +15,13 @@ work on them as on MCMC draws.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from .errors import MixVcovError
-from .sandwich import ADJUSTS
+from .sandwich import ADJUSTS, check_adjust
 from .scales import SCALES, check_scale
 
 if TYPE_CHECKING:
@@ -117,7 +118,13 @@ def _observed_data(fit) -> xr.Dataset:
     )
 
 
-def to_datatree(fit, *, information: Literal["observed", "expected"] = "observed", cluster=None) -> xr.DataTree:
+def to_datatree(
+    fit,
+    *,
+    information: Literal["observed", "expected"] = "observed",
+    cluster=None,
+    adjust: Sequence[str] = ADJUSTS,
+) -> xr.DataTree:
     """Everything a fit knows, as an ``xarray.DataTree`` in ArviZ 1.x's layout.
 
     Parameters
@@ -128,6 +135,9 @@ def to_datatree(fit, *, information: Literal["observed", "expected"] = "observed
         every information type the fit has).
     cluster :
         Clustering of the sandwiches, as in :meth:`MixedFit.sandwich` (default: the fit's).
+    adjust : sequence of {"CR0", "CR1", "CR3"}
+        The sandwiches to write (all by default; ``CR3`` needs every cluster's information
+        contribution, which costs second derivatives per cluster for non-Gaussian models).
 
     Returns
     -------
@@ -174,6 +184,7 @@ def to_datatree(fit, *, information: Literal["observed", "expected"] = "observed
     from .results import INFORMATIONS
 
     _check_information(information)
+    adjust = [check_adjust(a) for a in ([adjust] if isinstance(adjust, str) else adjust)]
     common = _attrs(fit, information=information)
     groups: dict[str, xr.Dataset] = {}
 
@@ -192,11 +203,11 @@ def to_datatree(fit, *, information: Literal["observed", "expected"] = "observed
                 data[info] = (dims, fit.vcov(scale, info).to_numpy())
             except MixVcovError as err:
                 notes[f"unavailable_{info}"] = str(err)
-        for adjust in ADJUSTS:
+        for adj in adjust:
             try:
-                data[adjust] = (dims, fit.sandwich(scale, information, adjust=adjust, cluster=cluster).to_numpy())
+                data[adj] = (dims, fit.sandwich(scale, information, adjust=adj, cluster=cluster).to_numpy())
             except MixVcovError as err:
-                notes[f"unavailable_{adjust}"] = str(err)
+                notes[f"unavailable_{adj}"] = str(err)
         groups[f"vcov_{scale}"] = xr.Dataset(
             data, coords={d: labels, f"{d}_2": labels}, attrs={**common, "scale": scale, **notes}
         )

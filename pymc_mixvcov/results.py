@@ -598,7 +598,7 @@ class MixedFit:
         )
 
     # -- ArviZ output ---------------------------------------------------------------------------------
-    def to_datatree(self, *, information: Information = "observed", cluster=None):
+    def to_datatree(self, *, information: Information = "observed", cluster=None, adjust=ADJUSTS):
         """Estimates, covariances, scores, diagnostics and data as an ArviZ ``xarray.DataTree``.
 
         See :func:`pymc_mixvcov.datatree.to_datatree` for the groups. Next to MCMC draws of the
@@ -606,7 +606,7 @@ class MixedFit:
         """
         from .datatree import to_datatree
 
-        return to_datatree(self, information=information, cluster=cluster)
+        return to_datatree(self, information=information, cluster=cluster, adjust=adjust)
 
     def sample_normal(
         self,

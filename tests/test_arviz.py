@@ -124,6 +124,19 @@ def test_datatree_joins_the_tree_of_pm_sample(sleep_ml):
     assert idata["vcov_sd"].attrs["method"] == "ML"
 
 
+def test_datatree_with_some_sandwiches(sleep_ml):
+    tree = sleep_ml.to_datatree(adjust=["CR1"], information="expected")
+    assert set(tree["vcov_var"].data_vars) == {"observed", "expected", "CR1"}
+    np.testing.assert_array_equal(
+        tree["vcov_var"]["CR1"].values, sleep_ml.sandwich("var", "expected", adjust="CR1").to_numpy()
+    )
+    assert tree["vcov_var"].attrs["information"] == "expected"
+    with pytest.raises(pmv.MixVcovError, match="unknown adjust 'HC1'"):
+        sleep_ml.to_datatree(adjust=["HC1"])
+    with pytest.raises(pmv.MixVcovError, match="unknown information 'fisher'"):
+        sleep_ml.to_datatree(information="fisher")
+
+
 def test_datatree_of_a_reml_fit_says_what_is_missing(sleep_reml):
     tree = sleep_reml.to_datatree()
     assert set(tree["vcov_sd"].data_vars) == {"observed", "expected"}
