@@ -166,7 +166,8 @@ def to_datatree(
             information is not available), ``at_bound`` (natural parameters held at a bound).
         ``observed_data``
             the observed variable, named and dimensioned as ``pm.sample`` writes it, so that
-            adding these groups to ``pm.sample``'s tree leaves that group as it was.
+            adding these groups to ``pm.sample``'s tree keeps that group's data (only its
+            attributes become these).
 
         Every group carries the attributes ``method``, ``information``, ``nAGQ``,
         ``pymc_mixvcov_version``, ``family``, ``nobs``, ``n_clusters``, ``loglik`` and ArviZ's
