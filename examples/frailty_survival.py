@@ -27,19 +27,38 @@ import pymc_mixvcov as pmv
 warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
 
 
+#: The values :func:`simulate` draws from: baseline hazard ``lambda_0``, mean effect of ``X``,
+#: effect of ``Z``, SDs of the intercept and slope frailties, and the censoring time.
+LAMBDA_0, BETA_X, BETA_Z, SD_B, SD_A, CENSOR = 0.5, 0.4, -0.3, 0.5, 0.3, 2.0
+
+#: The same values as :func:`poisson_fit` labels its parameters on the ``"sd"`` scale.
+TRUTH = {
+    "(Intercept)": float(np.log(LAMBDA_0)),
+    "X": BETA_X,
+    "Z": BETA_Z,
+    "sd_(Intercept)|cluster": SD_B,
+    "sd_X|cluster": SD_A,
+}
+
+
 def simulate(n_clusters: int = 100, size: int = 20, seed: int = 1) -> pd.DataFrame:
-    """Exponential survival times with intercept and slope frailties, censored at time 2."""
+    """Exponential survival times with intercept and slope frailties, censored at time 2.
+
+    ``X`` is binary (probability 1/2), ``Z`` standard normal; the parameters are the module's
+    ``LAMBDA_0``, ``BETA_X``, ``BETA_Z``, ``SD_B``, ``SD_A`` and ``CENSOR`` (about 70% of the
+    times are events).
+    """
     rng = np.random.default_rng(seed)
     g = np.repeat(np.arange(n_clusters), size)
     X = rng.binomial(1, 0.5, size=g.size).astype(float)
     Z = rng.normal(size=g.size)
-    b = rng.normal(0, 0.5, n_clusters)
-    a = rng.normal(0, 0.3, n_clusters)
-    lam = 0.5 * np.exp(b[g] + (0.4 + a[g]) * X - 0.3 * Z)
+    b = rng.normal(0, SD_B, n_clusters)
+    a = rng.normal(0, SD_A, n_clusters)
+    lam = LAMBDA_0 * np.exp(b[g] + (BETA_X + a[g]) * X + BETA_Z * Z)
     t_event = rng.exponential(1 / lam)
-    time = np.minimum(t_event, 2.0)
+    time = np.minimum(t_event, CENSOR)
     return pd.DataFrame(
-        {"time": time, "event": (t_event <= 2.0).astype(int), "X": X, "Z": Z, "cluster": pd.Categorical(g)}
+        {"time": time, "event": (t_event <= CENSOR).astype(int), "X": X, "Z": Z, "cluster": pd.Categorical(g)}
     )
 
 
