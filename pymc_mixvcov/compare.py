@@ -13,7 +13,7 @@ variance on the ``"var"`` scale, a residual SD ``sigma`` the ``residual`` varian
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["compare", "plot_compare", "posterior_on_scale"]
 
 CiKind = Literal["eti", "hdi"]
-CI_KINDS: tuple[str, ...] = ("eti", "hdi")
+CI_KINDS: tuple[str, ...] = get_args(CiKind)
 COLUMNS: tuple[str, ...] = (
     "estimate",
     "se_model",
