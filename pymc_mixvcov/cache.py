@@ -59,7 +59,7 @@ def _source_hash() -> str:
     """Hash of the modules that write the cached graphs: an edit invalidates the cache."""
     here = Path(__file__).parent
     h = hashlib.sha256()
-    for name in ("marginal.py", "laplace.py", "derivatives.py", "linalg.py", "cache.py"):
+    for name in ("marginal.py", "laplace.py", "jets.py", "derivatives.py", "linalg.py", "cache.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()[:16]
 

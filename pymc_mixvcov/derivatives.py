@@ -667,25 +667,79 @@ class LaplaceFunctions:
         self.fi = spec.fixed_index
         self._modes = [np.zeros((bt.clusters.size, bt.s)) for bt in structure.batches]
         self.modes_converged = True
+        # Laplace: closed-form derivatives from per-observation jets; quadrature: graph derivatives
+        self.jet = None
+        if nagq == 1:
+            from .jets import JetLaplace
+
+            self.jet = JetLaplace(spec, structure, self.sig, self._jets)
 
     def _fn(self, name: str):
         return laplace_function(name, self.sig, self.spec)
+
+    def _jets(self, order: int):
+        from .jets import observation_jets
+
+        return _cached_function(f"jets{order}-{self.sig.likelihood}", lambda: observation_jets(self.spec, order))
 
     def modes(self, phi: np.ndarray) -> list[np.ndarray]:
         """Modes of the random effects (standardised) at ``phi``, warm-started from the last ones."""
         from .laplace import find_modes
 
-        vs, ok = find_modes(self._fn("gh"), phi, self._modes, self.data)
+        if self.jet is not None:
+
+            def search(v0):
+                return self.jet.modes(phi, v0)
+        else:
+
+            def search(v0):
+                return find_modes(self._fn("gh"), phi, v0, self.data)
+
+        vs, ok = search(self._modes)
         if not ok:
-            vs, ok = find_modes(self._fn("gh"), phi, [np.zeros_like(v) for v in vs], self.data)
+            vs, ok = search([np.zeros_like(v) for v in vs])
         self.modes_converged = ok
         if all(np.all(np.isfinite(v)) for v in vs):
             self._modes = vs
         return vs
 
+    def _pieces(self, phi: np.ndarray, order: int) -> dict:
+        """Per-batch cluster log-likelihoods, scores (``order >= 1``) and Hessians (``order 2``)
+        in ``phi``, with their totals."""
+        vs = self.modes(phi)
+        nb = len(vs)
+        if self.jet is not None:
+            out = self.jet.evaluate(phi, vs, order)
+        else:
+            val = self._fn("value")(phi, *vs, *self.data)
+            out = {"loglik": list(val[:nb])}
+            if order >= 1:
+                out["grad"] = list(self._fn("scores")(phi, *vs, *self.data))
+            if order >= 2:
+                out["hess"] = list(self._fn("cluster_hessians")(phi, *vs, *self.data))
+        out["total"] = float(sum(np.sum(a) for a in out["loglik"]))
+        if order >= 1:
+            out["total_grad"] = sum(np.sum(g, axis=0) for g in out["grad"])
+        if order >= 2:
+            out["total_hess"] = sum(np.sum(h, axis=0) for h in out["hess"])
+        return out
+
+    def _total_hess(self, phi: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        if self.jet is not None:
+            out = self._pieces(phi, 2)
+            return out["total"], out["total_grad"], out["total_hess"]
+        vs = self.modes(phi)
+        nb = len(vs)
+        val = self._fn("value")(phi, *vs, *self.data)
+        (H,) = self._fn("hess")(phi, *vs, *self.data)
+        return float(val[nb]), np.asarray(val[nb + 1]), np.asarray(H)
+
     def value(self, nat: np.ndarray) -> tuple[float, np.ndarray]:
         """Laplace log-likelihood and its gradient in ``nat``."""
         phi, J, _ = self.map(nat, second=False)
+        if self.jet is not None:
+            out = self._pieces(phi, 1)
+            return out["total"], J.T @ out["total_grad"]
         vs = self.modes(phi)
         res = self._fn("value")(phi, *vs, *self.data)
         nb = len(vs)
@@ -695,46 +749,41 @@ class LaplaceFunctions:
         """Laplace log-likelihood, gradient and observed information (exact Hessian) at ``nat``."""
         nat = np.asarray(nat, float)
         phi, J, T = self.map(nat)
-        vs = self.modes(phi)
-        nb = len(vs)
-        val = self._fn("value")(phi, *vs, *self.data)
-        (Hphi,) = self._fn("hess")(phi, *vs, *self.data)
-        gphi = np.asarray(val[nb + 1])
+        total, gphi, Hphi = self._total_hess(phi)
         out = {
-            "loglik": float(val[nb]),
+            "loglik": total,
             "grad": J.T @ gphi,
-            "observed": -(J.T @ np.asarray(Hphi) @ J + np.einsum("k,kij->ij", gphi, T)),
+            "observed": -(J.T @ Hphi @ J + np.einsum("k,kij->ij", gphi, T)),
         }
         if expected:
             out["expected"] = None
+        return out
+
+    def _by_cluster(self, per_batch: list[np.ndarray]) -> np.ndarray:
+        C = self.structure.n_clusters
+        first = per_batch[0]
+        out = np.zeros((C, *first.shape[1:]))
+        for bt, a in zip(self.structure.batches, per_batch, strict=True):
+            out[bt.clusters] = a
         return out
 
     def clusters(self, nat: np.ndarray) -> dict[str, np.ndarray]:
         """Per-cluster log-likelihoods and scores, and the total gradient (natural scale)."""
         nat = np.asarray(nat, float)
         phi, J, _ = self.map(nat, second=False)
-        vs = self.modes(phi)
-        nb = len(vs)
-        val = self._fn("value")(phi, *vs, *self.data)
-        scores = self._fn("scores")(phi, *vs, *self.data)
-        C = self.structure.n_clusters
-        ll = np.zeros(C)
-        S = np.zeros((C, self.sig.dim))
-        for bt, a, b in zip(self.structure.batches, val[:nb], scores, strict=True):
-            ll[bt.clusters], S[bt.clusters] = a, b
-        return {"loglik_total": float(val[nb]), "loglik": ll, "scores": S @ J, "grad": J.T @ np.asarray(val[nb + 1])}
+        out = self._pieces(phi, 1)
+        return {
+            "loglik_total": out["total"],
+            "loglik": self._by_cluster(out["loglik"]),
+            "scores": self._by_cluster(out["grad"]) @ J,
+            "grad": J.T @ out["total_grad"],
+        }
 
     def cluster_observed(self, nat: np.ndarray) -> np.ndarray:
         """Each cluster's observed information contribution on the natural scale, ``(C, P, P)``."""
         phi, J, T = self.map(np.asarray(nat, float))
-        vs = self.modes(phi)
-        H = self._fn("cluster_hessians")(phi, *vs, *self.data)
-        S = self._fn("scores")(phi, *vs, *self.data)
-        C = self.structure.n_clusters
-        Hc = np.zeros((C, self.sig.dim, self.sig.dim))
-        Sc = np.zeros((C, self.sig.dim))
-        for bt, h, sc in zip(self.structure.batches, H, S, strict=True):
-            Hc[bt.clusters], Sc[bt.clusters] = h, sc
+        out = self._pieces(phi, 2)
+        Hc, Sc = self._by_cluster(out["hess"]), self._by_cluster(out["grad"])
         return -(np.einsum("ki,ckl,lj->cij", J, Hc, J) + np.einsum("ck,kij->cij", Sc, T))
 
     def scales(self, nat: np.ndarray) -> dict[str, np.ndarray]:

@@ -158,12 +158,22 @@ class MixedFit:
         sd_labels = self._scales.labels("sd")
         names = [sd_labels[i] for i in np.flatnonzero(self._small_theta())]
         held = [self.spec.natural_labels[i] for i in np.flatnonzero(self.at_bound)]
+        if held:
+            consequence = (
+                "the covariance is computed with the boundary parameters held fixed, so it is conditional on "
+                "them, and entries that involve them are NaN"
+            )
+        else:
+            consequence = (
+                "the estimate is interior only numerically, so its standard error (and any sandwich, whose "
+                "scores vanish there) is not a reliable measure of its uncertainty; summary() reports its "
+                "interval as [0, estimate + z se]"
+            )
         warnings.warn(
             f"boundary (singular) fit: {', '.join(names) or ', '.join(held)} estimated at 0"
             f"{' (natural parameter ' + ', '.join(held) + ' at its bound)' if held else ''}. "
-            "The usual asymptotics do not hold on the boundary: the covariance is computed with "
-            "the boundary parameters held fixed, so it is conditional on them, and entries that "
-            "involve them are NaN. Consider removing that random-effect term.",
+            f"The usual asymptotics do not hold on the boundary: {consequence}. "
+            "Consider removing that random-effect term.",
             SingularFitWarning,
             stacklevel=3,
         )
@@ -552,7 +562,8 @@ class MixedFit:
         SDs, variances, ``sigma`` and diagonal Cholesky entries on the log scale
         (``est * exp(+-q se / est)``, so they stay positive), correlations on Fisher's ``atanh``
         scale (``tanh(atanh(r) +- q se / (1 - r^2))``, so they stay in ``(-1, 1)``), everything else
-        on its own scale. ``z`` and ``Pr(>|z|)`` are plain Wald statistics; for a variance
+        on its own scale. A positive parameter estimated at (or numerically next to) 0, where
+        ``q se / est > 50`` and the log-scale interval degenerates, gets ``[0, est + q se]``. ``z`` and ``Pr(>|z|)`` are plain Wald statistics; for a variance
         component the null value 0 is on the boundary of the parameter space, where the Wald
         test is not valid (the likelihood-ratio test with a mixture null is).
         """
@@ -569,16 +580,20 @@ class MixedFit:
             else self.sandwich(scale, information, adjust=vcov, cluster=cluster)
         )
         se = np.sqrt(np.where(np.diag(V.to_numpy()) >= 0, np.diag(V.to_numpy()), np.nan))
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             z = est / se
             p = 2 * norm.sf(np.abs(z))
             q = norm.ppf(0.5 + level / 2)
             lo, hi = est - q * se, est + q * se
             kinds = np.array(self._scales.kinds(scale))
             pos = kinds == "positive"
-            f = np.exp(q * se / est)
+            width = q * se / est
+            f = np.exp(np.minimum(width, 700.0))
+            # at (or next to) the boundary the log-scale interval degenerates: report [0, est + q se]
+            edge = pos & (est >= 0) & ~(width < 50.0) & np.isfinite(se)
             lo = np.where(pos, np.where(est > 0, est / f, np.nan), lo)
             hi = np.where(pos, np.where(est > 0, est * f, np.nan), hi)
+            lo, hi = np.where(edge, 0.0, lo), np.where(edge, est + q * se, hi)
             cor = kinds == "correlation"
             zr = np.arctanh(np.clip(est, -1, 1))
             d = q * se / (1 - est**2)

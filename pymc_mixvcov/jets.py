@@ -1,0 +1,372 @@
+"""Laplace log-likelihood with its exact gradient and Hessian in closed form.
+
+The same approximation as :mod:`pymc_mixvcov.laplace` (lme4's ``glmer`` Laplace), evaluated
+from per-observation derivatives of the log-density instead of differentiating a graph of the
+whole model. Per cluster ``c`` (the index is dropped below), with the spherical random effects
+``v`` (``u = Lambda v``), the linear predictor ``eta_i = o_i + x_i^T beta + t_i^T v`` with
+``t_i = Lambda^T z_i``, and
+
+.. math::
+
+    h(\\phi, v) = \\sum_i \\ell_i(\\eta_i, \\psi) - \\tfrac12 v^T v, \\qquad
+    H = -h_{vv}, \\qquad
+    L(\\phi, v) = h - \\tfrac12 \\log|H|, \\qquad F(\\phi) = L(\\phi, \\hat v(\\phi)),
+
+the mode satisfies ``h_v = 0``, so ``v' = d v_hat / d phi = H^{-1} h_{v phi}``. With
+``E = [I; v']`` (the total derivative of ``a = (phi, v)`` along ``phi``) and
+``c = H^{-1} L_v``, differentiating ``h_v(phi, v_hat(phi)) = 0`` twice gives
+
+.. math::
+
+    \\nabla F = E^T L_a, \\qquad
+    \\nabla^2 F = E^T \\Big(L_{aa} + \\sum_m c_m h_{v_m aa}\\Big) E,
+
+    L_a = h_a + \\tfrac12 \\operatorname{tr}(H^{-1} h_{vva}), \\qquad
+    L_{ab} = h_{ab} + \\tfrac12 \\operatorname{tr}(H^{-1} h_{vvab})
+             + \\tfrac12 \\operatorname{tr}(H^{-1} h_{vva} H^{-1} h_{vvb}).
+
+Every derivative of ``h`` is a sum over observations of derivatives of
+``ell_i(zeta_i(a))``, ``zeta_i = (eta_i, psi)``, whose map from ``a`` is quadratic: ``eta`` is
+linear in ``beta`` and bilinear in ``(theta, v)`` (``Lambda`` is linear in ``theta``), so
+Faa di Bruno's formula stops at the second derivative ``M_i = d^2 eta_i / da^2`` (nonzero only in
+the ``(theta, v)`` block). The contractions with ``H^{-1}`` and ``E`` are done observation by
+observation, on the few random effects each observation uses, so a cluster never needs a tensor
+of third or fourth derivatives. The per-observation derivatives of ``ell`` with respect to
+``eta`` (up to the fourth) and ``psi`` come from pytensor, symbolically: the Hessian is exact.
+Cost per evaluation: ``O(n R^2 P^2)`` for ``n`` observations using ``R`` random effects each and
+``P`` parameters, plus ``O(sum_c s_c^3 P)`` for the clusters' ``s_c x s_c`` matrices.
+
+Checked against the graph-differentiated :class:`pymc_mixvcov.laplace.LaplaceGraph` (which
+takes two symbolic Newton steps from the mode) in ``tests/test_jets.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.gradient import grad, pushforward
+
+__all__ = ["JetLaplace", "observation_jets"]
+
+
+def observation_jets(spec, order: int):
+    """Graph of the per-observation log-density and its derivatives (see :class:`JetLaplace`).
+
+    Returns ``inputs = [eta, y, nat]`` and outputs: ``ell``, then for ``order >= 1`` the first
+    derivatives ``ell_p`` (``p`` over ``zeta = (eta, psi_1, ..., psi_m)``), for ``order >= 2``
+    the second ``ell_pq`` (``p <= q``), for ``order >= 4`` the third ``ell_{eta q r}`` and the
+    fourth ``ell_{eta eta q r}`` (``q <= r``); each of shape ``(n,)``. Derivatives in ``eta``
+    are elementwise gradients; in ``psi`` push-forwards along the parameter's unit vector.
+    """
+    eta, y, lp = spec.logp
+    nat = spec.nat
+    m = spec.psi_index.size
+    units = [np.eye(spec.n_params)[k] for k in spec.psi_index]
+
+    def d(f, p):
+        if p == 0:
+            return grad(pt.sum(f), eta)
+        return pushforward(f, nat, pt.constant(units[p - 1]), disconnected_outputs="ignore")
+
+    cache: dict[tuple[int, ...], object] = {(): lp}
+
+    def jet(key: tuple[int, ...]):
+        key = tuple(sorted(key))
+        if key not in cache:
+            cache[key] = d(jet(key[1:]), key[0])
+        return cache[key]
+
+    idx = range(m + 1)
+    pairs = [(q, r) for q in idx for r in idx if q <= r]
+    outs = [jet(())]
+    if order >= 1:
+        outs += [jet((p,)) for p in idx]
+    if order >= 2:
+        outs += [jet(pr) for pr in pairs]
+    if order >= 4:
+        outs += [jet((0, *pr)) for pr in pairs]
+        outs += [jet((0, 0, *pr)) for pr in pairs]
+    outs = [pt.broadcast_to(o, (spec.n,)) if o.ndim == 0 else o for o in outs]
+    return [eta, y, nat], outs
+
+
+def _sym(flat: list[np.ndarray], m1: int) -> np.ndarray:
+    """``(n, m1, m1)`` symmetric array from its upper triangle listed row by row."""
+    out = np.empty((flat[0].shape[0], m1, m1))
+    k = 0
+    for q in range(m1):
+        for r in range(q, m1):
+            out[:, q, r] = out[:, r, q] = flat[k]
+            k += 1
+    return out
+
+
+@dataclass
+class _Batch:
+    """One batch of equally sized clusters, in the per-observation slot layout."""
+
+    s: int
+    C: int
+    obs: np.ndarray  # (nb,) observation index
+    row: np.ndarray  # (nb,) cluster row in the batch
+    pos: np.ndarray  # (nb, R) position in the cluster block (0 where unused)
+    val: np.ndarray  # (nb, R) design value z (0 where unused)
+    used: np.ndarray  # (nb, R) bool
+    idx: np.ndarray  # (C, s, s) index into the flat Lambda vector
+
+
+class JetLaplace:
+    """Laplace value, per-cluster gradients and Hessians from per-observation derivatives.
+
+    Parameters
+    ----------
+    spec : GaussianSpec
+        The model (non-Gaussian likelihood; ``spec.logp`` is the per-observation log-density).
+    structure : ClusterStructure
+        Clusters, blocks and the slot layout of ``Z``.
+    sig : LaplaceSignature
+        Sizes; ``phi = (beta, theta, psi)``.
+    jets : callable
+        ``jets(order)`` returns the compiled :func:`observation_jets` function of that order.
+    """
+
+    def __init__(self, spec, structure, sig, jets):
+        self.sig, self._jets = sig, jets
+        self.p, self.nt, self.m = sig.p, sig.n_theta, sig.n_psi
+        self.P = sig.dim
+        self.X = np.asarray(spec.X, float)
+        self.o = np.asarray(spec.offset, float)
+        self.y = np.asarray(spec.y, float)
+        self.n = self.y.size
+        self.thpos = sig.theta_positions()
+        self.lam_size = sig.lam_size
+        batch_of, row_of = structure.locate()
+        oc = structure.obs_cluster
+        self.batches: list[_Batch] = []
+        for k, bt in enumerate(structure.batches):
+            obs = np.flatnonzero((oc >= 0) & (batch_of[np.maximum(oc, 0)] == k))
+            pos = structure.obs_pos[obs]
+            used = pos >= 0
+            self.batches.append(
+                _Batch(
+                    bt.s,
+                    bt.clusters.size,
+                    obs,
+                    row_of[oc[obs]],
+                    np.where(used, pos, 0),
+                    np.where(used, structure.obs_val[obs], 0.0),
+                    used,
+                    bt.lam_idx,
+                )
+            )
+        self.free = np.flatnonzero(oc < 0)
+        # theta-independent pieces of the slot layout: the flat Lambda index of each slot pair,
+        # mu_i (Lambda is linear in theta), and the cluster-sum operator of each batch
+        from scipy.sparse import csr_matrix
+
+        self._lam_idx, self._mu, self._sum = [], [], []
+        for b in self.batches:
+            lam_idx = b.idx[b.row[:, None, None], b.pos[:, :, None], b.pos[:, None, :]]  # (nb, R, R)
+            self._lam_idx.append(lam_idx)
+            mu = np.einsum("na,nabk->nbk", b.val, (lam_idx[..., None] == self.thpos).astype(float))
+            self._mu.append(mu * b.used[:, :, None])
+            self._sum.append(csr_matrix((np.ones(b.row.size), (b.row, np.arange(b.row.size))), shape=(b.C, b.row.size)))
+        self._psi_index = spec.psi_index
+        self._n_params = spec.n_params
+
+    # -- pieces --------------------------------------------------------------------------------
+    def _split(self, phi):
+        p, nt = self.p, self.nt
+        return phi[:p], phi[p : p + nt], phi[p + nt :]
+
+    def _lam(self, theta):
+        flat = np.zeros(self.lam_size + 1)
+        flat[self.thpos] = theta
+        return flat
+
+    def _slots(self, k: int, flat):
+        """``t_i`` and ``mu_i`` of batch ``k`` in slots: ``t[i, r] = (Lambda^T z_i)_{pos_r}`` and
+        ``mu[i, r, j] = (Lambda_j^T z_i)_{pos_r}`` with ``Lambda_j = d Lambda / d theta_j``."""
+        b = self.batches[k]
+        t = np.einsum("na,nab->nb", b.val, flat[self._lam_idx[k]]) * b.used
+        return t, self._mu[k]
+
+    def _eta(self, beta, flat, vs, slots):
+        eta = self.o + self.X @ beta
+        for b, v, (t, _) in zip(self.batches, vs, slots, strict=True):
+            eta[b.obs] += np.sum(t * v[b.row[:, None], b.pos], axis=1)
+        return eta
+
+    def _jet(self, order, eta, phi):
+        nat = np.zeros(self._n_params)
+        # the per-observation graph takes the model's natural parameters; only psi is read
+        nat[self._psi_index] = self._split(phi)[2]
+        return [np.asarray(a) for a in self._jets(order)(eta, self.y, nat)]
+
+    def _scatter(self, b: _Batch, values: np.ndarray, shape: tuple[int, ...], index: np.ndarray) -> np.ndarray:
+        size = int(np.prod(shape))
+        return np.bincount(index.ravel(), weights=values.ravel(), minlength=size)[:size].reshape(shape)
+
+    def _grad_hess_v(self, b: _Batch, v, t, l1, l2):
+        """``h_v`` and ``H = -h_vv`` of every cluster of ``b``."""
+        s, C = b.s, b.C
+        gi = b.row[:, None] * s + b.pos
+        g = self._scatter(b, l1[:, None] * t, (C, s), gi) - v
+        Hi = b.row[:, None, None] * s * s + b.pos[:, :, None] * s + b.pos[:, None, :]
+        H = self._scatter(b, -l2[:, None, None] * t[:, :, None] * t[:, None, :], (C, s, s), Hi)
+        H += np.eye(s)
+        return g, H
+
+    # -- the inner problem ---------------------------------------------------------------------
+    def modes(self, phi, v0s, tol: float = 1e-10, iterations: int = 100):
+        """Modes of every cluster's ``h`` by damped Newton; returns ``(vs, converged)``."""
+        beta, theta, _ = self._split(phi)
+        flat = self._lam(theta)
+        slots = [self._slots(k, flat) for k in range(len(self.batches))]
+        vs = [v.copy() for v in v0s]
+
+        def pieces(vs):
+            eta = self._eta(beta, flat, vs, slots)
+            raw = self._jet(2, eta, phi)
+            ll, l1, l2 = raw[0], raw[1], raw[2 + self.m]
+            out = []
+            for b, v, (t, _) in zip(self.batches, vs, slots, strict=True):
+                hc = np.bincount(b.row, weights=ll[b.obs], minlength=b.C) - 0.5 * np.sum(v**2, axis=1)
+                g, H = self._grad_hess_v(b, v, t, l1[b.obs], l2[b.obs])
+                out.append((hc, g, H))
+            return out
+
+        cur = pieces(vs)
+        for _ in range(iterations):
+            steps = [np.linalg.solve(H, g[:, :, None])[:, :, 0] for _, g, H in cur]
+            biggest = max((np.max(np.abs(st)) for st in steps if st.size), default=0.0)
+            scale = 1.0 + max((np.max(np.abs(v)) for v in vs if v.size), default=0.0)
+            if not np.isfinite(biggest):
+                return vs, False
+            if biggest < tol * scale:
+                return vs, True
+            t = [np.ones(v.shape[0]) for v in vs]
+            for _ in range(30):
+                trial = [v + tk[:, None] * st for v, tk, st in zip(vs, t, steps, strict=True)]
+                new = pieces(trial)
+                bad = [~(hn >= ho - 1e-12 * (1 + np.abs(ho))) for (hn, _, _), (ho, _, _) in zip(new, cur, strict=True)]
+                if not any(bk.any() for bk in bad):
+                    break
+                t = [np.where(bk, tk * 0.5, tk) for bk, tk in zip(bad, t, strict=True)]
+            vs, cur = trial, new
+        return vs, False
+
+    # -- value, gradient, Hessian --------------------------------------------------------------
+    def evaluate(self, phi, vs, order: int = 2):
+        """Per-cluster Laplace log-likelihoods and, for ``order >= 1``, gradients in ``phi``
+        (and for ``order == 2`` Hessians), at modes ``vs``.
+
+        Returns a dict with ``loglik`` (list over batches of ``(C,)``), ``grad`` (``(C, P)``),
+        ``hess`` (``(C, P, P)``), and the totals ``free`` (value, gradient, Hessian of the
+        observations that use no random effect).
+        """
+        beta, theta, _ = self._split(phi)
+        flat = self._lam(theta)
+        slots = [self._slots(k, flat) for k in range(len(self.batches))]
+        eta = self._eta(beta, flat, vs, slots)
+        m1 = self.m + 1
+        raw = self._jet(4 if order >= 1 else 2, eta, phi)
+        ll = raw[0]
+        l1 = np.stack(raw[1 : 1 + m1], axis=1)  # (n, m1)
+        npair = m1 * (m1 + 1) // 2
+        l2 = _sym(raw[1 + m1 : 1 + m1 + npair], m1)  # (n, m1, m1)
+        if order >= 1:
+            l3 = _sym(raw[1 + m1 + npair : 1 + m1 + 2 * npair], m1)  # ell_{eta q r}
+            l4 = _sym(raw[1 + m1 + 2 * npair :], m1)  # ell_{eta eta q r}
+        out = {"loglik": [], "grad": [], "hess": []}
+        P, p, nt = self.P, self.p, self.nt
+        th = slice(p, p + nt)
+        psi_rows = np.zeros((self.m, P))
+        psi_rows[:, p + nt :] = np.eye(self.m)
+        for b, v, (t, mu) in zip(self.batches, vs, slots, strict=True):
+            o = b.obs
+            s, C, R = b.s, b.C, b.pos.shape[1]
+            e1, e2 = l1[o], l2[o]
+            g, H = self._grad_hess_v(b, v, t, e1[:, 0], e2[:, 0, 0])
+            Lc = np.linalg.cholesky(H)
+            Hinv = np.linalg.inv(H)
+            hc = np.bincount(b.row, weights=ll[o], minlength=C) - 0.5 * np.sum(v**2, axis=1)
+            out["loglik"].append(hc - np.sum(np.log(np.diagonal(Lc, axis1=1, axis2=2)), axis=1))
+            if order == 0:
+                continue
+            # d eta / d phi at fixed v: (x_i, mu_i^T v, 0)
+            vg = v[b.row[:, None], b.pos]  # (nb, R)
+            deta = np.zeros((o.size, P))
+            deta[:, :p] = self.X[o]
+            deta[:, th] = np.einsum("nrk,nr->nk", mu, vg)
+            # h_{v phi} and v' = H^{-1} h_{v phi}
+            a = e2[:, 0, 0][:, None] * deta + e2[:, 0, 1:] @ psi_rows  # sum_q ell_{eta q} zeta^q_phi
+            vi = (b.row[:, None] * s + b.pos)[:, :, None] * P + np.arange(P)
+            hvp = self._scatter(b, t[:, :, None] * a[:, None, :], (C, s, P), vi)
+            lmu = np.zeros((o.size, R, P))
+            lmu[:, :, th] = e1[:, 0, None, None] * mu
+            hvp += self._scatter(b, lmu, (C, s, P), vi)
+            vp = Hinv @ hvp  # (C, s, P)
+            vpg = vp[b.row[:, None], b.pos]  # (nb, R, P)
+            # projected first derivatives zeta~ (nb, m1, P)
+            z = np.empty((o.size, m1, P))
+            z[:, 0] = deta + np.einsum("nr,nrp->np", t, vpg)
+            z[:, 1:] = psi_rows
+            Hg = Hinv[b.row[:, None, None], b.pos[:, :, None], b.pos[:, None, :]]  # (nb, R, R)
+            Ht = np.einsum("nab,nb->na", Hg, t)
+            q = np.einsum("na,na->n", t, Ht)
+            gth = np.einsum("nak,na->nk", mu, Ht)  # mu^T H^{-1} t
+            y3 = np.einsum("nr,nrp->np", l3[o][:, 0, :], z)  # sum_r ell_{eta eta r} zeta~^r
+            grad_c = np.einsum("nq,nqp->np", e1, z) + 0.5 * q[:, None] * y3
+            grad_c[:, th] += e2[:, 0, 0, None] * gth
+            out["grad"].append(self._rowsum(b, grad_c, C) - np.einsum("cs,csp->cp", v, vp))
+            if order < 2:
+                continue
+            # -- Hessian --------------------------------------------------------------------------
+            l3o, l4o = l3[o], l4[o]
+            e_eta, e_etaeta, e3 = e1[:, 0], e2[:, 0, 0], l3o[:, 0, 0]
+            muvp = np.einsum("nrk,nrp->nkp", mu, vpg)  # mu_i^T v' (nb, nt, P)
+            # M~_i = E^T M_i E = mu_i^T v' in the theta rows, plus its transpose
+            # L_v and c = H^{-1} L_v
+            Lv = 0.5 * self._scatter(b, (e3 * q)[:, None] * t, (C, s), b.row[:, None] * s + b.pos)
+            cvec = np.einsum("cst,ct->cs", Hinv, Lv)
+            cg = cvec[b.row[:, None], b.pos]  # (nb, R)
+            gam = np.einsum("nr,nr->n", cg, t)
+            nu = np.zeros((o.size, P))
+            nu[:, th] = np.einsum("nrk,nr->nk", mu, cg)
+            gv = np.zeros((o.size, P))
+            gv[:, th] = gth
+            y2 = np.einsum("nq,nqp->np", e2[:, 0, :], z)  # sum_q ell_{eta q} zeta~^q
+            muHmu = np.matmul(np.matmul(np.swapaxes(mu, 1, 2), Hg), mu)
+            # A + B + D per observation (P x P), then summed by cluster
+            W = e2 + 0.5 * q[:, None, None] * l4o + gam[:, None, None] * l3o
+            # all rank-one terms at once: left (nb, P, K) times right (nb, P, K)
+            left = [np.matmul(np.swapaxes(z, 1, 2), W), gv[:, :, None], y3[:, :, None], nu[:, :, None], y2[:, :, None]]
+            right = [z.swapaxes(1, 2), y3[:, :, None], gv[:, :, None], y2[:, :, None], nu[:, :, None]]
+            per = np.matmul(np.concatenate(left, axis=2), np.swapaxes(np.concatenate(right, axis=2), 1, 2))
+            cm = (e_eta + 0.5 * e3 * q + e_etaeta * gam)[:, None, None] * muvp  # coefficient x mu_i^T v'
+            per[:, th, :] += cm
+            per[:, :, th] += np.swapaxes(cm, 1, 2)
+            per[:, th, th] += e_etaeta[:, None, None] * muHmu
+            hess = self._rowsum(b, per.reshape(o.size, P * P), C).reshape(C, P, P)
+            hess -= np.einsum("csa,csb->cab", vp, vp)
+            # C: 1/2 tr(H^{-1} R_a H^{-1} R_b), R_a = sum_i y3_ia t t^T + ell_eta_eta (mu_a t^T + t mu_a^T)
+            muf = np.zeros((o.size, R, P))
+            muf[:, :, th] = mu
+            Ri = y3[:, None, None, :] * (t[:, :, None] * t[:, None, :])[..., None]
+            Ri += e_etaeta[:, None, None, None] * (muf[:, :, None, :] * t[:, None, :, None])
+            Ri += e_etaeta[:, None, None, None] * (t[:, :, None, None] * muf[:, None, :, :])
+            cell = b.row[:, None, None] * s * s + b.pos[:, :, None] * s + b.pos[:, None, :]
+            Ridx = cell[..., None] * P + np.arange(P)
+            Rm = self._scatter(b, Ri, (C, s, s, P), Ridx)
+            K = np.matmul(Hinv[:, None], np.moveaxis(Rm, 3, 1))  # H^{-1} R_a, (C, P, s, s)
+            hess += 0.5 * np.einsum("casu,cbus->cab", K, K)
+            out["hess"].append(hess)
+        return out
+
+    def _rowsum(self, b: _Batch, values: np.ndarray, C: int) -> np.ndarray:
+        """Sum the rows of ``values`` (per observation) by cluster."""
+        k = next(i for i, bb in enumerate(self.batches) if bb is b)
+        return np.asarray(self._sum[k] @ values)
