@@ -563,8 +563,9 @@ class MixedFit:
         (``est * exp(+-q se / est)``, so they stay positive), correlations on Fisher's ``atanh``
         scale (``tanh(atanh(r) +- q se / (1 - r^2))``, so they stay in ``(-1, 1)``), everything else
         on its own scale. A positive parameter estimated at (or numerically next to) 0, where
-        ``q se / est > 50`` and the log-scale interval degenerates, gets ``[0, est + q se]``. ``z`` and ``Pr(>|z|)`` are plain Wald statistics; for a variance
-        component the null value 0 is on the boundary of the parameter space, where the Wald
+        ``q se / est > 50`` and the log-scale interval degenerates, gets ``[0, est + q se]``.
+        ``z`` and ``Pr(>|z|)`` are plain Wald statistics; for a variance component the null
+        value 0 is on the boundary of the parameter space, where the Wald
         test is not valid (the likelihood-ratio test with a mixture null is).
         """
         from scipy.stats import norm
