@@ -240,6 +240,10 @@ class JetLaplace:
 
         cur = pieces(vs)
         for _ in range(iterations):
+            if not all(np.all(np.isfinite(hc)) for hc, _, _ in cur):
+                # the log-density is -inf or NaN here (e.g. a probability rounded to 0 or 1 far from
+                # the estimates): no mode to find; the caller treats the point as invalid
+                return vs, False
             steps = [np.linalg.solve(H, g[:, :, None])[:, :, 0] for _, g, H in cur]
             biggest = max((np.max(np.abs(st)) for st in steps if st.size), default=0.0)
             scale = 1.0 + max((np.max(np.abs(v)) for v in vs if v.size), default=0.0)
