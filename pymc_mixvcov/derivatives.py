@@ -668,11 +668,11 @@ class LaplaceFunctions:
         self._modes = [np.zeros((bt.clusters.size, bt.s)) for bt in structure.batches]
         self.modes_converged = True
         # Laplace: closed-form derivatives from per-observation jets; quadrature: graph derivatives
-        self.jet = None
-        if nagq == 1:
-            from .jets import JetLaplace
+        from .jets import JetLaplace
 
-            self.jet = JetLaplace(spec, structure, self.sig, self._jets)
+        # per-observation pieces: the Laplace derivatives (nAGQ = 1) and the fit diagnostics
+        self._jet_pieces = JetLaplace(spec, structure, self.sig, self._jets)
+        self.jet = self._jet_pieces if nagq == 1 else None
 
     def _fn(self, name: str):
         return laplace_function(name, self.sig, self.spec)
@@ -702,6 +702,40 @@ class LaplaceFunctions:
         if all(np.all(np.isfinite(v)) for v in vs):
             self._modes = vs
         return vs
+
+    def diagnose(self, nat: np.ndarray, labels: list[str]) -> list[str]:
+        """Problems of the fit at ``nat``, as messages for warnings (``labels``: the fixed effects').
+
+        - The inner mode search did not converge (a cluster's random effects have no finite
+          mode, e.g. all its responses at one end of the support with a large variance).
+        - Rows fitted at the edge of the response's support (probability 0 or 1, or a zero
+          mean): the sign of (quasi-)complete separation, under which the fixed effects that
+          separate the data drift to infinity; named are those with the largest
+          ``|beta_k| max_i |x_ik|``.
+        """
+        phi, _, _ = self.map(np.asarray(nat, float), second=False)
+        vs = self.modes(phi)
+        out = []
+        if not self.modes_converged:
+            out.append(
+                "the random effects' conditional modes did not converge at the estimates (a cluster whose "
+                "responses all sit at one end of the support, with a large random-effect variance, has no "
+                "finite mode): the Laplace approximation and its derivatives are unreliable there"
+            )
+        rows = self._jet_pieces.boundary_rows(phi, vs)
+        if rows.size:
+            X = np.asarray(self.spec.X, float)
+            beta = phi[: self.sig.p]
+            reach = np.abs(beta) * np.max(np.abs(X), axis=0)
+            suspects = [labels[k] for k in np.argsort(-reach)[:2] if reach[k] > 10]
+            named = f"; the estimates of {', '.join(suspects)} are drifting to infinity" if suspects else ""
+            out.append(
+                f"{rows.size} of {self.spec.n} rows of {self.spec.observed_name!r} are fitted at the edge of the "
+                f"response's support (probability 0 or 1, or a zero mean): (quasi-)complete separation{named}. "
+                "Their standard errors and Wald tests are not meaningful; remove or merge the separating "
+                "predictor, or fit with method='MAP' and a weakly informative prior on the fixed effects"
+            )
+        return out
 
     def _pieces(self, phi: np.ndarray, order: int) -> dict:
         """Per-batch cluster log-likelihoods, scores (``order >= 1``) and Hessians (``order 2``)

@@ -173,6 +173,14 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
     if method == "MAP":
         fns = MAPFunctions(fns)
     opt = optimise(fns, spec) if fns.profiled else _optimise_all(fns, spec)
+    if not spec.gaussian:
+        import warnings
+
+        from .errors import ConvergenceWarning
+
+        base = fns.base if method == "MAP" else fns
+        for message in base.diagnose(opt.nat, scales.labels("sd")[: spec.fixed_index.size]):
+            warnings.warn(message, ConvergenceWarning, stacklevel=3)
     optimum = {**opt.info, **fns.scales(opt.nat), "nat": opt.nat}
     if method == "MAP":  # report the log-likelihood; the posterior criterion stays available
         optimum["log_posterior"], optimum["loglik"] = optimum["loglik"], optimum["loglik_only"]

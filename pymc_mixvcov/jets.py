@@ -262,6 +262,22 @@ class JetLaplace:
             vs, cur = trial, new
         return vs, False
 
+    def boundary_rows(self, phi, vs) -> np.ndarray:
+        """Observations fitted at the edge of the response's support at ``(phi, vs)``.
+
+        Rows whose log-density is numerically 0 and flat in ``eta`` (``ell_i > -1e-8`` and
+        ``ell_i'' > -1e-10``): a fitted probability of 0 or 1, or a Poisson mean of 0 for a zero
+        count. Under (quasi-)complete separation the estimates drift until every such row
+        is fitted exactly; see :meth:`pymc_mixvcov.derivatives.LaplaceFunctions.diagnose`.
+        """
+        beta, theta, _ = self._split(phi)
+        flat = self._lam(theta)
+        slots = [self._slots(k, flat) for k in range(len(self.batches))]
+        eta = self._eta(beta, flat, vs, slots)
+        raw = self._jet(2, eta, phi)
+        ll, l2 = raw[0], raw[2 + self.m]
+        return np.flatnonzero((ll > -1e-8) & (l2 > -1e-10))
+
     # -- value, gradient, Hessian --------------------------------------------------------------
     def evaluate(self, phi, vs, order: int = 2):
         """Per-cluster Laplace log-likelihoods and, for ``order >= 1``, gradients in ``phi``

@@ -152,3 +152,22 @@ def test_frailty_poisson_offset_equals_exponential_likelihood():
     np.testing.assert_allclose(p.loglik - e.loglik, np.sum(df["event"] * np.log(df["time"])), rtol=1e-9)
     np.testing.assert_allclose(p.params("sd").to_numpy(), e.params("sd").to_numpy(), rtol=1e-6, atol=1e-8)
     assert np.max(scaled_error(p.vcov("sd").to_numpy(), e.vcov("sd").to_numpy())) < 1e-6
+
+
+def test_complete_separation_warns_and_names_the_predictor():
+    """y = 1 exactly when x > 0: the slope's ML estimate is infinite (complete separation). The fit
+    warns that rows are fitted at probability 0 or 1 and names the slope."""
+    rng = np.random.default_rng(3)
+    G, m = 20, 10
+    x = rng.normal(size=G * m)
+    df = pd.DataFrame({"y": (x > 0).astype(int), "x": x, "g": pd.Categorical(np.repeat(np.arange(G), m))})
+    with pytest.warns(pmv.ConvergenceWarning, match=r"rows of 'y' are fitted at the edge.*separation.*estimates of x"):
+        pmv.glmm("y ~ x + (1 | g)", df, family="binomial").fit()
+
+
+def test_well_posed_glmm_fit_gives_no_separation_warning(cbpp):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pmv.ConvergenceWarning)
+        pmv.glmm("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial").fit()
