@@ -739,7 +739,17 @@ class LaplaceFunctions:
 
     def _pieces(self, phi: np.ndarray, order: int) -> dict:
         """Per-batch cluster log-likelihoods, scores (``order >= 1``) and Hessians (``order 2``)
-        in ``phi``, with their totals."""
+        in ``phi``, with their totals. The last result is kept: optimisers and the result's
+        covariances ask again for the point they stopped at."""
+        key = np.asarray(phi, float).tobytes()
+        last = getattr(self, "_last", None)
+        if last is not None and last[0] == key and last[1] >= order:
+            return last[2]
+        out = self._compute_pieces(phi, order)
+        self._last = (key, order, out)
+        return out
+
+    def _compute_pieces(self, phi: np.ndarray, order: int) -> dict:
         vs = self.modes(phi)
         nb = len(vs)
         if self.jet is not None:
