@@ -1,0 +1,102 @@
+"""The closed-form Laplace derivatives (pymc_mixvcov/jets.py) against two independent routes.
+
+1. Central differences, for every family and structure: the gradient equals differences of the
+   value, the Hessian differences of the gradient, to the differences' truncation error (1e-6
+   relative to the largest entry; step 1e-4: the truncation error is 1e-8, and smaller steps
+   amplify the 1e-10 tolerance of the inner modes).
+2. The graph route (pymc_mixvcov/laplace.py, used for quadrature with ``nAGQ > 1`` and with
+   ``nAGQ = 1`` here): pytensor's own gradient and Hessian of the Laplace formula evaluated
+   after two symbolic Newton steps from the mode. Same quantities, different algebra: they
+   agree to rounding (1e-9 relative to the largest entry). Its graphs take minutes to build,
+   so this comparison is a slow test.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pymc_mixvcov as pmv
+from pymc_mixvcov.derivatives import LaplaceFunctions
+from pymc_mixvcov.marginal import build_structure
+from pymc_mixvcov.spec import inspect_model
+
+
+def _functions(model):
+    spec = inspect_model(model.model, model.random, None)
+    return spec, LaplaceFunctions(spec, build_structure(spec))
+
+
+def _point(spec, fns, seed=1):
+    """A point away from the optimum and from the default start (all derivatives nonzero)."""
+    phi, _, _ = fns.map(np.asarray(spec.nat0, float), second=False)
+    rng = np.random.default_rng(seed)
+    return phi + 0.1 * rng.standard_normal(phi.size) * (np.abs(phi) > 0) + 0.05
+
+
+@pytest.fixture(scope="module")
+def poisson_data():
+    rng = np.random.default_rng(5)
+    G, m = 12, 8
+    g = np.repeat(np.arange(G), m)
+    x = rng.uniform(-1, 1, size=G * m)
+    u = rng.normal(size=(G, 2)) @ np.array([[0.6, 0.0], [0.2, 0.4]]).T
+    y = rng.poisson(np.exp(0.3 + 0.5 * x + u[g, 0] + u[g, 1] * x))
+    return pd.DataFrame({"y": y, "x": x, "g": pd.Categorical(g), "h": pd.Categorical(np.arange(G * m) % 5)})
+
+
+CASES = {
+    "binomial, scalar": lambda d: pmv.glmm(
+        "cbind(incidence, size - incidence) ~ period + (1 | herd)", pmv.datasets.load("cbpp"), family="binomial"
+    ),
+    "poisson, correlated slope": lambda d: pmv.glmm("y ~ x + (x | g)", d, family="poisson"),
+    "poisson, crossed": lambda d: pmv.glmm("y ~ x + (1 | g) + (0 + x | h)", d, family="poisson"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_closed_form_equals_graph_derivatives(case, poisson_data):
+    spec, fns = _functions(CASES[case](poisson_data))
+    phi = _point(spec, fns)
+    vs = fns.modes(phi)
+    jet = fns.jet.evaluate(phi, vs, 2)
+    nb = len(vs)
+    val = fns._fn("value")(phi, *vs, *fns.data)
+    scores = fns._fn("scores")(phi, *vs, *fns.data)
+    hessians = fns._fn("cluster_hessians")(phi, *vs, *fns.data)
+    for k in range(nb):
+        np.testing.assert_allclose(jet["loglik"][k], val[k], rtol=1e-10)
+        g = np.asarray(scores[k])
+        np.testing.assert_allclose(jet["grad"][k], g, rtol=0, atol=1e-9 * np.max(np.abs(g)))
+        h = np.asarray(hessians[k])
+        np.testing.assert_allclose(jet["hess"][k], h, rtol=0, atol=1e-9 * np.max(np.abs(h)))
+
+
+FD_CASES = {
+    **CASES,
+    "negative binomial (dispersion)": lambda d: pmv.glmm("y ~ x + (x | g)", d, family="negative_binomial"),
+    "gamma (shape)": lambda d: pmv.glmm("y ~ x + (x | g)", d.assign(y=d["y"] + 1.0), family="gamma"),
+}
+
+
+@pytest.mark.parametrize("case", list(FD_CASES))
+def test_closed_form_equals_differences(case, poisson_data):
+    spec, fns = _functions(FD_CASES[case](poisson_data))
+    phi = _point(spec, fns)
+
+    def total(ph, order):
+        out = fns.jet.evaluate(ph, fns.modes(ph), order)
+        return sum(np.sum(a) for a in out["loglik"]), sum(np.sum(g, 0) for g in out.get("grad", [0.0]))
+
+    out = fns.jet.evaluate(phi, fns.modes(phi), 2)
+    g0 = sum(np.sum(g, 0) for g in out["grad"])
+    H0 = sum(np.sum(h, 0) for h in out["hess"])
+    fd_g, fd_H = np.empty_like(g0), np.empty_like(H0)
+    for i in range(phi.size):
+        e = np.zeros_like(phi)
+        e[i] = 1e-4 * max(abs(phi[i]), 1.0)
+        (fp, gp), (fm, gm) = total(phi + e, 1), total(phi - e, 1)
+        fd_g[i] = (fp - fm) / (2 * e[i])
+        fd_H[:, i] = (gp - gm) / (2 * e[i])
+    np.testing.assert_allclose(g0, fd_g, rtol=0, atol=1e-6 * np.max(np.abs(g0)))
+    np.testing.assert_allclose(H0, fd_H, rtol=0, atol=1e-6 * np.max(np.abs(H0)))
