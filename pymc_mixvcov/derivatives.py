@@ -695,13 +695,64 @@ class LaplaceFunctions:
             def search(v0):
                 return find_modes(self._fn("gh"), phi, v0, self.data)
 
-        vs, ok = search(self._modes)
+        start = self._modes
+        last = getattr(self.jet, "last_vprime", None)
+        if last is not None:
+            # first-order prediction from the last full evaluation: v_hat + v' (phi - phi_0)
+            d = np.asarray(phi, float) - last[0]
+            pred = [v + vp @ d for v, vp in zip(last[1], last[2], strict=True)]
+            if all(np.all(np.isfinite(v)) for v in pred):
+                start = pred
+        vs, ok = search(start)
+        if not ok and start is not self._modes:
+            vs, ok = search(self._modes)
         if not ok:
             vs, ok = search([np.zeros_like(v) for v in vs])
         self.modes_converged = ok
         if all(np.all(np.isfinite(v)) for v in vs):
             self._modes = vs
         return vs
+
+    def glm_start(self, nat: np.ndarray) -> np.ndarray | None:
+        """``nat`` with the fixed effects at the maximum of the GLM log-likelihood without random
+        effects (``eta = offset + X beta``), by Newton's method with step halving, or ``None``
+        where that likelihood is not concave or Newton fails (the optimiser then warms up the
+        fixed effects on the Laplace likelihood itself).
+        """
+        if self.jet is None:
+            return None
+        nat = np.asarray(nat, float).copy()
+        phi, _, _ = self.map(nat, second=False)
+        X, o = self.jet.X, self.jet.o
+        beta = phi[: self.sig.p].copy()
+
+        def pieces(b):
+            raw = self.jet._jet(2, o + X @ b, phi)
+            return float(np.sum(raw[0])), X.T @ raw[1], (X * raw[2 + self.jet.m][:, None]).T @ X
+
+        with np.errstate(all="ignore"):
+            f, g, H = pieces(beta)
+            for _ in range(50):
+                if not (np.isfinite(f) and np.all(np.isfinite(H))):
+                    return None
+                try:
+                    L = np.linalg.cholesky(-H)
+                except np.linalg.LinAlgError:
+                    return None
+                step = np.linalg.solve(L.T, np.linalg.solve(L, g))
+                if g @ step < 1e-10 * (1.0 + abs(f)):
+                    nat[self.fi] = beta
+                    return nat
+                t = 1.0
+                for _ in range(30):
+                    f_new, g_new, H_new = pieces(beta + t * step)
+                    if f_new >= f:
+                        break
+                    t *= 0.5
+                else:
+                    return None
+                beta, f, g, H = beta + t * step, f_new, g_new, H_new
+        return None
 
     def diagnose(self, nat: np.ndarray, labels: list[str]) -> list[str]:
         """Problems of the fit at ``nat``, as messages for warnings (``labels``: the fixed effects').

@@ -174,6 +174,7 @@ class JetLaplace:
             self._mu.append(mu * b.used[:, :, None])
             self._sum.append(csr_matrix((np.ones(b.row.size), (b.row, np.arange(b.row.size))), shape=(b.C, b.row.size)))
         self._psi_index = spec.psi_index
+        self.last_vprime = None
         self._n_params = spec.n_params
 
     # -- pieces --------------------------------------------------------------------------------
@@ -301,6 +302,7 @@ class JetLaplace:
             l3 = _sym(raw[1 + m1 + npair : 1 + m1 + 2 * npair], m1)  # ell_{eta q r}
             l4 = _sym(raw[1 + m1 + 2 * npair :], m1)  # ell_{eta eta q r}
         out = {"loglik": [], "grad": [], "hess": []}
+        vprime: list[np.ndarray] = []
         P, p, nt = self.P, self.p, self.nt
         th = slice(p, p + nt)
         psi_rows = np.zeros((self.m, P))
@@ -329,6 +331,7 @@ class JetLaplace:
             lmu[:, :, th] = e1[:, 0, None, None] * mu
             hvp += self._scatter(b, lmu, (C, s, P), vi)
             vp = Hinv @ hvp  # (C, s, P)
+            vprime.append(vp)
             vpg = vp[b.row[:, None], b.pos]  # (nb, R, P)
             # projected first derivatives zeta~ (nb, m1, P)
             z = np.empty((o.size, m1, P))
@@ -384,6 +387,9 @@ class JetLaplace:
             K = np.matmul(Hinv[:, None], np.moveaxis(Rm, 3, 1))  # H^{-1} R_a, (C, P, s, s)
             hess += 0.5 * np.einsum("casu,cbus->cab", K, K)
             out["hess"].append(hess)
+        if order >= 1 and len(vprime) == len(vs):
+            # d v_hat / d phi: a first-order prediction of the modes at the next point
+            self.last_vprime = (np.asarray(phi, float).copy(), [v.copy() for v in vs], vprime)
         return out
 
     def _rowsum(self, b: _Batch, values: np.ndarray, C: int) -> np.ndarray:
