@@ -361,7 +361,8 @@ def _trust_region(fns, spec, start, iterations) -> OptimResult:
                     info = fns.information(x)
                 except (np.linalg.LinAlgError, FloatingPointError, ValueError):
                     info = None
-            cache.clear()
+            while len(cache) >= 3:  # the accepted point and the last trials
+                cache.pop(next(iter(cache)))
             if info is None or not np.isfinite(info["loglik"]):
                 cache[key] = (1e300, np.zeros_like(z), np.eye(z.size))
             else:
@@ -370,12 +371,24 @@ def _trust_region(fns, spec, start, iterations) -> OptimResult:
                 cache[key] = (-info["loglik"], -g * d1, H)
         return cache[key]
 
+    def close_enough(intermediate_result):
+        # hand over to the Newton steps once in their quadratic region: decrement below 1e-8
+        _, g, H = pieces(intermediate_result.x)
+        try:
+            L = np.linalg.cholesky(H)  # positive definite: a maximum is near, not a saddle
+        except np.linalg.LinAlgError:
+            return
+        w = np.linalg.solve(L, g)
+        if w @ w < 1e-8:
+            raise StopIteration
+
     res = minimize(
         lambda z: pieces(z)[0],
         z0,
         jac=lambda z: pieces(z)[1],
         hess=lambda z: pieces(z)[2],
         method="trust-exact",
+        callback=close_enough,
         options={"maxiter": 200, "gtol": 1e-8},
     )
     natural = transform
