@@ -659,6 +659,15 @@ class LaplaceFunctions:
         from .laplace import laplace_data, laplace_signature
 
         self.spec, self.structure, self.method = spec, structure, method
+        free = int(np.sum(structure.obs_cluster < 0))
+        if free:
+            from .errors import MixVcovError
+
+            raise MixVcovError(
+                f"{free} observation(s) of {spec.observed_name!r} use none of the random effects; the Laplace engine "
+                "integrates the random effects cluster by cluster and needs every observation in a cluster: model "
+                "those rows separately, or give them a random-effect level"
+            )
         self.sig = laplace_signature(spec, structure, nagq)
         self.data = laplace_data(spec, structure)
         self.map = ModelMap(spec, self.sig)

@@ -284,9 +284,9 @@ class JetLaplace:
         """Per-cluster Laplace log-likelihoods and, for ``order >= 1``, gradients in ``phi``
         (and for ``order == 2`` Hessians), at modes ``vs``.
 
-        Returns a dict with ``loglik`` (list over batches of ``(C,)``), ``grad`` (``(C, P)``),
-        ``hess`` (``(C, P, P)``), and the totals ``free`` (value, gradient, Hessian of the
-        observations that use no random effect).
+        Returns a dict with lists over batches: ``loglik`` (``(C,)``), ``grad`` (``(C, P)``) and
+        ``hess`` (``(C, P, P)``). Every observation belongs to a cluster (checked by
+        :class:`pymc_mixvcov.derivatives.LaplaceFunctions`).
         """
         beta, theta, _ = self._split(phi)
         flat = self._lam(theta)

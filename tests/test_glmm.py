@@ -171,3 +171,22 @@ def test_well_posed_glmm_fit_gives_no_separation_warning(cbpp):
     with warnings.catch_warnings():
         warnings.simplefilter("error", pmv.ConvergenceWarning)
         pmv.glmm("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial").fit()
+
+
+def test_laplace_refuses_rows_without_random_effects():
+    """A hand-written Poisson model whose last rows use no random effect (their design value is
+    0): the Laplace engine integrates cluster by cluster and says so instead of dropping them."""
+    import pymc as pm
+
+    rng = np.random.default_rng(2)
+    g = np.repeat(np.arange(6), 5)
+    mask = np.ones(g.size)
+    mask[-3:] = 0.0
+    y = rng.poisson(2.0, size=g.size)
+    with pm.Model(coords={"g": np.arange(6)}) as model:
+        b0 = pm.Normal("b0", 0, 5)
+        sd = pm.HalfNormal("sd", 1)
+        u = pm.Normal("u", 0, sd, dims="g")
+        pm.Poisson("y", pm.math.exp(b0 + u[g] * mask), observed=y)
+    with pytest.raises(pmv.MixVcovError, match="3 observation\\(s\\) of 'y' use none of the random effects"):
+        pmv.fit(model, random=["u"])
