@@ -341,17 +341,11 @@ def sample_normal(
 
     check_scale(scale)
     _check_information(information)
-    if vcov not in ("model", *ADJUSTS):
-        raise MixVcovError(f"unknown vcov {vcov!r}; valid values are: {', '.join(map(repr, ('model', *ADJUSTS)))}")
     for name, value in (("draws", draws), ("chains", chains)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise MixVcovError(f"{name} must be a positive integer, got {value!r}")
+    V = fit.covariance(vcov, scale, information, cluster).to_numpy()
     mean = fit.params(scale).to_numpy()
-    V = (
-        fit.vcov(scale, information)
-        if vcov == "model"
-        else fit.sandwich(scale, information, adjust=vcov, cluster=cluster)
-    ).to_numpy()
     rng = np.random.default_rng(random_seed)
     x = _normal_draws(mean, V, (int(chains), int(draws)), rng)
     labels = fit.labels(scale)

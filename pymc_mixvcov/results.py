@@ -528,6 +528,20 @@ class MixedFit:
         np.add.at(out, owner[used], Ai[used])
         return out
 
+    def covariance(
+        self,
+        vcov: Literal["model", "CR0", "CR1", "CR3"] = "model",
+        scale: str = "sd",
+        information: Information = "observed",
+        cluster=None,
+    ) -> pd.DataFrame:
+        """The model-based covariance (``vcov="model"``, :meth:`vcov`) or a sandwich (:meth:`sandwich`)."""
+        if vcov not in ("model", *ADJUSTS):
+            raise MixVcovError(f"unknown vcov {vcov!r}; valid values are: {', '.join(map(repr, ('model', *ADJUSTS)))}")
+        if vcov == "model":
+            return self.vcov(scale, information)
+        return self.sandwich(scale, information, adjust=vcov, cluster=cluster)
+
     # -- summary -------------------------------------------------------------------------------------
     def summary(
         self,
@@ -570,16 +584,10 @@ class MixedFit:
         """
         from scipy.stats import norm
 
-        if vcov not in ("model", *ADJUSTS):
-            raise MixVcovError(f"unknown vcov {vcov!r}; valid values are: {', '.join(map(repr, ('model', *ADJUSTS)))}")
         if not 0 < level < 1:
             raise MixVcovError(f"level must be between 0 and 1, got {level!r}")
         est = self.params(scale).to_numpy()
-        V = (
-            self.vcov(scale, information)
-            if vcov == "model"
-            else self.sandwich(scale, information, adjust=vcov, cluster=cluster)
-        )
+        V = self.covariance(vcov, scale, information, cluster)
         se = np.sqrt(np.where(np.diag(V.to_numpy()) >= 0, np.diag(V.to_numpy()), np.nan))
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             z = est / se
