@@ -48,6 +48,8 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.gradient import grad, pushforward
 
+from .laplace import damped_newton
+
 __all__ = ["JetLaplace", "observation_jets"]
 
 
@@ -194,6 +196,12 @@ class JetLaplace:
         t = np.einsum("na,nab->nb", b.val, flat[self._lam_idx[k]]) * b.used
         return t, self._mu[k]
 
+    def _at(self, phi):
+        """``beta``, the flat ``Lambda`` vector and every batch's slots at ``phi``."""
+        beta, theta, _ = self._split(phi)
+        flat = self._lam(theta)
+        return beta, flat, [self._slots(k, flat) for k in range(len(self.batches))]
+
     def _eta(self, beta, flat, vs, slots):
         eta = self.o + self.X @ beta
         for b, v, (t, _) in zip(self.batches, vs, slots, strict=True):
@@ -206,7 +214,9 @@ class JetLaplace:
         nat[self._psi_index] = self._split(phi)[2]
         return [np.asarray(a) for a in self._jets(order)(eta, self.y, nat)]
 
-    def _scatter(self, b: _Batch, values: np.ndarray, shape: tuple[int, ...], index: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _scatter(values: np.ndarray, shape: tuple[int, ...], index: np.ndarray) -> np.ndarray:
+        """Sum ``values`` into an array of ``shape`` at flat positions ``index``."""
         size = int(np.prod(shape))
         return np.bincount(index.ravel(), weights=values.ravel(), minlength=size)[:size].reshape(shape)
 
@@ -214,19 +224,17 @@ class JetLaplace:
         """``h_v`` and ``H = -h_vv`` of every cluster of ``b``."""
         s, C = b.s, b.C
         gi = b.row[:, None] * s + b.pos
-        g = self._scatter(b, l1[:, None] * t, (C, s), gi) - v
+        g = self._scatter(l1[:, None] * t, (C, s), gi) - v
         Hi = b.row[:, None, None] * s * s + b.pos[:, :, None] * s + b.pos[:, None, :]
-        H = self._scatter(b, -l2[:, None, None] * t[:, :, None] * t[:, None, :], (C, s, s), Hi)
+        H = self._scatter(-l2[:, None, None] * t[:, :, None] * t[:, None, :], (C, s, s), Hi)
         H += np.eye(s)
         return g, H
 
     # -- the inner problem ---------------------------------------------------------------------
     def modes(self, phi, v0s, tol: float = 1e-10, iterations: int = 100):
-        """Modes of every cluster's ``h`` by damped Newton; returns ``(vs, converged)``."""
-        beta, theta, _ = self._split(phi)
-        flat = self._lam(theta)
-        slots = [self._slots(k, flat) for k in range(len(self.batches))]
-        vs = [v.copy() for v in v0s]
+        """Modes of every cluster's ``h`` (:func:`pymc_mixvcov.laplace.damped_newton`); returns
+        ``(vs, converged)``."""
+        beta, flat, slots = self._at(phi)
 
         def pieces(vs):
             eta = self._eta(beta, flat, vs, slots)
@@ -239,29 +247,7 @@ class JetLaplace:
                 out.append((hc, g, H))
             return out
 
-        cur = pieces(vs)
-        for _ in range(iterations):
-            if not all(np.all(np.isfinite(hc)) for hc, _, _ in cur):
-                # the log-density is -inf or NaN here (e.g. a probability rounded to 0 or 1 far from
-                # the estimates): no mode to find; the caller treats the point as invalid
-                return vs, False
-            steps = [np.linalg.solve(H, g[:, :, None])[:, :, 0] for _, g, H in cur]
-            biggest = max((np.max(np.abs(st)) for st in steps if st.size), default=0.0)
-            scale = 1.0 + max((np.max(np.abs(v)) for v in vs if v.size), default=0.0)
-            if not np.isfinite(biggest):
-                return vs, False
-            if biggest < tol * scale:
-                return vs, True
-            t = [np.ones(v.shape[0]) for v in vs]
-            for _ in range(30):
-                trial = [v + tk[:, None] * st for v, tk, st in zip(vs, t, steps, strict=True)]
-                new = pieces(trial)
-                bad = [~(hn >= ho - 1e-12 * (1 + np.abs(ho))) for (hn, _, _), (ho, _, _) in zip(new, cur, strict=True)]
-                if not any(bk.any() for bk in bad):
-                    break
-                t = [np.where(bk, tk * 0.5, tk) for bk, tk in zip(bad, t, strict=True)]
-            vs, cur = trial, new
-        return vs, False
+        return damped_newton(pieces, v0s, tol, iterations)
 
     def boundary_rows(self, phi, vs) -> np.ndarray:
         """Observations fitted at the edge of the response's support at ``(phi, vs)``.
@@ -271,9 +257,7 @@ class JetLaplace:
         count. Under (quasi-)complete separation the estimates drift until every such row
         is fitted exactly; see :meth:`pymc_mixvcov.derivatives.LaplaceFunctions.diagnose`.
         """
-        beta, theta, _ = self._split(phi)
-        flat = self._lam(theta)
-        slots = [self._slots(k, flat) for k in range(len(self.batches))]
+        beta, flat, slots = self._at(phi)
         eta = self._eta(beta, flat, vs, slots)
         raw = self._jet(2, eta, phi)
         ll, l2 = raw[0], raw[2 + self.m]
@@ -288,9 +272,7 @@ class JetLaplace:
         ``hess`` (``(C, P, P)``). Every observation belongs to a cluster (checked by
         :class:`pymc_mixvcov.derivatives.LaplaceFunctions`).
         """
-        beta, theta, _ = self._split(phi)
-        flat = self._lam(theta)
-        slots = [self._slots(k, flat) for k in range(len(self.batches))]
+        beta, flat, slots = self._at(phi)
         eta = self._eta(beta, flat, vs, slots)
         m1 = self.m + 1
         raw = self._jet(4 if order >= 1 else 2, eta, phi)
@@ -307,7 +289,7 @@ class JetLaplace:
         th = slice(p, p + nt)
         psi_rows = np.zeros((self.m, P))
         psi_rows[:, p + nt :] = np.eye(self.m)
-        for b, v, (t, mu) in zip(self.batches, vs, slots, strict=True):
+        for k, (b, v, (t, mu)) in enumerate(zip(self.batches, vs, slots, strict=True)):
             o = b.obs
             s, C, R = b.s, b.C, b.pos.shape[1]
             e1, e2 = l1[o], l2[o]
@@ -326,10 +308,10 @@ class JetLaplace:
             # h_{v phi} and v' = H^{-1} h_{v phi}
             a = e2[:, 0, 0][:, None] * deta + e2[:, 0, 1:] @ psi_rows  # sum_q ell_{eta q} zeta^q_phi
             vi = (b.row[:, None] * s + b.pos)[:, :, None] * P + np.arange(P)
-            hvp = self._scatter(b, t[:, :, None] * a[:, None, :], (C, s, P), vi)
+            hvp = self._scatter(t[:, :, None] * a[:, None, :], (C, s, P), vi)
             lmu = np.zeros((o.size, R, P))
             lmu[:, :, th] = e1[:, 0, None, None] * mu
-            hvp += self._scatter(b, lmu, (C, s, P), vi)
+            hvp += self._scatter(lmu, (C, s, P), vi)
             vp = Hinv @ hvp  # (C, s, P)
             vprime.append(vp)
             vpg = vp[b.row[:, None], b.pos]  # (nb, R, P)
@@ -344,7 +326,7 @@ class JetLaplace:
             y3 = np.einsum("nr,nrp->np", l3[o][:, 0, :], z)  # sum_r ell_{eta eta r} zeta~^r
             grad_c = np.einsum("nq,nqp->np", e1, z) + 0.5 * q[:, None] * y3
             grad_c[:, th] += e2[:, 0, 0, None] * gth
-            out["grad"].append(self._rowsum(b, grad_c, C) - np.einsum("cs,csp->cp", v, vp))
+            out["grad"].append(self._rowsum(k, grad_c) - np.einsum("cs,csp->cp", v, vp))
             if order < 2:
                 continue
             # -- Hessian --------------------------------------------------------------------------
@@ -353,7 +335,7 @@ class JetLaplace:
             muvp = np.einsum("nrk,nrp->nkp", mu, vpg)  # mu_i^T v' (nb, nt, P)
             # M~_i = E^T M_i E = mu_i^T v' in the theta rows, plus its transpose
             # L_v and c = H^{-1} L_v
-            Lv = 0.5 * self._scatter(b, (e3 * q)[:, None] * t, (C, s), b.row[:, None] * s + b.pos)
+            Lv = 0.5 * self._scatter((e3 * q)[:, None] * t, (C, s), b.row[:, None] * s + b.pos)
             cvec = np.einsum("cst,ct->cs", Hinv, Lv)
             cg = cvec[b.row[:, None], b.pos]  # (nb, R)
             gam = np.einsum("nr,nr->n", cg, t)
@@ -373,7 +355,7 @@ class JetLaplace:
             per[:, th, :] += cm
             per[:, :, th] += np.swapaxes(cm, 1, 2)
             per[:, th, th] += e_etaeta[:, None, None] * muHmu
-            hess = self._rowsum(b, per.reshape(o.size, P * P), C).reshape(C, P, P)
+            hess = self._rowsum(k, per.reshape(o.size, P * P)).reshape(C, P, P)
             hess -= np.einsum("csa,csb->cab", vp, vp)
             # C: 1/2 tr(H^{-1} R_a H^{-1} R_b), R_a = sum_i y3_ia t t^T + ell_eta_eta (mu_a t^T + t mu_a^T)
             muf = np.zeros((o.size, R, P))
@@ -383,7 +365,7 @@ class JetLaplace:
             Ri += e_etaeta[:, None, None, None] * (t[:, :, None, None] * muf[:, None, :, :])
             cell = b.row[:, None, None] * s * s + b.pos[:, :, None] * s + b.pos[:, None, :]
             Ridx = cell[..., None] * P + np.arange(P)
-            Rm = self._scatter(b, Ri, (C, s, s, P), Ridx)
+            Rm = self._scatter(Ri, (C, s, s, P), Ridx)
             K = np.matmul(Hinv[:, None], np.moveaxis(Rm, 3, 1))  # H^{-1} R_a, (C, P, s, s)
             hess += 0.5 * np.einsum("casu,cbus->cab", K, K)
             out["hess"].append(hess)
@@ -392,7 +374,6 @@ class JetLaplace:
             self.last_vprime = (np.asarray(phi, float).copy(), [v.copy() for v in vs], vprime)
         return out
 
-    def _rowsum(self, b: _Batch, values: np.ndarray, C: int) -> np.ndarray:
-        """Sum the rows of ``values`` (per observation) by cluster."""
-        k = next(i for i, bb in enumerate(self.batches) if bb is b)
+    def _rowsum(self, k: int, values: np.ndarray) -> np.ndarray:
+        """Sum the rows of ``values`` (per observation of batch ``k``) by cluster."""
         return np.asarray(self._sum[k] @ values)

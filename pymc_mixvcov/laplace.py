@@ -42,6 +42,7 @@ __all__ = [
     "laplace_signature",
     "laplace_data",
     "find_modes",
+    "damped_newton",
     "gauss_hermite_grid",
 ]
 
@@ -262,34 +263,54 @@ def gauss_hermite_grid(n: int, s: int) -> tuple[np.ndarray, np.ndarray]:
     return nodes, logw
 
 
-def find_modes(gh, phi: np.ndarray, v0s: list[np.ndarray], data: list[np.ndarray], tol: float = 1e-10):
-    """Modes of every cluster's ``h_c`` by damped Newton (NumPy, all clusters at once).
+def damped_newton(pieces, v0s: list[np.ndarray], tol: float = 1e-10, iterations: int = 100):
+    """Maximise every cluster's ``h_c`` by damped Newton (NumPy, all clusters at once).
 
-    ``gh(phi, *vs, *data)`` returns ``h`` per batch, then ``g`` per batch, then ``H`` per batch.
+    ``pieces(vs)`` returns, per batch, ``(h, g, H)``: the values, gradients and negative
+    Hessians at ``vs``. Each cluster halves its own step until ``h_c`` does not decrease.
 
     Returns
     -------
     vs : list of ndarray
         The modes.
     converged : bool
-        Whether every cluster's Newton step fell below ``tol`` (relative) within 100 iterations.
+        Whether every cluster's Newton step fell below ``tol`` (relative) within ``iterations``;
+        ``False`` at once where ``h`` is not finite (e.g. a probability rounded to 0 or 1 far
+        from the estimates: no mode to find, the caller treats the point as invalid).
     """
     vs = [v.copy() for v in v0s]
-    nb = len(vs)
-    for _ in range(100):
-        res = gh(phi, *vs, *data)
-        hs, gs, Hs = res[:nb], res[nb : 2 * nb], res[2 * nb :]
-        steps = [np.linalg.solve(H, g[:, :, None])[:, :, 0] for g, H in zip(gs, Hs, strict=True)]
+    cur = pieces(vs)
+    for _ in range(iterations):
+        if not all(np.all(np.isfinite(h)) for h, _, _ in cur):
+            return vs, False
+        steps = [np.linalg.solve(H, g[:, :, None])[:, :, 0] for _, g, H in cur]
         biggest = max((np.max(np.abs(st)) for st in steps if st.size), default=0.0)
+        if not np.isfinite(biggest):
+            return vs, False
         if biggest < tol * (1.0 + max((np.max(np.abs(v)) for v in vs if v.size), default=0.0)):
             return vs, True
         t = [np.ones(v.shape[0]) for v in vs]
         for _ in range(30):
             trial = [v + tk[:, None] * st for v, tk, st in zip(vs, t, steps, strict=True)]
-            new = gh(phi, *trial, *data)[:nb]
-            bad = [~(hn >= ho - 1e-12 * (1 + np.abs(ho))) for hn, ho in zip(new, hs, strict=True)]
+            new = pieces(trial)
+            bad = [~(hn >= ho - 1e-12 * (1 + np.abs(ho))) for (hn, _, _), (ho, _, _) in zip(new, cur, strict=True)]
             if not any(b.any() for b in bad):
                 break
             t = [np.where(b, tk * 0.5, tk) for b, tk in zip(bad, t, strict=True)]
-        vs = trial
+        vs, cur = trial, new
     return vs, False
+
+
+def find_modes(gh, phi: np.ndarray, v0s: list[np.ndarray], data: list[np.ndarray], tol: float = 1e-10):
+    """Modes of every cluster's ``h_c`` (:func:`damped_newton`) from the compiled graph ``gh``.
+
+    ``gh(phi, *vs, *data)`` returns ``h`` per batch, then ``g`` per batch, then ``H`` per batch.
+    Returns ``(vs, converged)``.
+    """
+    nb = len(v0s)
+
+    def pieces(vs):
+        res = gh(phi, *vs, *data)
+        return list(zip(res[:nb], res[nb : 2 * nb], res[2 * nb :], strict=True))
+
+    return damped_newton(pieces, v0s, tol)
