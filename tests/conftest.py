@@ -48,3 +48,17 @@ def sleep_reml(sleepstudy):
 @pytest.fixture(scope="session")
 def penicillin_ml():
     return pmv.lmm("diameter ~ 1 + (1 | plate) + (1 | sample)", pmv.datasets.load("penicillin")).fit("ML")
+
+
+@pytest.fixture(scope="session")
+def poisson_slope_data():
+    """Small Poisson data with a correlated random intercept and slope: 12 clusters of 8 on
+    ``g``, ``log mu = 0.3 + 0.5 x + u0_g + u1_g x`` with ``u = L z``, ``L = [[0.6, 0], [0.2, 0.4]]``
+    (seed 5), and a crossed factor ``h`` with 5 levels."""
+    rng = np.random.default_rng(5)
+    G, m = 12, 8
+    g = np.repeat(np.arange(G), m)
+    x = rng.uniform(-1, 1, size=G * m)
+    u = rng.normal(size=(G, 2)) @ np.array([[0.6, 0.0], [0.2, 0.4]]).T
+    y = rng.poisson(np.exp(0.3 + 0.5 * x + u[g, 0] + u[g, 1] * x))
+    return pd.DataFrame({"y": y, "x": x, "g": pd.Categorical(g), "h": pd.Categorical(np.arange(G * m) % 5)})

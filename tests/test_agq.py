@@ -76,23 +76,11 @@ def test_agq25_exact_derivatives_and_scores(agq25):
     assert np.max(np.abs(S.sum(0)) * se) < 1e-4
 
 
-@pytest.fixture(scope="module")
-def slope_data():
-    rng = np.random.default_rng(5)
-    G, m = 12, 8
-    g = np.repeat(np.arange(G), m)
-    x = rng.uniform(-1, 1, size=G * m)
-    L = np.array([[0.6, 0.0], [0.2, 0.4]])
-    u = rng.normal(size=(G, 2)) @ L.T
-    y = rng.poisson(np.exp(0.3 + 0.5 * x + u[g, 0] + u[g, 1] * x))
-    return pd.DataFrame({"y": y, "x": x, "g": pd.Categorical(g)})
-
-
-def test_vector_random_effects_agq_equals_2d_integration(slope_data):
+def test_vector_random_effects_agq_equals_2d_integration(poisson_slope_data):
     """``(x | g)`` with 11 points per dimension (121 nodes): each cluster's log-likelihood equals
     scipy dblquad of the Poisson likelihood times the bivariate normal density (1e-7: the product
     rule's error here; the total log-likelihood moves by 5e-7 from 11 to 21 points)."""
-    fit = pmv.glmm("y ~ x + (x | g)", slope_data, family="poisson").fit(nAGQ=11)
+    fit = pmv.glmm("y ~ x + (x | g)", poisson_slope_data, family="poisson").fit(nAGQ=11)
     assert fit.converged
     beta = fit.params("sd").to_numpy()[:2]
     var = fit.params("var")
@@ -106,8 +94,8 @@ def test_vector_random_effects_agq_equals_2d_integration(slope_data):
     mvn = stats.multivariate_normal(np.zeros(2), cov)
     sd = np.sqrt(np.diag(cov))
     want = []
-    for j in slope_data["g"].cat.categories:
-        d = slope_data[slope_data["g"] == j]
+    for j in poisson_slope_data["g"].cat.categories:
+        d = poisson_slope_data[poisson_slope_data["g"] == j]
         x, y = d["x"].to_numpy(), d["y"].to_numpy()
 
         def f(b, a, x=x, y=y):

@@ -13,7 +13,6 @@
 """
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import pymc_mixvcov as pmv
@@ -34,17 +33,6 @@ def _point(spec, fns, seed=1):
     return phi + 0.1 * rng.standard_normal(phi.size) * (np.abs(phi) > 0) + 0.05
 
 
-@pytest.fixture(scope="module")
-def poisson_data():
-    rng = np.random.default_rng(5)
-    G, m = 12, 8
-    g = np.repeat(np.arange(G), m)
-    x = rng.uniform(-1, 1, size=G * m)
-    u = rng.normal(size=(G, 2)) @ np.array([[0.6, 0.0], [0.2, 0.4]]).T
-    y = rng.poisson(np.exp(0.3 + 0.5 * x + u[g, 0] + u[g, 1] * x))
-    return pd.DataFrame({"y": y, "x": x, "g": pd.Categorical(g), "h": pd.Categorical(np.arange(G * m) % 5)})
-
-
 CASES = {
     "binomial, scalar": lambda d: pmv.glmm(
         "cbind(incidence, size - incidence) ~ period + (1 | herd)", pmv.datasets.load("cbpp"), family="binomial"
@@ -56,8 +44,8 @@ CASES = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["binomial, scalar", "poisson, correlated slope"])
-def test_closed_form_equals_graph_derivatives(case, poisson_data):
-    spec, fns = _functions(CASES[case](poisson_data))
+def test_closed_form_equals_graph_derivatives(case, poisson_slope_data):
+    spec, fns = _functions(CASES[case](poisson_slope_data))
     phi = _point(spec, fns)
     vs = fns.modes(phi)
     jet = fns.jet.evaluate(phi, vs, 2)
@@ -81,8 +69,8 @@ FD_CASES = {
 
 
 @pytest.mark.parametrize("case", list(FD_CASES))
-def test_closed_form_equals_differences(case, poisson_data):
-    spec, fns = _functions(FD_CASES[case](poisson_data))
+def test_closed_form_equals_differences(case, poisson_slope_data):
+    spec, fns = _functions(FD_CASES[case](poisson_slope_data))
     phi = _point(spec, fns)
 
     def total(ph, order):
