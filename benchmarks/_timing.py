@@ -42,8 +42,9 @@ def time_workflow(fit_call, phases: dict[str, float]):
     return f, V, S, W
 
 
-def print_report(phases: dict[str, float], t0: float, end: float, since_start: float | None, fit, scores) -> None:
-    """Versions, the phase table, the totals and the fit's convergence, as the benchmarks print them."""
+def print_report(phases: dict[str, float], t0: float, end: float, since_start: float | None, fit, scores=None) -> None:
+    """Versions, the phase table, the totals and the fit's convergence, as the benchmarks print them
+    (``scores``: the cluster scores, summarised when given)."""
     import os
     import sys
 
@@ -72,7 +73,10 @@ def print_report(phases: dict[str, float], t0: float, end: float, since_start: f
     )
     print()
     print(f"converged: {fit.converged}  ({fit.message}; iterations {fit.iterations})")
-    print(
-        f"loglik: {fit.loglik:.4f}   cluster scores: {scores.shape[0]} x {scores.shape[1]}, column sums max |.| "
-        f"{np.max(np.abs(scores.sum().to_numpy())):.2g}"
-    )
+    if scores is None:
+        print(f"loglik: {fit.loglik:.4f}")
+    else:
+        print(
+            f"loglik: {fit.loglik:.4f}   cluster scores: {scores.shape[0]} x {scores.shape[1]}, column sums max |.| "
+            f"{np.max(np.abs(scores.sum().to_numpy())):.2g}"
+        )

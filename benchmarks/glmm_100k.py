@@ -17,7 +17,7 @@ T0 = time.perf_counter()
 
 import sys  # noqa: E402
 
-from _timing import since_process_start, time_workflow  # noqa: E402
+from _timing import print_report, since_process_start, time_workflow  # noqa: E402
 
 
 def main() -> int:
@@ -45,12 +45,7 @@ def main() -> int:
     model = pmv.glmm("y ~ x + (x | g)", df, family="binomial")
     phases["build model"] = time.perf_counter() - t
     f, V, S, W = time_workflow(lambda: model.fit(), phases)
-    since_start = since_process_start()
-    for name, sec in phases.items():
-        print(f"{name:<16} {sec:7.3f}")
-    if since_start is not None:
-        print(f"{'process total':<16} {since_start:7.2f}   (from process start)")
-    print(f"converged: {f.converged} ({f.message}); loglik {f.loglik:.4f}; scores {S.shape}")
+    print_report(phases, T0, time.perf_counter(), since_process_start(), f, S)
     table = pd.DataFrame(
         {"estimate": f.params("var"), "se": np.sqrt(np.diag(V.to_numpy())), "se CR1": np.sqrt(np.diag(W.to_numpy()))}
     )

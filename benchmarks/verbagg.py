@@ -14,7 +14,7 @@ import time
 
 T0 = time.perf_counter()
 
-from _timing import since_process_start  # noqa: E402
+from _timing import print_report, since_process_start  # noqa: E402
 
 
 def main() -> int:
@@ -36,12 +36,7 @@ def main() -> int:
     t = time.perf_counter()
     V = f.vcov("sd")
     phases["vcov"] = time.perf_counter() - t
-    since_start = since_process_start()
-    for name, sec in phases.items():
-        print(f"{name:<16} {sec:7.3f}")
-    if since_start is not None:
-        print(f"{'process total':<16} {since_start:7.2f}   (from process start)")
-    print(f"converged: {f.converged}; loglik {f.loglik:.6f}")
+    print_report(phases, T0, time.perf_counter(), since_process_start(), f)
     table = pd.DataFrame({"estimate": f.params("sd"), "se": np.sqrt(np.diag(V.to_numpy()))})
     print(table.to_string(float_format=lambda v: f"{v:.6g}"))
     return 0 if f.converged else 1
