@@ -41,6 +41,7 @@ from pytensor.tensor.elemwise import Elemwise
 
 from . import cache
 from .errors import MixVcovError
+from .evaluator import GraphFunction
 from .marginal import ClusterStructure, CoreGraph, Signature, data_values, signature_of
 
 __all__ = ["compile_fn", "hessian", "jacobian_of", "core_function", "ModelMap", "LMMFunctions"]
@@ -79,71 +80,6 @@ def _mode():
         rewriter = SequentialGraphRewriter(dfs_rewriter(_inline_op_from_graph), MergeOptimizer())
         return pytensor.compile.mode.Mode(linker="py", optimizer=rewriter)
     return MODE_NAME
-
-
-class GraphFunction:
-    """Evaluate an already rewritten graph node by node with each ``Op``'s Python ``perform``.
-
-    This is what pytensor's Python linker does (``Op.make_py_thunk``), without its per-node
-    closures and storage cells: a graph of a few thousand nodes links in milliseconds and
-    leaves few objects for the garbage collector to scan. Intermediate values are released
-    after their last use.
-
-    Parameters
-    ----------
-    inputs, outputs : list of Variable
-        The graph; every non-constant root must be among ``inputs``.
-    """
-
-    def __init__(self, inputs: list[TensorVariable], outputs: list[TensorVariable]):
-        fg = FunctionGraph(inputs, outputs, clone=False)
-        nodes = fg.toposort()
-        slot: dict = {}
-        for v in inputs:
-            slot[v] = len(slot)
-        self._constants: list[tuple[int, object]] = []
-        for node in nodes:
-            for v in node.inputs:
-                if v not in slot:
-                    slot[v] = len(slot)
-                    self._constants.append((slot[v], v.data))
-            for v in node.outputs:
-                slot[v] = len(slot)
-        for v in outputs:
-            if v not in slot:  # an output that is a constant
-                slot[v] = len(slot)
-                self._constants.append((slot[v], v.data))
-        keep = {slot[v] for v in outputs} | {i for i, _ in self._constants} | set(range(len(inputs)))
-        last: dict[int, int] = {}
-        for k, node in enumerate(nodes):
-            for v in node.inputs:
-                last[slot[v]] = k
-        program = []
-        for k, node in enumerate(nodes):
-            node.op.prepare_node(node, None, None, "py")
-            ins = tuple(slot[v] for v in node.inputs)
-            outs = tuple(slot[v] for v in node.outputs)
-            free = tuple(i for i in set(ins) if last.get(i) == k and i not in keep)
-            program.append((node.op.perform, node, ins, outs, free))
-        self._program = program
-        self._n = len(slot)
-        self._in_dtypes = [v.type.dtype for v in inputs]
-        self._out = [slot[v] for v in outputs]
-
-    def __call__(self, *args):
-        vals: list = [None] * self._n
-        for i, (a, dt) in enumerate(zip(args, self._in_dtypes, strict=True)):
-            vals[i] = np.asarray(a, dtype=dt)
-        for i, c in self._constants:
-            vals[i] = c
-        for perform, node, ins, outs, free in self._program:
-            store = [[None] for _ in outs]
-            perform(node, [vals[i] for i in ins], store)
-            for i, cell in zip(outs, store, strict=True):
-                vals[i] = cell[0]
-            for i in free:
-                vals[i] = None
-        return [vals[i] for i in self._out]
 
 
 def _rewriter():
