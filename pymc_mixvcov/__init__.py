@@ -7,7 +7,7 @@ pytensor derivatives, on the scale you ask for.
 
 from __future__ import annotations
 
-from . import datasets
+from . import _exit, datasets
 from .compare import compare, plot_compare, posterior_on_scale
 from .errors import (
     ConvergenceWarning,
@@ -21,6 +21,8 @@ from .formula import MixedModel, glmm, lmm
 from .results import MixedFit
 
 __version__ = "0.1.0"
+
+_exit.install()
 
 __all__ = [
     "ConvergenceWarning",

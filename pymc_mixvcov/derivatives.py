@@ -28,9 +28,7 @@ import numpy as np
 import pytensor
 import pytensor.scalar as ps
 import pytensor.tensor as pt
-from pytensor.compile.builders import OpFromGraph
 from pytensor.compile.mode import optdb
-from pytensor.compile.rewriting import inline_ofg_node
 from pytensor.gradient import grad
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.replace import graph_replace
@@ -41,7 +39,7 @@ from pytensor.tensor.elemwise import Elemwise
 
 from . import cache
 from .errors import MixVcovError
-from .evaluator import GraphFunction
+from .evaluator import GraphFunction, inline_op_from_graph
 from .marginal import ClusterStructure, CoreGraph, Signature, data_values, signature_of
 
 __all__ = ["compile_fn", "hessian", "jacobian_of", "core_function", "ModelMap", "LMMFunctions"]
@@ -51,15 +49,6 @@ __all__ = ["compile_fn", "hessian", "jacobian_of", "core_function", "ModelMap", 
 #: this is fastest on first and later runs alike. ``PYMC_MIXVCOV_MODE`` overrides it with any
 #: pytensor mode name (``NUMBA``, ``FAST_RUN``, ...).
 MODE_NAME = os.environ.get("PYMC_MIXVCOV_MODE", "PY")
-
-
-@node_rewriter([OpFromGraph])
-def _inline_op_from_graph(fgraph, node):
-    """Replace an ``OpFromGraph`` (``pt.diag``, ``einsum``, PyMC helpers) by its inner graph.
-
-    Left in place, each would compile its inner graph with pytensor's default (C) backend.
-    """
-    return inline_ofg_node(node)
 
 
 @node_rewriter([Elemwise])
@@ -77,7 +66,7 @@ def _split_wide_elemwise(fgraph, node):
 
 def _mode():
     if MODE_NAME == "PY":
-        rewriter = SequentialGraphRewriter(dfs_rewriter(_inline_op_from_graph), MergeOptimizer())
+        rewriter = SequentialGraphRewriter(dfs_rewriter(inline_op_from_graph), MergeOptimizer())
         return pytensor.compile.mode.Mode(linker="py", optimizer=rewriter)
     return MODE_NAME
 
@@ -94,7 +83,7 @@ def _rewriter():
         return pytensor.compile.mode.get_mode(MODE_NAME).optimizer
     canonicalize = optdb.query(RewriteDatabaseQuery(include=["canonicalize"], exclude=["inplace"]))
     return SequentialGraphRewriter(
-        dfs_rewriter(_inline_op_from_graph), canonicalize, dfs_rewriter(_split_wide_elemwise), MergeOptimizer()
+        dfs_rewriter(inline_op_from_graph), canonicalize, dfs_rewriter(_split_wide_elemwise), MergeOptimizer()
     )
 
 

@@ -25,12 +25,25 @@ from functools import reduce
 
 import numpy as np
 import pytensor.scalar as ps
+from pytensor.compile.builders import OpFromGraph
+from pytensor.compile.rewriting import inline_ofg_node
 from pytensor.graph.basic import Apply
 from pytensor.graph.fg import FunctionGraph
+from pytensor.graph.rewriting.basic import node_rewriter
 from pytensor.tensor import TensorVariable
 from pytensor.tensor.elemwise import CAReduce, Elemwise
 
-__all__ = ["GraphFunction", "thunk_of"]
+__all__ = ["GraphFunction", "thunk_of", "inline_op_from_graph"]
+
+
+@node_rewriter([OpFromGraph])
+def inline_op_from_graph(fgraph, node):
+    """Replace an ``OpFromGraph`` (``pt.diag``, ``einsum``, PyMC helpers) by its inner graph.
+
+    Left in place, each would compile its inner graph with pytensor's default (C) backend.
+    """
+    return inline_ofg_node(node)
+
 
 #: Binary NumPy ufuncs that chain a variadic scalar op.
 _VARIADIC = {ps.Add: np.add, ps.Mul: np.multiply}

@@ -21,15 +21,24 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import graph_replace
+from pytensor.graph.rewriting.basic import MergeOptimizer, SequentialGraphRewriter, dfs_rewriter
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor import TensorVariable
 from pytensor.tensor.random.basic import MvNormalRV, NormalRV
 
 from .errors import MixVcovError
+from .evaluator import inline_op_from_graph
 
 __all__ = ["FreeParam", "RandomTerm", "GaussianSpec", "inspect_model"]
 
+#: For graphs that may still hold random variables (shapes, transforms of the free variables):
+#: ``fast_compile``'s shape rewrites keep their evaluation from drawing from them.
 _FAST = pytensor.compile.mode.Mode(linker="py", optimizer="fast_compile")
+#: For graphs whose free variables are all replaced by inputs: only ``OpFromGraph`` inlining and
+#: merging, a fraction of ``fast_compile``'s rewriting time.
+_LIGHT = pytensor.compile.mode.Mode(
+    linker="py", optimizer=SequentialGraphRewriter(dfs_rewriter(inline_op_from_graph), MergeOptimizer())
+)
 
 
 @dataclass(frozen=True)
@@ -342,6 +351,7 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
     # the variable through which the mean uses each random effect: itself (centred) or a
     # deterministic of it (non-centred: u = Deterministic(z * sd) or z @ chol.T)
     targets = [_mean_target(model, u, roots, rand_rvs, (noncentered or {}).get(u.name)) for u in rand_rvs]
+    init = initial_natural(model)
     if gaussian:
         mu, sigma = obs.owner.inputs[2], obs.owner.inputs[3]
         if any(t in set(ancestors([sigma], blockers=targets)) for t in targets):
@@ -349,13 +359,12 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
     if gaussian:
         eta = mu
     else:
-        eta = _find_eta(obs, targets, roots, model, rand_rvs)
+        eta = _find_eta(obs, targets, roots, model, rand_rvs, init)
         sigma = None
     if y is None:  # a Potential: as many "observations" as terms
         y = np.zeros(int(pytensor.function([], pt.as_tensor(potential.owner.inputs[0].shape[0]), mode=_FAST)()))
     _check_used(rand_rvs, targets, eta)
 
-    init = initial_natural(model)
     params: list[FreeParam] = []
     start = 0
     mean_anc = set(ancestors([eta], blockers=targets))
@@ -406,10 +415,10 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
     urepl = {t: pt.reshape(uvec[offs[k] : offs[k + 1]], shapes[k]) for k, t in enumerate(targets)}
     mu_g = graph_replace(eta, {**repl, **urepl}, strict=False)
     mu_g = pt.broadcast_to(mu_g, (y.size,)) if mu_g.ndim == 0 else pt.flatten(mu_g)
-    mu_fn = pytensor.function([nat, uvec], mu_g, mode=_FAST, on_unused_input="ignore")
+    mu_fn = pytensor.function([nat, uvec], mu_g, mode=_LIGHT, on_unused_input="ignore")
     if gaussian:
         sigma_g = graph_replace(sigma, repl, strict=False)
-        sigma_val = np.asarray(pytensor.function([nat], sigma_g, mode=_FAST, on_unused_input="ignore")(nat0))
+        sigma_val = np.asarray(pytensor.function([nat], sigma_g, mode=_LIGHT, on_unused_input="ignore")(nat0))
         if sigma_val.size != 1:
             raise MixVcovError(
                 f"the residual SD of {obs.name!r} varies across observations; the exact Gaussian "
@@ -508,7 +517,7 @@ def _mean_target(model, u, roots, rand_rvs, name: str | None):
     return first[0] if len(first) == 1 else min(candidates, key=lambda d: len(list(ancestors([d]))))
 
 
-def _find_eta(obs, targets, roots, model, rand_rvs):
+def _find_eta(obs, targets, roots, model, rand_rvs, init):
     """The linear predictor of a non-Gaussian likelihood (``eta`` in ``Poisson(exp(eta))``).
 
     The variable closest to the likelihood through which every random effect enters, that is
@@ -527,7 +536,7 @@ def _find_eta(obs, targets, roots, model, rand_rvs):
     ]
     for var in dependent:
         if var.ndim <= 1 and not tset & set(ancestors(roots, blockers=[var])):
-            if _design_is_free(var, targets, model, rand_rvs):
+            if _design_is_free(var, targets, model, rand_rvs, init):
                 return var
     raise MixVcovError(
         f"cannot find the linear predictor of observed variable {obs.name!r}: the random effects must "
@@ -536,9 +545,9 @@ def _find_eta(obs, targets, roots, model, rand_rvs):
     )
 
 
-def _design_is_free(var, targets, model, rand_rvs) -> bool:
-    """Whether ``var`` is affine in the random effects with a design that no parameter changes."""
-    init = initial_natural(model)
+def _design_is_free(var, targets, model, rand_rvs, init) -> bool:
+    """Whether ``var`` is affine in the random effects with a design that no parameter changes
+    (``init``: :func:`initial_natural` of the model)."""
     free = [rv for rv in model.free_RVs if rv not in rand_rvs]
     sizes = [init[rv.name].size for rv in free]
     offs = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
@@ -551,7 +560,7 @@ def _design_is_free(var, targets, model, rand_rvs) -> bool:
     urepl = {t: pt.reshape(uvec[toffs[k] : toffs[k + 1]], tshapes[k]) for k, t in enumerate(targets)}
     g = pt.flatten(graph_replace(var, {**repl, **urepl}, strict=False))
     try:
-        fn = pytensor.function([pvec, uvec], g, mode=_FAST, on_unused_input="ignore")
+        fn = pytensor.function([pvec, uvec], g, mode=_LIGHT, on_unused_input="ignore")
         rng = np.random.default_rng(5)
         p0 = np.concatenate([init[rv.name].reshape(-1) for rv in free]) if free else np.zeros(0)
         p1 = p0 * (1.0 + 0.3 * rng.uniform(size=p0.size)) + 0.1 * np.sign(p0 + 1e-300)
@@ -684,7 +693,7 @@ def _through_deterministic(model, term: RandomTerm, u, det, shape, repl, nat, na
     d_of = graph_replace(det, {u: pt.reshape(zz, shape), **repl}, strict=False)
     d_of = pt.reshape(d_of, (n_lev, r))
     M = pt.stack([pytensor.gradient.grad(d_of[0, i], zz)[0] for i in range(r)])
-    fn = pytensor.function([nat, zz], [d_of, M], mode=_FAST, on_unused_input="ignore")
+    fn = pytensor.function([nat, zz], [d_of, M], mode=_LIGHT, on_unused_input="ignore")
     rng = np.random.default_rng(11)
     for point in (nat0, nat0 * (1.0 + 0.3 * rng.uniform(size=nat0.size)) + 0.1):
         z = rng.normal(size=(n_lev, r))
@@ -696,7 +705,7 @@ def _through_deterministic(model, term: RandomTerm, u, det, shape, repl, nat, na
             )
     M_sym = graph_replace(M, {zz: pt.zeros((n_lev, r))}, strict=False)
     fac = pt.dot(M_sym, term.lam)
-    f_val = pytensor.function([nat], fac, mode=_FAST, on_unused_input="ignore")(nat0)
+    f_val = pytensor.function([nat], fac, mode=_LIGHT, on_unused_input="ignore")(nat0)
     if r > 1 and np.any(np.abs(np.triu(f_val, 1)) > 0):
         fac = pt.linalg.cholesky(pt.dot(fac, fac.T))
     name = det.name
@@ -819,7 +828,7 @@ def _prior_factor(model, u, r, repl, rand_rvs, nat, nat0) -> TensorVariable:
     if any(a in rand_rvs for a in ancestors([loc, scale], blockers=rand_rvs) if a is not u):
         raise MixVcovError(f"the prior of random variable {u.name!r} depends on another random variable")
     loc_g, scale_g = graph_replace([loc, scale], repl, strict=False)
-    fn = pytensor.function([nat], [loc_g, scale_g], mode=_FAST, on_unused_input="ignore")
+    fn = pytensor.function([nat], [loc_g, scale_g], mode=_LIGHT, on_unused_input="ignore")
     loc_v, scale_v = fn(nat0)
     if np.any(np.asarray(loc_v) != 0):
         raise MixVcovError(f"random variable {u.name!r} must have mean zero")
