@@ -620,6 +620,9 @@ class LaplaceFunctions:
         """Modes of the random effects (standardised) at ``phi``, warm-started from the last ones."""
         from .laplace import find_modes
 
+        key = np.asarray(phi, float).tobytes()
+        if getattr(self, "_modes_at", None) == key:  # asked again at the same point
+            return self._modes
         if self.jet is not None:
 
             def search(v0):
@@ -643,8 +646,10 @@ class LaplaceFunctions:
         if not ok:
             vs, ok = search([np.zeros_like(v) for v in vs])
         self.modes_converged = ok
+        self._modes_at = None
         if all(np.all(np.isfinite(v)) for v in vs):
             self._modes = vs
+            self._modes_at = key if ok else None
         return vs
 
     def glm_start(self, nat: np.ndarray) -> np.ndarray | None:
@@ -763,6 +768,14 @@ class LaplaceFunctions:
         (H,) = self._fn("hess")(phi, *vs, *self.data)
         return float(val[nb]), np.asarray(val[nb + 1]), np.asarray(H)
 
+    def loglik(self, nat: np.ndarray) -> float:
+        """The Laplace (or AGQ) log-likelihood alone at ``nat``: the modes, no derivatives."""
+        phi, _, _ = self.map(np.asarray(nat, float), second=False)
+        if self.jet is not None:
+            return self._pieces(phi, 0)["total"]
+        vs = self.modes(phi)
+        return float(self._fn("value")(phi, *vs, *self.data)[len(vs)])
+
     def value(self, nat: np.ndarray) -> tuple[float, np.ndarray]:
         """Laplace log-likelihood and its gradient in ``nat``."""
         phi, J, _ = self.map(nat, second=False)
@@ -856,6 +869,11 @@ class MAPFunctions:
     def prior(self, nat):
         lp, g, H = self._prior(np.asarray(nat, float))
         return float(lp), np.asarray(g), np.asarray(H)
+
+    def loglik(self, nat: np.ndarray) -> float:
+        """Log-likelihood plus log-prior at ``nat`` (the value of the MAP criterion)."""
+        base = self.base.loglik(nat) if hasattr(self.base, "loglik") else self.base.information(nat)["loglik"]
+        return base + self.prior(nat)[0]
 
     def value(self, nat: np.ndarray) -> tuple[float, np.ndarray]:
         lp, g, _ = self.prior(nat)

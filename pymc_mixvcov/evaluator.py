@@ -1,21 +1,21 @@
 """Evaluate a rewritten pytensor graph node by node with NumPy: the default ``"PY"`` mode.
 
-pytensor's Python linker calls each ``Op``'s ``perform``. For the graphs of this package, whose
-nodes are many and whose arrays are small (a few thousand entries), the per-node overhead of
-those methods is most of the cost, and two of them are slow for a reason that has nothing to
-do with the arithmetic:
+pytensor's Python linker calls each ``Op``'s ``perform``. For the graphs of this package, with
+hundreds of nodes on arrays of a few thousand entries, the per-node overhead of ``perform``
+(run-time broadcast checks, a floating-point error state and storage cells per node) is most
+of the cost, and some nodes are slow for reasons that have nothing to do with the arithmetic:
 
-* an ``Elemwise`` whose scalar op has no NumPy function of that arity -- a variadic ``add`` or
-  ``mul`` with three or more inputs (which the canonical rewrites create everywhere), or
-  ``second`` (fill) -- falls back to ``np.frompyfunc``, one Python call per array *element*;
+* an ``Elemwise`` whose scalar op has no NumPy function, ``second`` (fill) and ``softplus``
+  (which the ``stabilize`` rewrites make of ``log(sigmoid(x))``) among them, falls back to
+  ``np.frompyfunc``: one Python call per array *element*;
 * ``CAReduce`` (``Sum``) copies its input before reducing.
 
-:class:`GraphFunction` gives such nodes a direct NumPy thunk with the same result: a chain of
-binary ufuncs for a variadic ``add``/``mul`` (left to right), a broadcast for ``second``, the
-NumPy function itself for the other elementwise ops, a reduction without the copy for
-``CAReduce``. Every other node keeps its ``Op.perform``. Outputs are cast to the dtype the
-graph declares, as ``Elemwise.perform`` does. Floating-point warnings are silenced for the
-whole evaluation, as ``Elemwise.perform`` silences them for each node.
+:class:`GraphFunction` gives such nodes a direct NumPy thunk with the same result: the NumPy
+function itself for elementwise ops that have one, a chain of binary ufuncs (left to right) for
+a variadic ``add``/``mul``, a broadcast for ``second``, ``logaddexp(0, x)`` for ``softplus``, a
+reduction without the copy for ``CAReduce``. Every other node keeps its ``Op.perform``. Outputs
+are cast to the dtype the graph declares, as ``Elemwise.perform`` does. Floating-point warnings
+are silenced for the whole evaluation, as ``Elemwise.perform`` silences them for each node.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from functools import reduce
 
 import numpy as np
 import pytensor.scalar as ps
+import pytensor.scalar.math as psm
 from pytensor.compile.builders import OpFromGraph
 from pytensor.compile.rewriting import inline_ofg_node
 from pytensor.graph.basic import Apply
@@ -47,6 +48,15 @@ def inline_op_from_graph(fgraph, node):
 
 #: Binary NumPy ufuncs that chain a variadic scalar op.
 _VARIADIC = {ps.Add: np.add, ps.Mul: np.multiply}
+
+
+def _softplus(x):
+    """``log(1 + exp(x))`` without overflow (pytensor's ``Softplus`` has no NumPy function)."""
+    return np.logaddexp(0.0, x)
+
+
+#: NumPy implementations of float scalar ops that have no NumPy function of their own.
+_UNARY = {psm.Softplus: _softplus}
 
 
 def _cast(dtype: str) -> Callable[[object], np.ndarray]:
@@ -73,10 +83,17 @@ def _elemwise_thunk(node: Apply) -> Callable | None:
             return cast(np.broadcast_to(b, np.broadcast_shapes(np.shape(a), np.shape(b))))
 
         return second
+    unary = _UNARY.get(type(scalar))
+    if unary is not None and len(node.inputs) == 1 and node.inputs[0].type.dtype.startswith("float"):
+
+        def direct_unary(x):
+            return cast(unary(x))
+
+        return direct_unary
     binary = _VARIADIC.get(type(scalar))
     if binary is not None and len(node.inputs) > 2:
-        # integer and boolean inputs keep perform: NumPy's bool + bool is a logical or
-        if not all(v.type.dtype.startswith("float") for v in node.inputs):
+        # a sum with boolean inputs keeps perform: NumPy's bool + bool is a logical or
+        if isinstance(scalar, ps.Add) and any(v.type.dtype == "bool" for v in node.inputs):
             return None
 
         def variadic(*xs):

@@ -25,6 +25,7 @@ from .marginal import build_structure
 from .results import MixedFit
 from .scales import ScaleMaps
 from .spec import inspect_model
+from .trust import trust_region_newton
 
 __all__ = ["fit", "Method"]
 
@@ -350,49 +351,43 @@ def _trust_region(fns, spec, start, iterations) -> OptimResult:
         d2 = np.where(only_lo, e, np.where(only_hi, -e, np.where(both, span * s_ * (1 - s_) * (1 - 2 * s_), 0.0)))
         return x, d1, d2
 
-    cache: dict = {}
-
     def pieces(z):
-        key = z.tobytes()
-        if key not in cache:
-            x, d1, d2 = transform(z)
-            with np.errstate(all="ignore"):
-                try:
-                    info = fns.information(x)
-                except (np.linalg.LinAlgError, FloatingPointError, ValueError):
-                    info = None
-            while len(cache) >= 3:  # the accepted point and the last trials
-                cache.pop(next(iter(cache)))
-            if info is None or not np.isfinite(info["loglik"]):
-                cache[key] = (1e300, np.zeros_like(z), np.eye(z.size))
-            else:
-                g, A = info["grad"], info["observed"]
-                H = d1[:, None] * A * d1[None, :] - np.diag(d2 * g)
-                cache[key] = (-info["loglik"], -g * d1, H)
-        return cache[key]
+        x, d1, d2 = transform(z)
+        with np.errstate(all="ignore"):
+            try:
+                info = fns.information(x)
+            except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+                info = None
+        if info is None or not np.isfinite(info["loglik"]):
+            return np.inf, np.zeros_like(z), np.eye(z.size)
+        g, A = info["grad"], info["observed"]
+        H = d1[:, None] * A * d1[None, :] - np.diag(d2 * g)
+        return -info["loglik"], -g * d1, H
 
-    def close_enough(intermediate_result):
-        # hand over to the Newton steps once in their quadratic region: decrement below 1e-8
-        _, g, H = pieces(intermediate_result.x)
+    cheap = getattr(fns, "loglik", None)
+
+    def value(z):
+        if cheap is None:  # no cheaper route to the value alone
+            return pieces(z)[0]
+        with np.errstate(all="ignore"):
+            try:
+                f = cheap(transform(z)[0])
+            except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+                return np.inf
+        return -f if np.isfinite(f) else np.inf
+
+    def close_enough(_f, g, H):
+        # hand over to the Newton steps once in their quadratic region: a positive definite
+        # Hessian (a maximum is near, not a saddle) and a Newton decrement below 1e-8
         try:
-            L = np.linalg.cholesky(H)  # positive definite: a maximum is near, not a saddle
+            L = np.linalg.cholesky(H)
         except np.linalg.LinAlgError:
-            return
+            return False
         w = np.linalg.solve(L, g)
-        if w @ w < 1e-8:
-            raise StopIteration
+        return bool(w @ w < 1e-8)
 
-    res = minimize(
-        lambda z: pieces(z)[0],
-        z0,
-        jac=lambda z: pieces(z)[1],
-        hess=lambda z: pieces(z)[2],
-        method="trust-exact",
-        callback=close_enough,
-        options={"maxiter": 200, "gtol": 1e-8},
-    )
-    natural = transform
-    return _newton(fns, spec, natural(res.x)[0], iterations + int(res.nit))
+    res = trust_region_newton(pieces, value, z0, done=close_enough)
+    return _newton(fns, spec, transform(res.z)[0], iterations + res.iterations)
 
 
 def _warn_not_converged(message: str) -> None:

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytensor.tensor as pt
 from pytensor.gradient import grad, pushforward
+from pytensor.graph.rewriting.utils import rewrite_graph
 
 from .laplace import damped_newton
 
@@ -63,6 +64,9 @@ def observation_jets(spec, order: int):
     are elementwise gradients; in ``psi`` push-forwards along the parameter's unit vector.
     """
     eta, y, lp = spec.logp
+    # numerically stable forms before differentiating: log(sigmoid(eta)) -> -softplus(-eta) and
+    # the like; the derivative graphs of the stable forms are a third of the size
+    lp = rewrite_graph(lp, include=("canonicalize", "stabilize"), exclude=("inplace",))
     nat = spec.nat
     m = spec.psi_index.size
     units = [np.eye(spec.n_params)[k] for k in spec.psi_index]
@@ -169,12 +173,24 @@ class JetLaplace:
         from scipy.sparse import csr_matrix
 
         self._lam_idx, self._mu, self._sum = [], [], []
+        self._z1, self._zz, self._E = [], [], []
         for b in self.batches:
             lam_idx = b.idx[b.row[:, None, None], b.pos[:, :, None], b.pos[:, None, :]]  # (nb, R, R)
             self._lam_idx.append(lam_idx)
             mu = np.einsum("na,nabk->nbk", b.val, (lam_idx[..., None] == self.thpos).astype(float))
             self._mu.append(mu * b.used[:, :, None])
-            self._sum.append(csr_matrix((np.ones(b.row.size), (b.row, np.arange(b.row.size))), shape=(b.C, b.row.size)))
+            nb, R = b.pos.shape
+            obs = np.arange(nb)
+            self._sum.append(csr_matrix((np.ones(nb), (b.row, obs)), shape=(b.C, nb)))
+            # cluster moments of the design, sum_i w_i z_i and sum_i w_i z_i z_i^T, as sparse maps
+            # of the weights w: (C s, nb) and (C s s, nb)
+            cell = b.row[:, None] * b.s + b.pos
+            self._z1.append(csr_matrix((b.val.ravel(), (cell.ravel(), np.repeat(obs, R))), shape=(b.C * b.s, nb)))
+            pair = cell[:, :, None] * b.s + b.pos[:, None, :]
+            zz = (b.val[:, :, None] * b.val[:, None, :]).ravel()
+            self._zz.append(csr_matrix((zz, (pair.ravel(), np.repeat(obs, R * R))), shape=(b.C * b.s * b.s, nb)))
+            # E_k = d Lambda_c / d theta_k of every cluster, (C, nt, s, s)
+            self._E.append(np.moveaxis(b.idx[..., None] == self.thpos, 3, 1).astype(float))
         self._psi_index = spec.psi_index
         self.last_vprime = None
         self._n_params = spec.n_params
@@ -332,8 +348,6 @@ class JetLaplace:
             # -- Hessian --------------------------------------------------------------------------
             l3o, l4o = l3[o], l4[o]
             e_eta, e_etaeta, e3 = e1[:, 0], e2[:, 0, 0], l3o[:, 0, 0]
-            muvp = np.einsum("nrk,nrp->nkp", mu, vpg)  # mu_i^T v' (nb, nt, P)
-            # M~_i = E^T M_i E = mu_i^T v' in the theta rows, plus its transpose
             # L_v and c = H^{-1} L_v
             Lv = 0.5 * self._scatter((e3 * q)[:, None] * t, (C, s), b.row[:, None] * s + b.pos)
             cvec = np.einsum("cst,ct->cs", Hinv, Lv)
@@ -344,35 +358,66 @@ class JetLaplace:
             gv = np.zeros((o.size, P))
             gv[:, th] = gth
             y2 = np.einsum("nq,nqp->np", e2[:, 0, :], z)  # sum_q ell_{eta q} zeta~^q
-            muHmu = np.matmul(np.matmul(np.swapaxes(mu, 1, 2), Hg), mu)
             # A + B + D per observation (P x P), then summed by cluster
             W = e2 + 0.5 * q[:, None, None] * l4o + gam[:, None, None] * l3o
-            # all rank-one terms at once: left (nb, P, K) times right (nb, P, K)
-            left = [np.matmul(np.swapaxes(z, 1, 2), W), gv[:, :, None], y3[:, :, None], nu[:, :, None], y2[:, :, None]]
-            right = [z.swapaxes(1, 2), y3[:, :, None], gv[:, :, None], y2[:, :, None], nu[:, :, None]]
-            per = np.matmul(np.concatenate(left, axis=2), np.swapaxes(np.concatenate(right, axis=2), 1, 2))
-            cm = (e_eta + 0.5 * e3 * q + e_etaeta * gam)[:, None, None] * muvp  # coefficient x mu_i^T v'
-            per[:, th, :] += cm
-            per[:, :, th] += np.swapaxes(cm, 1, 2)
-            per[:, th, th] += e_etaeta[:, None, None] * muHmu
+            # all rank-one terms at once: left (nb, K, P)^T times right (nb, K, P), both contiguous
+            left = np.empty((o.size, m1 + 4, P))
+            right = np.empty((o.size, m1 + 4, P))
+            left[:, :m1] = np.matmul(W, z)  # W symmetric: (z^T W)^T
+            right[:, :m1] = z
+            for j, (a, c) in enumerate(((gv, y3), (y3, gv), (nu, y2), (y2, nu))):
+                left[:, m1 + j] = a
+                right[:, m1 + j] = c
+            per = np.matmul(np.swapaxes(left, 1, 2), right)
             hess = self._rowsum(k, per.reshape(o.size, P * P)).reshape(C, P, P)
             hess -= np.einsum("csa,csb->cab", vp, vp)
+            # the theta terms through mu_i = E^T z_i, summed by cluster with the design moments:
+            # sum_i w_i mu_i^T v' = (sum_i w_i z_i)^T E_k v' and
+            # sum_i ell_etaeta mu_i^T H^{-1} mu_i = tr(E_k H^{-1} E_l^T M), M = sum_i ell_etaeta z_i z_i^T
+            E = self._E[k]
+            w = (self._z1[k] @ (e_eta + 0.5 * e3 * q + e_etaeta * gam)).reshape(C, s)
+            cm = np.einsum("cs,ckst,ctp->ckp", w, E, vp)
+            hess[:, th, :] += cm
+            hess[:, :, th] += np.swapaxes(cm, 1, 2)
+            M = (self._zz[k] @ e_etaeta).reshape(C, s, s)
+            ME = np.matmul(M[:, None], E)  # (C, nt, s, s)
+            hess[:, th, th] += np.einsum("ckab,clab->ckl", np.matmul(E, Hinv[:, None]), ME)
             # C: 1/2 tr(H^{-1} R_a H^{-1} R_b), R_a = sum_i y3_ia t t^T + ell_eta_eta (mu_a t^T + t mu_a^T)
-            muf = np.zeros((o.size, R, P))
-            muf[:, :, th] = mu
-            Ri = y3[:, None, None, :] * (t[:, :, None] * t[:, None, :])[..., None]
-            Ri += e_etaeta[:, None, None, None] * (muf[:, :, None, :] * t[:, None, :, None])
-            Ri += e_etaeta[:, None, None, None] * (t[:, :, None, None] * muf[:, None, :, :])
-            cell = b.row[:, None, None] * s * s + b.pos[:, :, None] * s + b.pos[:, None, :]
-            Ridx = cell[..., None] * P + np.arange(P)
-            Rm = self._scatter(Ri, (C, s, s, P), Ridx)
-            K = np.matmul(Hinv[:, None], np.moveaxis(Rm, 3, 1))  # H^{-1} R_a, (C, P, s, s)
+            Rm = self._r_matrices(k, b, y3, t, mu, e_etaeta, M, ME, flat)
+            K = np.matmul(Hinv[:, None], Rm)  # H^{-1} R_a, (C, P, s, s)
             hess += 0.5 * np.einsum("casu,cbus->cab", K, K)
             out["hess"].append(hess)
         if order >= 1 and len(vprime) == len(vs):
             # d v_hat / d phi: a first-order prediction of the modes at the next point
             self.last_vprime = (np.asarray(phi, float).copy(), [v.copy() for v in vs], vprime)
         return out
+
+    def _r_matrices(self, k, b, y3, t, mu, e_etaeta, M, ME, flat) -> np.ndarray:
+        """``R_a = sum_i y3_ia t_i t_i^T + ell_etaeta,i (mu_ia t_i^T + t_i mu_ia^T)`` of every cluster
+        of batch ``k``, ``(C, P, s, s)``.
+
+        Small blocks: from the design moments, ``Lambda^T (sum_i y3_ia z_i z_i^T) Lambda`` and
+        ``E_a^T M Lambda`` plus its transpose. Large blocks (crossed factors), where products of
+        ``s x s`` matrices cost more than the observations: summed from the slots.
+        """
+        s, C, P, nb = b.s, b.C, self.P, t.shape[0]
+        th = slice(self.p, self.p + self.nt)
+        if s <= 8:
+            lam = flat[b.idx]  # (C, s, s)
+            My = np.moveaxis((self._zz[k] @ y3).reshape(C, s, s, P), 3, 1)  # (C, P, s, s)
+            Rm = np.matmul(np.matmul(np.swapaxes(lam, 1, 2)[:, None], My), lam[:, None])
+            cross = np.matmul(np.swapaxes(ME, 2, 3), lam[:, None])  # E_a^T M Lambda, (C, nt, s, s)
+            Rm[:, th] += cross + np.swapaxes(cross, 2, 3)
+            return Rm
+        R = b.pos.shape[1]
+        muf = np.zeros((nb, R, P))
+        muf[:, :, th] = mu
+        Ri = y3[:, None, None, :] * (t[:, :, None] * t[:, None, :])[..., None]
+        Ri += e_etaeta[:, None, None, None] * (muf[:, :, None, :] * t[:, None, :, None])
+        Ri += e_etaeta[:, None, None, None] * (t[:, :, None, None] * muf[:, None, :, :])
+        cell = b.row[:, None, None] * s * s + b.pos[:, :, None] * s + b.pos[:, None, :]
+        Rm = self._scatter(Ri, (C, s, s, P), cell[..., None] * P + np.arange(P))
+        return np.moveaxis(Rm, 3, 1)
 
     def _rowsum(self, k: int, values: np.ndarray) -> np.ndarray:
         """Sum the rows of ``values`` (per observation of batch ``k``) by cluster."""
