@@ -463,7 +463,20 @@ class LMMFunctions:
         return out
 
     def clusters(self, nat: np.ndarray, phi=None) -> dict[str, np.ndarray]:
-        """Per-cluster log-likelihoods, scores and observed information on the natural scale (ML)."""
+        """Per-cluster log-likelihoods, scores and observed information on the natural scale (ML).
+
+        The last result is kept: the fit's information at the optimum and the result's scores and
+        sandwiches ask for the same point.
+        """
+        key = np.asarray(nat, float).tobytes()
+        last = getattr(self, "_last_clusters", None)
+        if last is not None and last[0] == key:
+            return last[1]
+        out = self._clusters(nat, phi)
+        self._last_clusters = (key, out)
+        return out
+
+    def _clusters(self, nat: np.ndarray, phi=None) -> dict[str, np.ndarray]:
         phi, J, T = self.map(nat) if phi is None else phi
         nb = len(self.structure.batches)
         res = self._fn("cluster_observed")(*self._per_batch(phi), phi, *self.data)

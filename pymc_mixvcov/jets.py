@@ -236,13 +236,23 @@ class JetLaplace:
         size = int(np.prod(shape))
         return np.bincount(index.ravel(), weights=values.ravel(), minlength=size)[:size].reshape(shape)
 
-    def _grad_hess_v(self, b: _Batch, v, t, l1, l2):
-        """``h_v`` and ``H = -h_vv`` of every cluster of ``b``."""
+    def _grad_hess_v(self, k: int, flat, v, t, l1, l2):
+        """``h_v`` and ``H = -h_vv`` of every cluster of batch ``k``.
+
+        Small blocks from the design moments, ``Lambda^T sum_i l1_i z_i - v`` and
+        ``I - Lambda^T (sum_i l2_i z_i z_i^T) Lambda``; large blocks summed from the slots.
+        """
+        b = self.batches[k]
         s, C = b.s, b.C
-        gi = b.row[:, None] * s + b.pos
-        g = self._scatter(l1[:, None] * t, (C, s), gi) - v
-        Hi = b.row[:, None, None] * s * s + b.pos[:, :, None] * s + b.pos[:, None, :]
-        H = self._scatter(-l2[:, None, None] * t[:, :, None] * t[:, None, :], (C, s, s), Hi)
+        if s <= 8:
+            lam = flat[b.idx]  # (C, s, s)
+            lamT = np.swapaxes(lam, 1, 2)
+            g = np.matmul(lamT, (self._z1[k] @ l1).reshape(C, s, 1))[..., 0] - v
+            H = np.matmul(np.matmul(lamT, (self._zz[k] @ -l2).reshape(C, s, s)), lam)
+        else:
+            g = self._scatter(l1[:, None] * t, (C, s), b.row[:, None] * s + b.pos) - v
+            Hi = b.row[:, None, None] * s * s + b.pos[:, :, None] * s + b.pos[:, None, :]
+            H = self._scatter(-l2[:, None, None] * t[:, :, None] * t[:, None, :], (C, s, s), Hi)
         H += np.eye(s)
         return g, H
 
@@ -257,9 +267,9 @@ class JetLaplace:
             raw = self._jet(2, eta, phi)
             ll, l1, l2 = raw[0], raw[1], raw[2 + self.m]
             out = []
-            for b, v, (t, _) in zip(self.batches, vs, slots, strict=True):
+            for k, (b, v, (t, _)) in enumerate(zip(self.batches, vs, slots, strict=True)):
                 hc = np.bincount(b.row, weights=ll[b.obs], minlength=b.C) - 0.5 * np.sum(v**2, axis=1)
-                g, H = self._grad_hess_v(b, v, t, l1[b.obs], l2[b.obs])
+                g, H = self._grad_hess_v(k, flat, v, t, l1[b.obs], l2[b.obs])
                 out.append((hc, g, H))
             return out
 
@@ -309,7 +319,7 @@ class JetLaplace:
             o = b.obs
             s, C, R = b.s, b.C, b.pos.shape[1]
             e1, e2 = l1[o], l2[o]
-            g, H = self._grad_hess_v(b, v, t, e1[:, 0], e2[:, 0, 0])
+            g, H = self._grad_hess_v(k, flat, v, t, e1[:, 0], e2[:, 0, 0])
             Lc = np.linalg.cholesky(H)
             Hinv = np.linalg.inv(H)
             hc = np.bincount(b.row, weights=ll[o], minlength=C) - 0.5 * np.sum(v**2, axis=1)
