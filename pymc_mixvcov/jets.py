@@ -53,6 +53,11 @@ from .laplace import damped_newton
 
 __all__ = ["JetLaplace", "observation_jets"]
 
+#: Largest cluster block summed through the design moments, ``Lambda^T (sum_i w_i z_i z_i^T) Lambda``;
+#: larger blocks (crossed factors) are summed from the slots, where ``s x s`` products would cost
+#: more than the observations.
+MOMENT_BLOCK_MAX = 8
+
 
 def observation_jets(spec, order: int):
     """Graph of the per-observation log-density and its derivatives (see :class:`JetLaplace`).
@@ -244,7 +249,7 @@ class JetLaplace:
         """
         b = self.batches[k]
         s, C = b.s, b.C
-        if s <= 8:
+        if s <= MOMENT_BLOCK_MAX:
             lam = flat[b.idx]  # (C, s, s)
             lamT = np.swapaxes(lam, 1, 2)
             g = np.matmul(lamT, (self._z1[k] @ l1).reshape(C, s, 1))[..., 0] - v
@@ -393,7 +398,7 @@ class JetLaplace:
             ME = np.matmul(M[:, None], E)  # (C, nt, s, s)
             hess[:, th, th] += np.einsum("ckab,clab->ckl", np.matmul(E, Hinv[:, None]), ME)
             # C: 1/2 tr(H^{-1} R_a H^{-1} R_b), R_a = sum_i y3_ia t t^T + ell_eta_eta (mu_a t^T + t mu_a^T)
-            Rm = self._r_matrices(k, b, y3, t, mu, e_etaeta, M, ME, flat)
+            Rm = self._r_matrices(k, flat, y3, t, mu, e_etaeta, M, ME)
             K = np.matmul(Hinv[:, None], Rm)  # H^{-1} R_a, (C, P, s, s)
             hess += 0.5 * np.einsum("casu,cbus->cab", K, K)
             out["hess"].append(hess)
@@ -402,7 +407,7 @@ class JetLaplace:
             self.last_vprime = (np.asarray(phi, float).copy(), [v.copy() for v in vs], vprime)
         return out
 
-    def _r_matrices(self, k, b, y3, t, mu, e_etaeta, M, ME, flat) -> np.ndarray:
+    def _r_matrices(self, k, flat, y3, t, mu, e_etaeta, M, ME) -> np.ndarray:
         """``R_a = sum_i y3_ia t_i t_i^T + ell_etaeta,i (mu_ia t_i^T + t_i mu_ia^T)`` of every cluster
         of batch ``k``, ``(C, P, s, s)``.
 
@@ -410,9 +415,10 @@ class JetLaplace:
         ``E_a^T M Lambda`` plus its transpose. Large blocks (crossed factors), where products of
         ``s x s`` matrices cost more than the observations: summed from the slots.
         """
+        b = self.batches[k]
         s, C, P, nb = b.s, b.C, self.P, t.shape[0]
         th = slice(self.p, self.p + self.nt)
-        if s <= 8:
+        if s <= MOMENT_BLOCK_MAX:
             lam = flat[b.idx]  # (C, s, s)
             My = np.moveaxis((self._zz[k] @ y3).reshape(C, s, s, P), 3, 1)  # (C, P, s, s)
             Rm = np.matmul(np.matmul(np.swapaxes(lam, 1, 2)[:, None], My), lam[:, None])
