@@ -39,7 +39,7 @@ def main() -> int:
     x = rng.standard_normal(G * m)
     eta = -0.5 + 0.8 * x + b[g, 0] + b[g, 1] * x
     y = (rng.uniform(size=G * m) < 1 / (1 + np.exp(-eta))).astype(int)
-    df = pd.DataFrame({"y": y, "x": x, "g": pd.Categorical([f"g{i:04d}" for i in g])})
+    df = pd.DataFrame({"y": y, "x": x, "g": pd.Categorical.from_codes(g, [f"g{i:04d}" for i in range(G)])})
     phases["simulate"] = time.perf_counter() - t
     t = time.perf_counter()
     model = pmv.glmm("y ~ x + (x | g)", df, family="binomial")

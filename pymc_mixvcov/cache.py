@@ -3,13 +3,15 @@
 The core functions of :mod:`pymc_mixvcov.derivatives` depend only on a model's signature
 (number of fixed effects, random-effect term sizes, cluster block sizes) and take the data as
 inputs, so a compiled function serves every later fit with the same signature: in this process
-from memory, in later processes from a pickle in the cache directory.
+from memory, in later processes from a pickle in the cache directory. A model's own map to the
+core parameters is keyed by a hash of its serialised graph (:func:`dumps_graph`).
 
 The directory is ``$PYMC_MIXVCOV_CACHE`` if set, else ``$XDG_CACHE_HOME/pymc_mixvcov`` (by
-default ``~/.cache/pymc_mixvcov``); set ``PYMC_MIXVCOV_CACHE=off`` to keep nothing on disk. Entries
-are named by the key and the versions of this package, pytensor and numpy, so an upgrade never
-loads a stale function; a file that cannot be read is rebuilt and replaced. Writes are atomic
-(a temporary file, then a rename), so concurrent processes never see half a file.
+default ``~/.cache/pymc_mixvcov``); set ``PYMC_MIXVCOV_CACHE=off`` to keep nothing on disk.
+Entries are named by the key, the evaluation mode (``PYMC_MIXVCOV_MODE``, whose rewrites they
+hold) and the versions of this package, pytensor and numpy, so an upgrade never loads a stale
+function; a file that cannot be read is rebuilt and replaced. Writes are atomic (a temporary
+file, then a rename), so concurrent processes never see half a file.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def _file(key: str) -> Path | None:
         return None
     from . import __version__
 
-    versions = f"{FORMAT}|{__version__}|{pytensor.__version__}|{np.__version__}|{_source_hash()}"
+    # the graphs are rewritten for the evaluation mode: one entry per mode
+    mode = os.environ.get("PYMC_MIXVCOV_MODE", "PY")
+    versions = f"{FORMAT}|{mode}|{__version__}|{pytensor.__version__}|{np.__version__}|{_source_hash()}"
     tag = hashlib.sha256(f"{key}|{versions}".encode()).hexdigest()[:16]
     return d / f"{key}-{tag}.pkl"
 
@@ -116,7 +120,16 @@ class _GraphPickler(pickle.Pickler):
 
 
 def loads_graph(blob: bytes) -> tuple[list[Variable], list[Variable]]:
-    """Inverse of :func:`dumps_graph`: fresh variables, the same computation."""
+    """Inverse of :func:`dumps_graph`: fresh variables, the same computation.
+
+    Built without pytensor's creation tracebacks (``traceback__limit=0``): a cached graph has no
+    user code to point to, and collecting a stack per variable costs a third of the load.
+    """
+    with pytensor.config.change_flags(traceback__limit=0):
+        return _loads_graph(blob)
+
+
+def _loads_graph(blob: bytes) -> tuple[list[Variable], list[Variable]]:
     table, out_ref = pickle.loads(blob)
     made: list = []
     inputs = []

@@ -21,6 +21,7 @@ whose gradient vanishes at the reference point, so ``E_nat = J^T E_phi J``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 
@@ -282,17 +283,23 @@ def _cached_function(key: str, make_graph: Callable):
     """A compiled function: from this process's memory, else from the disk cache, else built by
     ``make_graph()`` (returning ``(inputs, outputs)``), rewritten once and stored."""
     if key not in _COMPILED:
-
-        def build():
-            with pytensor.config.change_flags(traceback__limit=0):
-                inputs, outputs = make_graph()
-                fg = FunctionGraph(inputs, outputs, clone=True)
-                _rewriter().rewrite(fg)
-            return list(fg.inputs), list(fg.outputs)
-
-        inputs, outputs = cache.load_graph(key, build)
+        inputs, outputs = _cached_graph(key, make_graph)
         _COMPILED[key] = compile_fn(inputs, outputs, rewrite=False)
     return _COMPILED[key]
+
+
+def _cached_graph(key: str | None, make_graph: Callable):
+    """``(inputs, outputs)`` of a rewritten graph: from the disk cache, else built by
+    ``make_graph()``, rewritten once and stored (built every time when ``key`` is ``None``)."""
+
+    def build():
+        with pytensor.config.change_flags(traceback__limit=0):
+            inputs, outputs = make_graph()
+            fg = FunctionGraph(inputs, _freeze_shared(list(outputs)), clone=True)
+            _rewriter().rewrite(fg)
+        return list(fg.inputs), list(fg.outputs)
+
+    return build() if key is None else cache.load_graph(key, build)
 
 
 #: Compiled core functions of this process, by key.
@@ -304,15 +311,17 @@ class ModelMap:
     """The map from a model's natural parameters to the core parameters, and its derivatives.
 
     ``phi(nat) = (nat[fixed], theta(nat), sigma(nat))`` where ``theta`` stacks the lower
-    triangles of the random-effect covariance factors. Compiled once per model; the graph is
-    small (the transforms of the covariance parameters only).
+    triangles of the random-effect covariance factors. Its graph is small (the transforms of the
+    covariance parameters only), but differentiating it twice and compiling the result costs
+    more than a fit of a small model; so the derivatives are built once per distinct map and
+    kept on disk, keyed by a hash of the serialised map itself (the same model in a later
+    process finds them; any change to the model's transforms gives another key). Maps with
+    shared variables (``pm.Data``) are built in every process.
     """
 
     def __init__(self, spec, sig: Signature):
         self.spec, self.sig = spec, sig
-        self._fn = None
-        self._fn2 = None
-        self._unc = None
+        self._fns: tuple | None = None
 
     def _phi(self, nat: TensorVariable) -> TensorVariable:
         spec = self.spec
@@ -328,17 +337,41 @@ class ModelMap:
             parts.append(nat[spec.psi_index])
         return pt.concatenate(parts)
 
+    def _functions(self) -> tuple:
+        """``(first, second, unconstrained)``: compiled ``nat -> (phi, J, upper)``, ``nat -> T``
+        (rows ``p:``) and ``nat -> (u, J_u)``, from one graph."""
+        if self._fns is None:
+            nat_s = pt.vector("nat", shape=(self.spec.n_params,))
+            phi = self._phi(nat_s)
+            upper = self._upper_entries(nat_s)
+            u = graph_replace(self.spec.unconstrained(), {self.spec.nat: nat_s}, strict=False)
+            p, dim = self.sig.p, self.sig.dim
+
+            def make_graph():
+                J = jacobian_of(phi, nat_s)
+                T = pt.stack([jacobian_of(J[k], nat_s) for k in range(p, dim)])
+                return [nat_s], [phi, J, upper, T, u, jacobian_of(u, nat_s)]
+
+            try:
+                key = "modelmap-" + hashlib.sha256(cache.dumps_graph([nat_s], [phi, upper, u])).hexdigest()[:24]
+            except ValueError:  # shared variables in the map: it is not keyed by its graph alone
+                key = None
+            inputs, outputs = _cached_graph(key, make_graph)
+            self._fns = (
+                compile_fn(inputs, outputs[:3], rewrite=False),
+                compile_fn(inputs, outputs[3:4], rewrite=False),
+                compile_fn(inputs, outputs[4:], rewrite=False),
+            )
+        return self._fns
+
     def __call__(self, nat: np.ndarray, second: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``(phi, J, T)`` at ``nat``: ``J[k, i] = d phi_k / d nat_i``, ``T[k] = d^2 phi_k / d nat^2``.
 
         ``second=False`` skips ``T`` (returned as ``None``).
         """
         nat = np.asarray(nat, float)
-        if self._fn is None:
-            nat_s = pt.vector("nat", shape=(self.spec.n_params,))
-            phi = self._phi(nat_s)
-            self._fn = compile_fn([nat_s], [phi, jacobian_of(phi, nat_s), self._upper_entries(nat_s)])
-        phi, J, upper = self._fn(nat)
+        first, second_fn, _ = self._functions()
+        phi, J, upper = first(nat)
         if np.any(np.abs(upper) > 0):
             raise MixVcovError(
                 "a random-effect covariance factor is not lower triangular; give the covariance "
@@ -346,13 +379,8 @@ class ModelMap:
             )
         if not second:
             return phi, J, None
-        if self._fn2 is None:
-            nat_s = pt.vector("nat", shape=(self.spec.n_params,))
-            J_s = jacobian_of(self._phi(nat_s), nat_s)
-            T_s = pt.stack([jacobian_of(J_s[k], nat_s) for k in range(self.sig.p, self.sig.dim)])
-            self._fn2 = compile_fn([nat_s], [T_s])
         T = np.zeros((self.sig.dim, nat.size, nat.size))
-        T[self.sig.p :] = self._fn2(nat)[0]
+        T[self.sig.p :] = second_fn(nat)[0]
         return phi, J, T
 
     def _upper_entries(self, nat: TensorVariable) -> TensorVariable:
@@ -366,11 +394,7 @@ class ModelMap:
 
     def unconstrained(self, nat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """PyMC's unconstrained values at ``nat`` and their Jacobian in ``nat``."""
-        if self._unc is None:
-            nat_s = pt.vector("nat", shape=(self.spec.n_params,))
-            u = graph_replace(self.spec.unconstrained(), {self.spec.nat: nat_s}, strict=False)
-            self._unc = compile_fn([nat_s], [u, jacobian_of(u, nat_s)])
-        u, J = self._unc(np.asarray(nat, float))
+        u, J = self._functions()[2](np.asarray(nat, float))
         return np.asarray(u), np.asarray(J)
 
 

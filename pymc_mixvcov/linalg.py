@@ -86,9 +86,6 @@ def bmm(a: TensorVariable, b: TensorVariable) -> TensorVariable:
     Small blocks use a broadcast product and a sum (one vectorised NumPy call each, however
     many clusters); large ones pytensor's batched ``matmul``.
     """
-    m, k, n = a.type.shape[-2], a.type.shape[-1], b.type.shape[-1]
-    if None not in (m, k, n) and m * k * n <= SMALL_PRODUCT:
-        return pt.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
     return pt.matmul(a, b)
 
 
