@@ -340,6 +340,7 @@ def _design(formula: str, data: pd.DataFrame, response: np.ndarray | None = None
 
 def _build_model(response, y, X, fixed, blocks, *, offset=None, family="gaussian", link=None, trials=None):
     import pymc as pm
+    import pytensor
     import pytensor.tensor as pt
 
     gaussian = family == "gaussian"
@@ -358,7 +359,9 @@ def _build_model(response, y, X, fixed, blocks, *, offset=None, family="gaussian
         s0 = float(np.std(resid)) or sy
     else:
         s0 = 1.0
-    with pm.Model(coords=coords) as model:
+    # without pytensor's creation tracebacks: they would point here, not to user code, and
+    # collecting them is a third of the cost of building the model
+    with pytensor.config.change_flags(traceback__limit=0), pm.Model(coords=coords) as model:
         beta = pm.Normal("beta", 0.0, sigma=beta_sd, dims="fixed")
         eta = pt.dot(pt.as_tensor(X), beta)
         if offset is not None and np.any(offset != 0):
