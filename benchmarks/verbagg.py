@@ -20,10 +20,11 @@ from _timing import print_report, since_process_start  # noqa: E402
 def main() -> int:
     phases: dict[str, float] = {}
     t = time.perf_counter()
+    # pymc_mixvcov first: it imports its dependencies with the garbage collector paused
+    import pymc_mixvcov as pmv  # noqa: I001
+
     import numpy as np
     import pandas as pd
-
-    import pymc_mixvcov as pmv
 
     phases["imports"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -7,18 +7,23 @@ pytensor derivatives, on the scale you ask for.
 
 from __future__ import annotations
 
-from . import _exit, datasets
-from .compare import compare, plot_compare, posterior_on_scale
-from .errors import (
-    ConvergenceWarning,
-    DataWarning,
-    MixVcovError,
-    MixVcovWarning,
-    SingularFitWarning,
-)
-from .fit import fit
-from .formula import MixedModel, glmm, lmm
-from .results import MixedFit
+from ._startup import paused_gc
+
+with paused_gc():
+    import pymc  # noqa: F401  (every model is a pm.Model: imported with the package, see _startup)
+
+    from . import _exit, datasets
+    from .compare import compare, plot_compare, posterior_on_scale
+    from .errors import (
+        ConvergenceWarning,
+        DataWarning,
+        MixVcovError,
+        MixVcovWarning,
+        SingularFitWarning,
+    )
+    from .fit import fit
+    from .formula import MixedModel, glmm, lmm
+    from .results import MixedFit
 
 __version__ = "0.1.0"
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 import pandas as pd
 
+from ._startup import import_formulae
 from .errors import MixVcovError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -268,6 +269,7 @@ def _design(formula: str, data: pd.DataFrame, response: np.ndarray | None = None
     ``response`` replaces the formula's left-hand side (already evaluated, e.g. from ``cbind``).
     Offsets (``offset(log(time))``) are summed into ``offset`` and removed from ``X``.
     """
+    import_formulae()
     from formulae import design_matrices
 
     _check_data(formula, data)
