@@ -83,8 +83,13 @@ def _rewriter():
     if MODE_NAME != "PY":
         return pytensor.compile.mode.get_mode(MODE_NAME).optimizer
     canonicalize = optdb.query(RewriteDatabaseQuery(include=["canonicalize"], exclude=["inplace"]))
+    # inlined before and after canonicalize, whose rewrites make some (``AllocDiag``)
     return SequentialGraphRewriter(
-        dfs_rewriter(inline_op_from_graph), canonicalize, dfs_rewriter(_split_wide_elemwise), MergeOptimizer()
+        dfs_rewriter(inline_op_from_graph),
+        canonicalize,
+        dfs_rewriter(inline_op_from_graph),
+        dfs_rewriter(_split_wide_elemwise),
+        MergeOptimizer(),
     )
 
 

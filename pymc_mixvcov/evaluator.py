@@ -268,6 +268,22 @@ def _matmul_thunk(node: Apply) -> Callable | None:
     return small_matmul
 
 
+def _op_from_graph_thunk(node: Apply) -> Callable:
+    """An ``OpFromGraph`` left in a graph: its inner graph, evaluated by a :class:`GraphFunction`.
+
+    Its own ``perform`` would compile the inner graph with pytensor's C backend (a C compiler
+    run and about 0.5 s, once per process).
+    """
+    op = node.op
+    inner = GraphFunction(list(op.inner_inputs), list(op.inner_outputs))
+    cast = _cast(node.outputs[0].type.dtype)
+
+    def op_from_graph(*xs):
+        return cast(inner(*xs)[0])
+
+    return op_from_graph
+
+
 def thunk_of(node: Apply) -> Callable | None:
     """A direct NumPy function of the node's input values returning its (single) output, or
     ``None`` where the node keeps its ``Op.perform``."""
@@ -277,6 +293,8 @@ def thunk_of(node: Apply) -> Callable | None:
         return _scatter_add_thunk(node)
     if isinstance(node.op, Blockwise):
         return _matmul_thunk(node)
+    if isinstance(node.op, OpFromGraph) and len(node.outputs) == 1:
+        return _op_from_graph_thunk(node)
     if isinstance(node.op, CAReduce) and type(node.op.scalar_op) in (ps.Add, ps.Mul, ps.Maximum, ps.Minimum):
         return _careduce_thunk(node)
     return None

@@ -123,3 +123,15 @@ def test_elementwise_thunks_match_perform():
     got = GraphFunction([x, y], outs)(*args)
     for g, w in zip(got, _reference([x, y], outs, args), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-15)
+
+
+def test_op_from_graph_left_in_a_graph_is_evaluated_without_compiling():
+    a, b = pt.vector("a"), pt.vector("b")
+    ofg = pytensor.compile.builders.OpFromGraph([a, b], [pt.exp(a) * b + 1.0])
+    x, y = pt.vector("x"), pt.vector("y")
+    out = ofg(x, y) * 2.0
+    assert _direct_nodes([out]) >= 1
+    args = [RNG.standard_normal(5), RNG.standard_normal(5)]
+    np.testing.assert_allclose(
+        GraphFunction([x, y], [out])(*args)[0], 2.0 * (np.exp(args[0]) * args[1] + 1.0), rtol=1e-15
+    )
