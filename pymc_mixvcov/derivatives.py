@@ -40,7 +40,7 @@ from pytensor.tensor.elemwise import Elemwise
 
 from . import cache
 from .errors import MixVcovError
-from .evaluator import GraphFunction, inline_op_from_graph
+from .evaluator import GraphFunction, freeze_shared, inline_op_from_graph, light_function
 from .marginal import ClusterStructure, CoreGraph, Signature, data_values, signature_of
 
 __all__ = ["compile_fn", "hessian", "jacobian_of", "core_function", "ModelMap", "LMMFunctions"]
@@ -99,26 +99,9 @@ def compile_fn(inputs: Sequence[TensorVariable], outputs: Sequence[TensorVariabl
     ``rewrite=False`` skips graph rewriting in the default mode (for graphs already merged).
     """
     if MODE_NAME == "PY":
-        if rewrite:
-            with pytensor.config.change_flags(traceback__limit=0):
-                outputs = _freeze_shared(list(outputs))
-                fg = FunctionGraph(list(inputs), list(outputs), clone=True)
-                _mode().optimizer.rewrite(fg)
-            return GraphFunction(list(fg.inputs), list(fg.outputs))
-        return GraphFunction(list(inputs), list(outputs))
+        return light_function(inputs, outputs) if rewrite else GraphFunction(list(inputs), list(outputs))
     with pytensor.config.change_flags(traceback__limit=0):
         return pytensor.function(list(inputs), list(outputs), mode=_mode(), on_unused_input="ignore")
-
-
-def _freeze_shared(outputs: list[TensorVariable]) -> list[TensorVariable]:
-    """Replace shared variables (PyMC's coordinate lengths, ``pm.Data``) by constants of their values."""
-    from pytensor.compile.sharedvalue import SharedVariable
-    from pytensor.graph.traversal import graph_inputs
-
-    shared = [v for v in graph_inputs(outputs) if isinstance(v, SharedVariable) and hasattr(v.type, "dtype")]
-    if not shared:
-        return outputs
-    return graph_replace(outputs, {v: pt.constant(v.get_value(), dtype=v.type.dtype) for v in shared}, strict=False)
 
 
 def jacobian_of(y: TensorVariable, x: TensorVariable | Sequence[TensorVariable]):
@@ -300,7 +283,7 @@ def _cached_graph(key: str | None, make_graph: Callable):
     def build():
         with pytensor.config.change_flags(traceback__limit=0):
             inputs, outputs = make_graph()
-            fg = FunctionGraph(inputs, _freeze_shared(list(outputs)), clone=True)
+            fg = FunctionGraph(inputs, freeze_shared(list(outputs)), clone=True)
             _rewriter().rewrite(fg)
         return list(fg.inputs), list(fg.outputs)
 

@@ -40,7 +40,7 @@ from pytensor.tensor.subtensor import AdvancedIncSubtensor
 from pytensor.tensor.type import discrete_dtypes, float_dtypes
 from pytensor.tensor.utils import import_func_from_string
 
-__all__ = ["GraphFunction", "thunk_of", "inline_op_from_graph"]
+__all__ = ["GraphFunction", "thunk_of", "inline_op_from_graph", "light_function", "freeze_shared"]
 
 
 @node_rewriter([OpFromGraph])
@@ -370,3 +370,34 @@ class GraphFunction:
                 for i in free:
                     vals[i] = None
         return [vals[i] for i in self._out]
+
+
+def freeze_shared(outputs: list[TensorVariable]) -> list[TensorVariable]:
+    """Replace shared variables (PyMC's coordinate lengths, ``pm.Data``) by constants of their values."""
+    from pytensor.compile.sharedvalue import SharedVariable
+    from pytensor.graph.replace import graph_replace
+    from pytensor.graph.traversal import graph_inputs
+    from pytensor.tensor import constant
+
+    shared = [v for v in graph_inputs(outputs) if isinstance(v, SharedVariable) and hasattr(v.type, "dtype")]
+    if not shared:
+        return outputs
+    return graph_replace(outputs, {v: constant(v.get_value(), dtype=v.type.dtype) for v in shared}, strict=False)
+
+
+def light_function(inputs: list[TensorVariable], outputs: list[TensorVariable]) -> GraphFunction:
+    """A :class:`GraphFunction` of ``outputs`` after the lightest rewriting that it needs.
+
+    Shared variables become constants, ``OpFromGraph`` nodes are inlined and equal nodes
+    merged; nothing else. For small graphs evaluated a few times, where pytensor's own
+    ``function`` spends more time compiling (its graph checks, rewriting passes and linking)
+    than the evaluations take.
+    """
+    import pytensor
+    from pytensor.graph.fg import FunctionGraph
+    from pytensor.graph.rewriting.basic import MergeOptimizer, SequentialGraphRewriter, dfs_rewriter
+
+    with pytensor.config.change_flags(traceback__limit=0):
+        fg = FunctionGraph(list(inputs), freeze_shared(list(outputs)), clone=True)
+        SequentialGraphRewriter(dfs_rewriter(inline_op_from_graph), MergeOptimizer()).rewrite(fg)
+    return GraphFunction(list(fg.inputs), list(fg.outputs))

@@ -103,6 +103,25 @@ def observation_jets(spec, order: int):
     return [eta, y, nat], outs
 
 
+def _trace_products(A: np.ndarray, B: np.ndarray | None = None) -> np.ndarray:
+    """``out[c, a, b] = tr(A[c, a] B[c, b])`` for stacks of square matrices ``(C, P, s, s)``
+    (``B = A`` when omitted), as one matrix product: ``tr(A_a B_b) = vec(A_a) . vec(B_b^T)``."""
+    B = A if B is None else B
+    C, P, s, _ = A.shape
+    Q = B.shape[1]
+    left = np.ascontiguousarray(A).reshape(C, P, s * s)
+    right = np.ascontiguousarray(np.swapaxes(B, 2, 3)).reshape(C, Q, s * s)
+    return np.matmul(left, np.swapaxes(right, 1, 2))
+
+
+def _frobenius(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``out[c, a, b] = sum_uw A[c, a, u, w] B[c, b, u, w]`` (``tr(A_a^T B_b)``), as one matrix product."""
+    C, P, s, _ = A.shape
+    return np.matmul(
+        np.ascontiguousarray(A).reshape(C, P, s * s), np.ascontiguousarray(B).reshape(C, -1, s * s).swapaxes(1, 2)
+    )
+
+
 def _sym(flat: list[np.ndarray], m1: int) -> np.ndarray:
     """``(n, m1, m1)`` symmetric array from its upper triangle listed row by row."""
     out = np.empty((flat[0].shape[0], m1, m1))
@@ -178,7 +197,7 @@ class JetLaplace:
         from scipy.sparse import csr_matrix
 
         self._lam_idx, self._mu, self._sum = [], [], []
-        self._z1, self._zz, self._E = [], [], []
+        self._z1, self._zz, self._E, self._E_diag, self._r_cells = [], [], [], [], []
         for b in self.batches:
             lam_idx = b.idx[b.row[:, None, None], b.pos[:, :, None], b.pos[:, None, :]]  # (nb, R, R)
             self._lam_idx.append(lam_idx)
@@ -195,7 +214,17 @@ class JetLaplace:
             zz = (b.val[:, :, None] * b.val[:, None, :]).ravel()
             self._zz.append(csr_matrix((zz, (pair.ravel(), np.repeat(obs, R * R))), shape=(b.C * b.s * b.s, nb)))
             # E_k = d Lambda_c / d theta_k of every cluster, (C, nt, s, s)
-            self._E.append(np.moveaxis(b.idx[..., None] == self.thpos, 3, 1).astype(float))
+            E = np.moveaxis(b.idx[..., None] == self.thpos, 3, 1).astype(float)
+            self._E.append(E)
+            # its diagonal when every E_k is diagonal (scalar random-effect terms), else None
+            diag = np.diagonal(E, axis1=2, axis2=3)
+            self._E_diag.append(diag.copy() if np.array_equal(E, diag[..., None] * np.eye(b.s)) else None)
+            # slot-path scatter positions into (C, P, s, s): cell (u, w) of slot pair (r, r')
+            if b.s > MOMENT_BLOCK_MAX:
+                uw = b.row[:, None, None] * (self.P * b.s * b.s) + b.pos[:, :, None] * b.s + b.pos[:, None, :]
+                self._r_cells.append(uw[..., None] + np.arange(self.P) * (b.s * b.s))  # (nb, R, R, P)
+            else:
+                self._r_cells.append(None)
         self._psi_index = spec.psi_index
         self.last_vprime = None
         self._n_params = spec.n_params
@@ -326,11 +355,11 @@ class JetLaplace:
             e1, e2 = l1[o], l2[o]
             g, H = self._grad_hess_v(k, flat, v, t, e1[:, 0], e2[:, 0, 0])
             Lc = np.linalg.cholesky(H)
-            Hinv = np.linalg.inv(H)
             hc = np.bincount(b.row, weights=ll[o], minlength=C) - 0.5 * np.sum(v**2, axis=1)
             out["loglik"].append(hc - np.sum(np.log(np.diagonal(Lc, axis1=1, axis2=2)), axis=1))
             if order == 0:
                 continue
+            Hinv = np.linalg.inv(H)
             # d eta / d phi at fixed v: (x_i, mu_i^T v, 0)
             vg = v[b.row[:, None], b.pos]  # (nb, R)
             deta = np.zeros((o.size, P))
@@ -389,18 +418,25 @@ class JetLaplace:
             # the theta terms through mu_i = E^T z_i, summed by cluster with the design moments:
             # sum_i w_i mu_i^T v' = (sum_i w_i z_i)^T E_k v' and
             # sum_i ell_etaeta mu_i^T H^{-1} mu_i = tr(E_k H^{-1} E_l^T M), M = sum_i ell_etaeta z_i z_i^T
-            E = self._E[k]
+            E, Ed = self._E[k], self._E_diag[k]
             w = (self._z1[k] @ (e_eta + 0.5 * e3 * q + e_etaeta * gam)).reshape(C, s)
-            cm = np.einsum("cs,ckst,ctp->ckp", w, E, vp)
+            if Ed is not None:  # E_k diagonal (scalar terms): products are row and column scalings
+                cm = np.matmul(w[:, None, :] * Ed, vp)
+            else:
+                cm = np.einsum("cs,ckst,ctp->ckp", w, E, vp)
             hess[:, th, :] += cm
             hess[:, :, th] += np.swapaxes(cm, 1, 2)
             M = (self._zz[k] @ e_etaeta).reshape(C, s, s)
-            ME = np.matmul(M[:, None], E)  # (C, nt, s, s)
-            hess[:, th, th] += np.einsum("ckab,clab->ckl", np.matmul(E, Hinv[:, None]), ME)
+            if Ed is not None:
+                ME = M[:, None] * Ed[:, :, None, :]  # M E_k, (C, nt, s, s)
+                EH = Ed[:, :, :, None] * Hinv[:, None]  # E_k H^{-1}
+            else:
+                ME = np.matmul(M[:, None], E)
+                EH = np.matmul(E, Hinv[:, None])
+            hess[:, th, th] += _frobenius(EH, ME)
             # C: 1/2 tr(H^{-1} R_a H^{-1} R_b), R_a = sum_i y3_ia t t^T + ell_eta_eta (mu_a t^T + t mu_a^T)
             Rm = self._r_matrices(k, flat, y3, t, mu, e_etaeta, M, ME)
-            K = np.matmul(Hinv[:, None], Rm)  # H^{-1} R_a, (C, P, s, s)
-            hess += 0.5 * np.einsum("casu,cbus->cab", K, K)
+            hess += 0.5 * _trace_products(np.matmul(Hinv[:, None], Rm))
             out["hess"].append(hess)
         if order >= 1 and len(vprime) == len(vs):
             # d v_hat / d phi: a first-order prediction of the modes at the next point
@@ -416,7 +452,7 @@ class JetLaplace:
         ``s x s`` matrices cost more than the observations: summed from the slots.
         """
         b = self.batches[k]
-        s, C, P, nb = b.s, b.C, self.P, t.shape[0]
+        s, C, P = b.s, b.C, self.P
         th = slice(self.p, self.p + self.nt)
         if s <= MOMENT_BLOCK_MAX:
             lam = flat[b.idx]  # (C, s, s)
@@ -425,15 +461,13 @@ class JetLaplace:
             cross = np.matmul(np.swapaxes(ME, 2, 3), lam[:, None])  # E_a^T M Lambda, (C, nt, s, s)
             Rm[:, th] += cross + np.swapaxes(cross, 2, 3)
             return Rm
-        R = b.pos.shape[1]
-        muf = np.zeros((nb, R, P))
-        muf[:, :, th] = mu
-        Ri = y3[:, None, None, :] * (t[:, :, None] * t[:, None, :])[..., None]
-        Ri += e_etaeta[:, None, None, None] * (muf[:, :, None, :] * t[:, None, :, None])
-        Ri += e_etaeta[:, None, None, None] * (t[:, :, None, None] * muf[:, None, :, :])
-        cell = b.row[:, None, None] * s * s + b.pos[:, :, None] * s + b.pos[:, None, :]
-        Rm = self._scatter(Ri, (C, s, s, P), cell[..., None] * P + np.arange(P))
-        return np.moveaxis(Rm, 3, 1)
+        # R_a summed from the slots, straight into the (C, P, s, s) layout
+        tt = t[:, :, None] * t[:, None, :]  # (nb, R, R)
+        Ri = tt[..., None] * y3[:, None, None, :]  # (nb, R, R, P)
+        et = e_etaeta[:, None, None] * t[:, None, :]  # ell_etaeta t_r', (nb, 1, R)
+        cross = mu[:, :, None, :] * et[..., None]  # mu_ra t_r' (nb, R, R, nt)
+        Ri[..., th] += cross + np.swapaxes(cross, 1, 2)
+        return self._scatter(Ri, (C, P, s, s), self._r_cells[k])
 
     def _rowsum(self, k: int, values: np.ndarray) -> np.ndarray:
         """Sum the rows of ``values`` (per observation of batch ``k``) by cluster."""

@@ -21,24 +21,30 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import graph_replace
-from pytensor.graph.rewriting.basic import MergeOptimizer, SequentialGraphRewriter, dfs_rewriter
+from pytensor.graph.rewriting.basic import dfs_rewriter
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor import TensorVariable
 from pytensor.tensor.random.basic import MvNormalRV, NormalRV
 
 from .errors import MixVcovError
-from .evaluator import inline_op_from_graph
+from .evaluator import light_function
 
 __all__ = ["FreeParam", "RandomTerm", "GaussianSpec", "inspect_model"]
 
 #: For graphs that may still hold random variables (shapes, transforms of the free variables):
 #: ``fast_compile``'s shape rewrites keep their evaluation from drawing from them.
 _FAST = pytensor.compile.mode.Mode(linker="py", optimizer="fast_compile")
-#: For graphs whose free variables are all replaced by inputs: only ``OpFromGraph`` inlining and
-#: merging, a fraction of ``fast_compile``'s rewriting time.
-_LIGHT = pytensor.compile.mode.Mode(
-    linker="py", optimizer=SequentialGraphRewriter(dfs_rewriter(inline_op_from_graph), MergeOptimizer())
-)
+
+
+def _light(inputs: list, outputs):
+    """A function of ``outputs`` for graphs whose free variables are all replaced by inputs:
+    only ``OpFromGraph`` inlining and merging (:func:`pymc_mixvcov.evaluator.light_function`),
+    a fraction of ``fast_compile``'s time. A single output (not a list) gives a function
+    returning that output alone, as ``pytensor.function`` does."""
+    if isinstance(outputs, list | tuple):
+        return light_function(inputs, list(outputs))
+    fn = light_function(inputs, [outputs])
+    return lambda *args: fn(*args)[0]
 
 
 @dataclass(frozen=True)
@@ -415,10 +421,10 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
     urepl = {t: pt.reshape(uvec[offs[k] : offs[k + 1]], shapes[k]) for k, t in enumerate(targets)}
     mu_g = graph_replace(eta, {**repl, **urepl}, strict=False)
     mu_g = pt.broadcast_to(mu_g, (y.size,)) if mu_g.ndim == 0 else pt.flatten(mu_g)
-    mu_fn = pytensor.function([nat, uvec], mu_g, mode=_LIGHT, on_unused_input="ignore")
+    mu_fn = _light([nat, uvec], mu_g)
     if gaussian:
         sigma_g = graph_replace(sigma, repl, strict=False)
-        sigma_val = np.asarray(pytensor.function([nat], sigma_g, mode=_LIGHT, on_unused_input="ignore")(nat0))
+        sigma_val = np.asarray(_light([nat], sigma_g)(nat0))
         if sigma_val.size != 1:
             raise MixVcovError(
                 f"the residual SD of {obs.name!r} varies across observations; the exact Gaussian "
@@ -560,7 +566,7 @@ def _design_is_free(var, targets, model, rand_rvs, init) -> bool:
     urepl = {t: pt.reshape(uvec[toffs[k] : toffs[k + 1]], tshapes[k]) for k, t in enumerate(targets)}
     g = pt.flatten(graph_replace(var, {**repl, **urepl}, strict=False))
     try:
-        fn = pytensor.function([pvec, uvec], g, mode=_LIGHT, on_unused_input="ignore")
+        fn = _light([pvec, uvec], g)
         rng = np.random.default_rng(5)
         p0 = np.concatenate([init[rv.name].reshape(-1) for rv in free]) if free else np.zeros(0)
         p1 = p0 * (1.0 + 0.3 * rng.uniform(size=p0.size)) + 0.1 * np.sign(p0 + 1e-300)
@@ -607,7 +613,6 @@ def _observation_logp(obs, eta, repl, targets, y, obs_shape):
     # PyMC's parameter checks raise; as -inf the optimiser can step back from invalid values
     from pymc.logprob.utils import local_check_parameter_to_ninf_switch
     from pytensor.graph.fg import FunctionGraph
-    from pytensor.graph.rewriting.basic import dfs_rewriter
     from pytensor.graph.traversal import graph_inputs
 
     roots = [v for v in graph_inputs([lp]) if not isinstance(v, pt.TensorConstant | SharedVariable)]
@@ -693,7 +698,7 @@ def _through_deterministic(model, term: RandomTerm, u, det, shape, repl, nat, na
     d_of = graph_replace(det, {u: pt.reshape(zz, shape), **repl}, strict=False)
     d_of = pt.reshape(d_of, (n_lev, r))
     M = pt.stack([pytensor.gradient.grad(d_of[0, i], zz)[0] for i in range(r)])
-    fn = pytensor.function([nat, zz], [d_of, M], mode=_LIGHT, on_unused_input="ignore")
+    fn = _light([nat, zz], [d_of, M])
     rng = np.random.default_rng(11)
     for point in (nat0, nat0 * (1.0 + 0.3 * rng.uniform(size=nat0.size)) + 0.1):
         z = rng.normal(size=(n_lev, r))
@@ -705,7 +710,7 @@ def _through_deterministic(model, term: RandomTerm, u, det, shape, repl, nat, na
             )
     M_sym = graph_replace(M, {zz: pt.zeros((n_lev, r))}, strict=False)
     fac = pt.dot(M_sym, term.lam)
-    f_val = pytensor.function([nat], fac, mode=_LIGHT, on_unused_input="ignore")(nat0)
+    f_val = _light([nat], fac)(nat0)
     if r > 1 and np.any(np.abs(np.triu(f_val, 1)) > 0):
         fac = pt.linalg.cholesky(pt.dot(fac, fac.T))
     name = det.name
@@ -828,7 +833,7 @@ def _prior_factor(model, u, r, repl, rand_rvs, nat, nat0) -> TensorVariable:
     if any(a in rand_rvs for a in ancestors([loc, scale], blockers=rand_rvs) if a is not u):
         raise MixVcovError(f"the prior of random variable {u.name!r} depends on another random variable")
     loc_g, scale_g = graph_replace([loc, scale], repl, strict=False)
-    fn = pytensor.function([nat], [loc_g, scale_g], mode=_LIGHT, on_unused_input="ignore")
+    fn = _light([nat], [loc_g, scale_g])
     loc_v, scale_v = fn(nat0)
     if np.any(np.asarray(loc_v) != 0):
         raise MixVcovError(f"random variable {u.name!r} must have mean zero")
