@@ -147,6 +147,107 @@ class _Batch:
     idx: np.ndarray  # (C, s, s) index into the flat Lambda vector
 
 
+@dataclass
+class _TermBlock:
+    start: int  # first position of the term in the cluster
+    r: int  # effects per level
+    L: int  # levels
+    index: np.ndarray  # flat (a, level, j, j') cell of every within-term slot pair, (nb, pairs, P)
+    pairs: tuple[np.ndarray, np.ndarray]  # slot pairs (r, r') of the term
+
+
+class _TermBlocks:
+    """``H^{-1} R_a`` of one large cluster (crossed factors) from ``R_a``'s blocks by term.
+
+    Positions of a cluster are ordered term by term, so ``R_a`` (``s x s``) has a block per pair
+    of terms: within a term, entries only between effects of one level (a diagonal for a scalar
+    term, ``r x r`` blocks for a vector one: an observation uses one level of each term); between
+    two terms, the (dense) pairs of levels that share observations. ``U R_a`` (``U = H^{-1}``) is
+    then a scaling for the first and a product with an ``s_k x s_l`` block for the second: for
+    VerbAgg's 316 subjects and 24 items, 8 times fewer operations than the ``s x s`` product.
+    """
+
+    def __init__(self, b: _Batch, slot_term: np.ndarray, slot_comp: np.ndarray, P: int):
+        self.s, self.P = b.s, P
+        n_terms = int(slot_term.max()) + 1
+        self.terms: list[_TermBlock] = []
+        for k in range(n_terms):
+            slots = np.flatnonzero(slot_term == k)
+            r = slots.size
+            pos = np.where(b.used[:, slots], b.pos[:, slots], -1)
+            start = int(pos[pos >= 0].min())
+            level = (pos[:, 0] - start) // r
+            L = int(level.max()) + 1
+            j = slot_comp[slots]
+            ok = b.used[:, slots]
+            if np.any(ok & (pos != start + level[:, None] * r + j)):
+                raise ValueError("term positions are not level-major")
+            rr, cc = np.meshgrid(slots, slots, indexing="ij")
+            jr, jc = np.meshgrid(j, j, indexing="ij")
+            cell = (level[:, None] * r + jr.ravel()) * r + jc.ravel()  # (nb, r*r)
+            both = ok[:, :, None] & ok[:, None, :]
+            cell = np.where(both.reshape(cell.shape), cell, 0)
+            index = cell[:, :, None] + np.arange(P) * (L * r * r)
+            self.terms.append(_TermBlock(start, r, L, index, (rr.ravel(), cc.ravel())))
+        order = sorted(range(n_terms), key=lambda k: self.terms[k].start)
+        end = 0
+        for k in order:
+            t = self.terms[k]
+            if t.start != end:
+                raise ValueError("terms do not tile the cluster")
+            end = t.start + t.L * t.r
+        if end != b.s:
+            raise ValueError("terms do not tile the cluster")
+        # between-term blocks (k < l): cell (a, u - start_k, w - start_l) of every slot pair
+        self.cross: list[tuple[int, int, tuple[np.ndarray, np.ndarray], np.ndarray]] = []
+        for k in range(n_terms):
+            for l_ in range(k + 1, n_terms):
+                tk, tl = self.terms[k], self.terms[l_]
+                sk, sl = tk.L * tk.r, tl.L * tl.r
+                rs, cs = np.flatnonzero(slot_term == k), np.flatnonzero(slot_term == l_)
+                rr, cc = (a.ravel() for a in np.meshgrid(rs, cs, indexing="ij"))
+                u = b.pos[:, rr] - tk.start
+                w = b.pos[:, cc] - tl.start
+                both = b.used[:, rr] & b.used[:, cc]
+                cell = np.where(both, u * sl + w, 0)
+                self.cross.append((k, l_, (rr, cc), cell[:, :, None] + np.arange(P) * (sk * sl)))
+
+    @classmethod
+    def of(cls, b: _Batch, slot_term: np.ndarray, slot_comp: np.ndarray, P: int) -> _TermBlocks | None:
+        """The blocks of batch ``b``'s cluster, or ``None`` (several clusters, another layout)."""
+        if b.C != 1:
+            return None
+        try:
+            return cls(b, slot_term, slot_comp, P)
+        except ValueError:
+            return None
+
+    def u_times_r(self, U: np.ndarray, Ri: np.ndarray) -> np.ndarray:
+        """``K_a = U R_a`` for every ``a``, ``(1, P, s, s)``, from the slot terms ``Ri`` ``(nb, R, R, P)``
+        of ``R_a = sum_i sum_{r r'} Ri[i, r, r', a] e_{pos_ir} e_{pos_ir'}^T``."""
+        s, P = self.s, self.P
+        K = np.zeros((P, s, s))
+        for t in self.terms:
+            cols = slice(t.start, t.start + t.L * t.r)
+            vals = Ri[:, t.pairs[0], t.pairs[1], :]  # (nb, pairs, P)
+            Rw = np.bincount(t.index.ravel(), weights=vals.ravel(), minlength=P * t.L * t.r * t.r)
+            Uk = U[:, cols]
+            if t.r == 1:
+                K[:, :, cols] += Uk[None] * Rw.reshape(P, 1, t.L)
+            else:
+                blk = Rw.reshape(P, t.L, t.r, t.r)
+                K[:, :, cols] += np.einsum("sLr,aLrq->asLq", Uk.reshape(s, t.L, t.r), blk).reshape(P, s, -1)
+        for k, l_, (rr, cc), index in self.cross:
+            tk, tl = self.terms[k], self.terms[l_]
+            sk, sl = tk.L * tk.r, tl.L * tl.r
+            ck, cl = slice(tk.start, tk.start + sk), slice(tl.start, tl.start + sl)
+            B = np.bincount(index.ravel(), weights=Ri[:, rr, cc, :].ravel(), minlength=P * sk * sl)
+            B = B.reshape(P, sk, sl)  # R_a[block k, block l]
+            K[:, :, cl] += np.matmul(U[:, ck], B)
+            K[:, :, ck] += np.matmul(U[:, cl], np.swapaxes(B, 1, 2))
+        return K[None]
+
+
 class JetLaplace:
     """Laplace value, per-cluster gradients and Hessians from per-observation derivatives.
 
@@ -197,7 +298,10 @@ class JetLaplace:
         from scipy.sparse import csr_matrix
 
         self._lam_idx, self._mu, self._sum = [], [], []
-        self._z1, self._zz, self._E, self._E_diag, self._r_cells = [], [], [], [], []
+        self._z1, self._zz, self._E, self._E_diag, self._r_cells, self._blocks = [], [], [], [], [], []
+        # slot r holds effect slot_comp[r] of term slot_term[r] (the order of the cluster statistics)
+        slot_term = np.repeat(np.arange(len(spec.terms)), [t.r for t in spec.terms])
+        slot_comp = np.concatenate([np.arange(t.r) for t in spec.terms])
         for b in self.batches:
             lam_idx = b.idx[b.row[:, None, None], b.pos[:, :, None], b.pos[:, None, :]]  # (nb, R, R)
             self._lam_idx.append(lam_idx)
@@ -219,8 +323,10 @@ class JetLaplace:
             # its diagonal when every E_k is diagonal (scalar random-effect terms), else None
             diag = np.diagonal(E, axis1=2, axis2=3)
             self._E_diag.append(diag.copy() if np.array_equal(E, diag[..., None] * np.eye(b.s)) else None)
-            # slot-path scatter positions into (C, P, s, s): cell (u, w) of slot pair (r, r')
-            if b.s > MOMENT_BLOCK_MAX:
+            # large blocks: R_a by blocks of terms (one cluster), else scattered into (C, P, s, s)
+            blocks = _TermBlocks.of(b, slot_term, slot_comp, self.P) if b.s > MOMENT_BLOCK_MAX else None
+            self._blocks.append(blocks)
+            if b.s > MOMENT_BLOCK_MAX and blocks is None:
                 uw = b.row[:, None, None] * (self.P * b.s * b.s) + b.pos[:, :, None] * b.s + b.pos[:, None, :]
                 self._r_cells.append(uw[..., None] + np.arange(self.P) * (b.s * b.s))  # (nb, R, R, P)
             else:
@@ -435,8 +541,11 @@ class JetLaplace:
                 EH = np.matmul(E, Hinv[:, None])
             hess[:, th, th] += _frobenius(EH, ME)
             # C: 1/2 tr(H^{-1} R_a H^{-1} R_b), R_a = sum_i y3_ia t t^T + ell_eta_eta (mu_a t^T + t mu_a^T)
-            Rm = self._r_matrices(k, flat, y3, t, mu, e_etaeta, M, ME)
-            hess += 0.5 * _trace_products(np.matmul(Hinv[:, None], Rm))
+            if self._blocks[k] is not None:
+                K = self._blocks[k].u_times_r(Hinv[0], self._slot_r(y3, t, mu, e_etaeta))
+            else:
+                K = np.matmul(Hinv[:, None], self._r_matrices(k, flat, y3, t, mu, e_etaeta, M, ME))
+            hess += 0.5 * _trace_products(K)
             out["hess"].append(hess)
         if order >= 1 and len(vprime) == len(vs):
             # d v_hat / d phi: a first-order prediction of the modes at the next point
@@ -462,12 +571,17 @@ class JetLaplace:
             Rm[:, th] += cross + np.swapaxes(cross, 2, 3)
             return Rm
         # R_a summed from the slots, straight into the (C, P, s, s) layout
-        tt = t[:, :, None] * t[:, None, :]  # (nb, R, R)
-        Ri = tt[..., None] * y3[:, None, None, :]  # (nb, R, R, P)
+        return self._scatter(self._slot_r(y3, t, mu, e_etaeta), (C, P, s, s), self._r_cells[k])
+
+    def _slot_r(self, y3, t, mu, e_etaeta) -> np.ndarray:
+        """The terms of ``R_a`` per observation and slot pair, ``Ri[i, r, r', a]`` ``(nb, R, R, P)``:
+        ``y3_ia t_ir t_ir' + ell_etaeta,i (mu_ira t_ir' + t_ir mu_ir'a)``."""
+        th = slice(self.p, self.p + self.nt)
+        Ri = (t[:, :, None] * t[:, None, :])[..., None] * y3[:, None, None, :]  # (nb, R, R, P)
         et = e_etaeta[:, None, None] * t[:, None, :]  # ell_etaeta t_r', (nb, 1, R)
         cross = mu[:, :, None, :] * et[..., None]  # mu_ra t_r' (nb, R, R, nt)
         Ri[..., th] += cross + np.swapaxes(cross, 1, 2)
-        return self._scatter(Ri, (C, P, s, s), self._r_cells[k])
+        return Ri
 
     def _rowsum(self, k: int, values: np.ndarray) -> np.ndarray:
         """Sum the rows of ``values`` (per observation of batch ``k``) by cluster."""

@@ -89,3 +89,24 @@ def test_closed_form_equals_differences(case, poisson_slope_data):
         fd_H[:, i] = (gp - gm) / (2 * e[i])
     np.testing.assert_allclose(g0, fd_g, rtol=0, atol=1e-6 * np.max(np.abs(g0)))
     np.testing.assert_allclose(H0, fd_H, rtol=0, atol=1e-6 * np.max(np.abs(H0)))
+
+
+@pytest.mark.parametrize(
+    "formula",
+    ["y ~ x + (1 | g) + (0 + x | h)", "y ~ x + (x | g) + (1 | h)"],
+    ids=["scalar terms", "vector and scalar term"],
+)
+def test_crossed_term_blocks_equal_the_dense_product(formula, poisson_slope_data):
+    """The crossed cluster's ``H^{-1} R_a`` by blocks of terms equals the dense ``s x s``
+    product (same sums in another order: 1e-12 relative to the largest Hessian entry)."""
+    spec, fns = _functions(pmv.glmm(formula, poisson_slope_data, family="poisson"))
+    jet = fns.jet
+    assert [b is not None for b in jet._blocks] == [True]  # one crossed cluster, by blocks
+    phi = _point(spec, fns)
+    vs = fns.modes(phi)
+    blocked = jet.evaluate(phi, vs, 2)["hess"][0]
+    b = jet.batches[0]
+    uw = b.row[:, None, None] * (jet.P * b.s * b.s) + b.pos[:, :, None] * b.s + b.pos[:, None, :]
+    jet._blocks[0], jet._r_cells[0] = None, uw[..., None] + np.arange(jet.P) * (b.s * b.s)
+    dense = jet.evaluate(phi, vs, 2)["hess"][0]
+    np.testing.assert_allclose(blocked, dense, rtol=0, atol=1e-12 * np.max(np.abs(dense)))
