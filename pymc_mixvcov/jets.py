@@ -157,12 +157,12 @@ class _TermBlock:
 
 
 class _TermBlocks:
-    """``H^{-1} R_a`` of one large cluster (crossed factors) from ``R_a``'s blocks by term.
+    """``R_a H^{-1}`` of one large cluster (crossed factors) from ``R_a``'s blocks by term.
 
     Positions of a cluster are ordered term by term, so ``R_a`` (``s x s``) has a block per pair
     of terms: within a term, entries only between effects of one level (a diagonal for a scalar
     term, ``r x r`` blocks for a vector one: an observation uses one level of each term); between
-    two terms, the (dense) pairs of levels that share observations. ``U R_a`` (``U = H^{-1}``) is
+    two terms, the (dense) pairs of levels that share observations. ``R_a U`` (``U = H^{-1}``) is
     then a scaling for the first and a product with an ``s_k x s_l`` block for the second: for
     VerbAgg's 316 subjects and 24 items, 8 times fewer operations than the ``s x s`` product.
     """
@@ -222,30 +222,33 @@ class _TermBlocks:
         except ValueError:
             return None
 
-    def u_times_r(self, U: np.ndarray, Ri: np.ndarray) -> np.ndarray:
-        """``K_a = U R_a`` for every ``a``, ``(1, P, s, s)``, from the slot terms ``Ri`` ``(nb, R, R, P)``
-        of ``R_a = sum_i sum_{r r'} Ri[i, r, r', a] e_{pos_ir} e_{pos_ir'}^T``."""
+    def r_times_u(self, U: np.ndarray, Ri: np.ndarray) -> np.ndarray:
+        """``R_a U`` for every ``a``, ``(1, P, s, s)``, from the slot terms ``Ri`` ``(nb, R, R, P)``
+        of ``R_a = sum_i sum_{r r'} Ri[i, r, r', a] e_{pos_ir} e_{pos_ir'}^T``.
+
+        ``R_a U = (U R_a)^T`` (both symmetric), so ``tr(R_a U R_b U) = tr(U R_a U R_b)``; built
+        by row blocks of terms, each written once and contiguously.
+        """
         s, P = self.s, self.P
-        K = np.zeros((P, s, s))
+        out = np.empty((P, s, s))
         for t in self.terms:
-            cols = slice(t.start, t.start + t.L * t.r)
+            rows = slice(t.start, t.start + t.L * t.r)
             vals = Ri[:, t.pairs[0], t.pairs[1], :]  # (nb, pairs, P)
             Rw = np.bincount(t.index.ravel(), weights=vals.ravel(), minlength=P * t.L * t.r * t.r)
-            Uk = U[:, cols]
             if t.r == 1:
-                K[:, :, cols] += Uk[None] * Rw.reshape(P, 1, t.L)
+                np.multiply(Rw.reshape(P, t.L, 1), U[rows][None], out=out[:, rows])
             else:
                 blk = Rw.reshape(P, t.L, t.r, t.r)
-                K[:, :, cols] += np.einsum("sLr,aLrq->asLq", Uk.reshape(s, t.L, t.r), blk).reshape(P, s, -1)
+                out[:, rows] = np.matmul(blk, U[rows].reshape(t.L, t.r, s)).reshape(P, -1, s)
         for k, l_, (rr, cc), index in self.cross:
             tk, tl = self.terms[k], self.terms[l_]
             sk, sl = tk.L * tk.r, tl.L * tl.r
-            ck, cl = slice(tk.start, tk.start + sk), slice(tl.start, tl.start + sl)
+            rk, rl = slice(tk.start, tk.start + sk), slice(tl.start, tl.start + sl)
             B = np.bincount(index.ravel(), weights=Ri[:, rr, cc, :].ravel(), minlength=P * sk * sl)
             B = B.reshape(P, sk, sl)  # R_a[block k, block l]
-            K[:, :, cl] += np.matmul(U[:, ck], B)
-            K[:, :, ck] += np.matmul(U[:, cl], np.swapaxes(B, 1, 2))
-        return K[None]
+            out[:, rk] += np.matmul(B, U[rl])
+            out[:, rl] += np.matmul(np.ascontiguousarray(np.swapaxes(B, 1, 2)), U[rk])
+        return out[None]
 
 
 class JetLaplace:
@@ -542,7 +545,7 @@ class JetLaplace:
             hess[:, th, th] += _frobenius(EH, ME)
             # C: 1/2 tr(H^{-1} R_a H^{-1} R_b), R_a = sum_i y3_ia t t^T + ell_eta_eta (mu_a t^T + t mu_a^T)
             if self._blocks[k] is not None:
-                K = self._blocks[k].u_times_r(Hinv[0], self._slot_r(y3, t, mu, e_etaeta))
+                K = self._blocks[k].r_times_u(Hinv[0], self._slot_r(y3, t, mu, e_etaeta))
             else:
                 K = np.matmul(Hinv[:, None], self._r_matrices(k, flat, y3, t, mu, e_etaeta, M, ME))
             hess += 0.5 * _trace_products(K)

@@ -97,7 +97,7 @@ def test_closed_form_equals_differences(case, poisson_slope_data):
     ids=["scalar terms", "vector and scalar term"],
 )
 def test_crossed_term_blocks_equal_the_dense_product(formula, poisson_slope_data):
-    """The crossed cluster's ``H^{-1} R_a`` by blocks of terms equals the dense ``s x s``
+    """The crossed cluster's ``R_a H^{-1}`` by blocks of terms gives the Hessian of the dense ``s x s``
     product (same sums in another order: 1e-12 relative to the largest Hessian entry)."""
     spec, fns = _functions(pmv.glmm(formula, poisson_slope_data, family="poisson"))
     jet = fns.jet
