@@ -12,6 +12,9 @@ moves every tracked object to the oldest generation (``gc.freeze()`` then ``gc.u
 two list splices, no traversal) before switching it back on (if it was on). Nothing is kept
 from the collector: a reference cycle that becomes garbage is collected by the next full
 collection, which is where objects that survive an import end up anyway.
+
+A fit pauses the collector too (building and evaluating graphs allocates many small objects),
+but without the promotion: its garbage cycles are freed by the next young collection.
 """
 
 from __future__ import annotations
@@ -24,16 +27,27 @@ __all__ = ["paused_gc", "import_formulae"]
 
 
 @contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector inside the ``with`` block; after it, objects are in the
-    oldest generation and the collector is on again if it was."""
+def paused_gc(promote: bool = True) -> Iterator[None]:
+    """Pause the cyclic garbage collector inside the ``with`` block, and switch it back on after
+    it if it was on.
+
+    Parameters
+    ----------
+    promote : bool
+        Move every tracked object to the oldest generation at the end, untraversed: for
+        imports, whose objects live as long as the process. ``False`` leaves the objects
+        made in the block to the next young collection, which frees the reference cycles among
+        them soon: for blocks that leave garbage (building graphs during a fit), so that a
+        loop of fits does not pile it up until a full collection.
+    """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        gc.freeze()  # everything into the permanent generation ...
-        gc.unfreeze()  # ... and back into the oldest one, untraversed
+        if promote:
+            gc.freeze()  # everything into the permanent generation ...
+            gc.unfreeze()  # ... and back into the oldest one, untraversed
         if was_enabled:
             gc.enable()
 

@@ -9,8 +9,6 @@ deviation of 0) are held there, as lme4 does.
 
 from __future__ import annotations
 
-import gc
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -19,6 +17,7 @@ import pandas as pd
 import pytensor
 from scipy.optimize import minimize
 
+from ._startup import paused_gc
 from .derivatives import LaplaceFunctions, LMMFunctions, MAPFunctions
 from .errors import MixVcovError
 from .marginal import build_structure
@@ -44,23 +43,6 @@ class OptimResult:
     grad_norm: float
     at_bound: np.ndarray
     message: str
-
-
-@contextmanager
-def no_gc():
-    """Suspend Python's cyclic garbage collector.
-
-    Building and compiling pytensor graphs allocates many small objects; with the collector on,
-    its full passes over the (large) set of live graph objects take most of the time.
-    Reference counting still frees memory; cycles are collected once the block ends.
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def fit(
@@ -118,7 +100,7 @@ def fit(
         raise MixVcovError(f"unknown method {method!r}; valid methods are: {', '.join(map(repr, METHODS))}")
     # graph construction records a stack trace per node unless told not to: a large share of
     # the build time of gradient graphs
-    with pytensor.config.change_flags(traceback__limit=0), no_gc():
+    with pytensor.config.change_flags(traceback__limit=0), paused_gc(promote=False):
         return _fit(model, random, method, fixed_labels, data, cluster, noncentered, nAGQ)
 
 

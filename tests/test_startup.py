@@ -36,3 +36,11 @@ def test_objects_made_inside_go_to_the_oldest_generation_and_cycles_are_still_co
     assert probe() is not None  # a cycle: reference counting alone does not free it
     gc.collect()
     assert probe() is None
+
+
+def test_without_promotion_objects_stay_young():
+    gc.collect()
+    with paused_gc(promote=False):
+        young = _Node()
+    assert not any(o is young for o in gc.get_objects(generation=2))
+    assert any(o is young for o in gc.get_objects(generation=0))
