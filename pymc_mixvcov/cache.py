@@ -31,7 +31,7 @@ import numpy as np
 import pytensor
 from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.basic import Apply, Constant, Variable
-from pytensor.graph.fg import FunctionGraph
+from pytensor.graph.traversal import io_toposort
 
 __all__ = ["cache_dir", "load_graph", "clear", "dumps_graph", "loads_graph"]
 
@@ -78,13 +78,12 @@ def dumps_graph(inputs: list[Variable], outputs: list[Variable]) -> bytes:
     Each node is stored as its ``Op``, the indices of its inputs and the types of its outputs;
     constants with their data. Nothing from compilation (thunks, caches) is stored.
     """
-    fg = FunctionGraph(inputs, outputs, clone=False)
     index: dict[Variable, int] = {}
     table: list[tuple] = []
     for v in inputs:
         index[v] = len(table)
         table.append(("input", v.type, v.name))
-    for node in fg.toposort():
+    for node in io_toposort(inputs, outputs):
         ins = []
         for v in node.inputs:
             if v not in index:
