@@ -89,6 +89,13 @@ def _elemwise_thunk(node: Apply) -> Callable | None:
             return cast(np.broadcast_to(b, np.broadcast_shapes(np.shape(a), np.shape(b))))
 
         return second
+    if isinstance(scalar, ps.Cast) and len(node.inputs) == 1:
+        dtype = np.dtype(node.outputs[0].type.dtype)
+
+        def astype(x):
+            return np.asarray(x).astype(dtype)
+
+        return astype
     unary = _UNARY.get(type(scalar))
     if unary is not None and len(node.inputs) == 1 and node.inputs[0].type.dtype.startswith("float"):
 
@@ -112,9 +119,17 @@ def _elemwise_thunk(node: Apply) -> Callable | None:
     fn = _numpy_function(spec[0])
     if fn is None:
         return None
-    if isinstance(fn, np.ufunc) and node.outputs[0].type.dtype in float_dtypes:
-        if node.inputs[0].type.dtype in discrete_dtypes:
-            return None  # perform passes a float signature so that NumPy does not compute in float16
+    out_dtype = node.outputs[0].type.dtype
+    if isinstance(fn, np.ufunc) and out_dtype in float_dtypes and node.inputs[0].type.dtype in discrete_dtypes:
+        # integer inputs, float result (gammaln of counts): computed in the result's dtype, as
+        # perform does, so that NumPy does not pick a float16 loop for small integer types
+        char = np.dtype(out_dtype).char
+        sig = char * len(node.inputs) + "->" + char
+
+        def direct_float(*xs):
+            return cast(fn(*xs, signature=sig))
+
+        return direct_float
 
     def direct(*xs):
         return cast(fn(*xs))

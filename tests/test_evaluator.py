@@ -135,3 +135,14 @@ def test_op_from_graph_left_in_a_graph_is_evaluated_without_compiling():
     np.testing.assert_allclose(
         GraphFunction([x, y], [out])(*args)[0], 2.0 * (np.exp(args[0]) * args[1] + 1.0), rtol=1e-15
     )
+
+
+def test_integer_inputs_with_a_float_result_and_casts():
+    k, x = pt.lvector("k"), pt.vector("x")
+    outs = [pt.gammaln(k + 1), pt.cast(x * 3.7, "int64"), k * x]
+    assert _direct_nodes(outs) >= 3
+    args = [np.arange(50), RNG.standard_normal(50)]
+    got = GraphFunction([k, x], outs)(*args)
+    for g, w in zip(got, _reference([k, x], outs, args), strict=True):
+        assert g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=1e-15)
