@@ -7,7 +7,7 @@ issue): at least 99% of the replicates converge with a positive definite informa
 warning that names the boundary parameter, and the 95% Wald intervals of the fixed effects cover
 the truth in [0.92, 0.98] of the replicates, with model-based and with CR1 standard errors.
 
-The test runs 1,000 replicates (about 7 minutes), not the issue's 200: with 200 the band is
+The test runs 1,000 replicates (about 2 minutes), not the issue's 200: with 200 the band is
 two Monte Carlo SEs (0.015) wide on each side, and among six coverage figures one falls
 outside it by chance with probability 0.1-0.3 even when every interval is exact; the reported
 200-replicate study (seed 2026) has one such figure, Z's CR1 coverage 0.910, where the
