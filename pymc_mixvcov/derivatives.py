@@ -65,13 +65,6 @@ def _split_wide_elemwise(fgraph, node):
     return [pt.cast(out, node.outputs[0].dtype)] if out.dtype != node.outputs[0].dtype else [out]
 
 
-def _mode():
-    if MODE_NAME == "PY":
-        rewriter = SequentialGraphRewriter(dfs_rewriter(inline_op_from_graph), MergeOptimizer())
-        return pytensor.compile.mode.Mode(linker="py", optimizer=rewriter)
-    return MODE_NAME
-
-
 def _rewriter():
     """Graph rewrites applied once, before a core graph is cached.
 
@@ -101,7 +94,7 @@ def compile_fn(inputs: Sequence[TensorVariable], outputs: Sequence[TensorVariabl
     if MODE_NAME == "PY":
         return light_function(inputs, outputs) if rewrite else GraphFunction(list(inputs), list(outputs))
     with pytensor.config.change_flags(traceback__limit=0):
-        return pytensor.function(list(inputs), list(outputs), mode=_mode(), on_unused_input="ignore")
+        return pytensor.function(list(inputs), list(outputs), mode=MODE_NAME, on_unused_input="ignore")
 
 
 def jacobian_of(y: TensorVariable, x: TensorVariable | Sequence[TensorVariable]):

@@ -11,11 +11,19 @@ of the cost, and some nodes are slow for reasons that have nothing to do with th
 * ``CAReduce`` (``Sum``) copies its input before reducing.
 
 :class:`GraphFunction` gives such nodes a direct NumPy thunk with the same result: the NumPy
-function itself for elementwise ops that have one, a chain of binary ufuncs (left to right) for
-a variadic ``add``/``mul``, a broadcast for ``second``, ``logaddexp(0, x)`` for ``softplus``, a
-reduction without the copy for ``CAReduce``. Every other node keeps its ``Op.perform``. Outputs
-are cast to the dtype the graph declares, as ``Elemwise.perform`` does. Floating-point warnings
-are silenced for the whole evaluation, as ``Elemwise.perform`` silences them for each node.
+function itself for elementwise ops that have one (computed in the result's dtype for integer
+inputs, as ``perform`` does), ``astype`` for casts, a chain of binary ufuncs (left to right) for
+a variadic ``add``/``mul``, a broadcast for ``second``, ``logaddexp(0, x)`` for ``softplus``.
+
+NumPy loops innermost over an array's last axis, which on batches of small blocks, shape
+``(C, s, s)``, has length ``s``; so a reduction over short or interleaved axes is done after one
+strided copy (:func:`_rearranged_reduce`), a product of small blocks entry by entry over the
+batch (:func:`_matmul_thunk`), and a scatter-add ``x[idx] += y`` with ``np.bincount`` instead of
+``np.add.at``. An ``OpFromGraph`` left in a graph runs through a :class:`GraphFunction` of its
+inner graph instead of being compiled with pytensor's C backend. Every other node keeps its
+``Op.perform``. Outputs are cast to the dtype the graph declares, as ``Elemwise.perform`` does.
+Floating-point warnings are silenced for the whole evaluation, as ``Elemwise.perform``
+silences them for each node.
 """
 
 from __future__ import annotations

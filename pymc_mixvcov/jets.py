@@ -103,23 +103,18 @@ def observation_jets(spec, order: int):
     return [eta, y, nat], outs
 
 
-def _trace_products(A: np.ndarray, B: np.ndarray | None = None) -> np.ndarray:
-    """``out[c, a, b] = tr(A[c, a] B[c, b])`` for stacks of square matrices ``(C, P, s, s)``
-    (``B = A`` when omitted), as one matrix product: ``tr(A_a B_b) = vec(A_a) . vec(B_b^T)``."""
-    B = A if B is None else B
-    C, P, s, _ = A.shape
-    Q = B.shape[1]
-    left = np.ascontiguousarray(A).reshape(C, P, s * s)
-    right = np.ascontiguousarray(np.swapaxes(B, 2, 3)).reshape(C, Q, s * s)
-    return np.matmul(left, np.swapaxes(right, 1, 2))
-
-
 def _frobenius(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """``out[c, a, b] = sum_uw A[c, a, u, w] B[c, b, u, w]`` (``tr(A_a^T B_b)``), as one matrix product."""
+    """``out[c, a, b] = sum_uw A[c, a, u, w] B[c, b, u, w]`` (``tr(A_a^T B_b)``) for stacks of
+    square matrices ``(C, P, s, s)``, as one matrix product of the flattened matrices."""
     C, P, s, _ = A.shape
     return np.matmul(
         np.ascontiguousarray(A).reshape(C, P, s * s), np.ascontiguousarray(B).reshape(C, -1, s * s).swapaxes(1, 2)
     )
+
+
+def _trace_products(A: np.ndarray) -> np.ndarray:
+    """``out[c, a, b] = tr(A[c, a] A[c, b])``: ``tr(A_a A_b) = tr((A_a^T)^T A_b)``."""
+    return _frobenius(np.swapaxes(A, 2, 3), A)
 
 
 def _sym(flat: list[np.ndarray], m1: int) -> np.ndarray:
