@@ -24,6 +24,7 @@ from .marginal import build_structure
 from .results import MixedFit
 from .scales import ScaleMaps
 from .spec import inspect_model
+from .start import curvature_scales, natural_start
 from .trust import trust_region_newton
 
 __all__ = ["fit", "Method"]
@@ -199,28 +200,58 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
     # optimised on the log scale; the other variance parameters on their natural scale within
     # their supports, so that a random-effect SD can reach 0 exactly (a boundary fit)
     logged = np.isin(vi, spec.residual_index) & (lo_v == 0) & ~np.isfinite(up_v)
-    x0, natural, bounds = _search_space(spec.nat0[vi], lo_v, up_v, logged)
+    # start in the data's units, coordinates in units of the curvature there (see start.py)
+    start = natural_start(fns.map, spec, spec.nat0)
+    x0, natural, bounds = _search_space(start[vi], lo_v, up_v, logged)
+    _, _, nat_start = fns.profile(natural(x0))
+    try:
+        info0 = fns.information(nat_start, expected=True)["expected"][np.ix_(vi, vi)]
+    except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+        info0 = np.full((vi.size, vi.size), np.nan)
+    d = curvature_scales(info0, natural(x0), logged)
 
-    def negative(z):
-        x = natural(z)
+    def negative(w):
+        x = natural(w * d)
         with np.errstate(all="ignore"):
             f, g, _ = fns.profile(x)
         if not (np.isfinite(f) and np.all(np.isfinite(g))):
             # e.g. a correlation parameter at +-1 (a singular covariance): make the line search step back
-            return 1e300, np.zeros_like(z)
-        return -f, -np.where(logged, g * x, g)
+            return 1e300, np.zeros_like(w)
+        return -f, -np.where(logged, g * x, g) * d
 
-    if negative(x0)[0] >= 1e300:
+    if negative(x0 / d)[0] >= 1e300:
         raise MixVcovError(
             f"the criterion is not finite at the starting variance parameters {natural(x0)}; the model may "
             "be degenerate (check the data and the random-effect terms)"
         )
 
-    res = minimize(
-        negative, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 2000, "ftol": 1e-9, "gtol": 1e-6}
-    )
-    res.x = natural(res.x)
+    scaled_bounds = [
+        (None if a is None else a / s, None if b is None else b / s) for (a, b), s in zip(bounds, d, strict=True)
+    ]
+
+    def lbfgs(w0):
+        return minimize(
+            negative, w0, jac=True, method="L-BFGS-B", bounds=scaled_bounds,
+            options={"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-7},
+        )
+
+    res = lbfgs(x0 / d)
     iterations = int(res.nit)
+    # a covariance factor's diagonal entry at 0 where the criterion is even in it (its sign does
+    # not matter) has a zero gradient whether or not 0 is a maximum: leave such saddles
+    for _ in range(3):
+        _, _, nat = fns.profile(natural(res.x * d))
+        saddle = _boundary_saddles(fns, spec, nat)
+        if not saddle.any():
+            break
+        w = res.x.copy()
+        w[saddle] = x0[saddle] / d[saddle]
+        retry = lbfgs(w)
+        iterations += int(retry.nit)
+        if not retry.fun < res.fun - 1e-10 * (1.0 + abs(res.fun)):
+            break
+        res = retry
+    res.x = natural(res.x * d)
     _, _, nat = fns.profile(res.x)
     out = _newton(fns, spec, nat, iterations, warn=False)
     if not out.converged and fns.method == "ML":
@@ -231,6 +262,36 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
     return out
 
 
+def _boundary_saddles(fns, spec, nat: np.ndarray) -> np.ndarray:
+    """Which variance parameters sit at a bound of their support where the profiled criterion
+    increases into the interior to second order (zero gradient, convex along the parameter).
+
+    The negative Hessian of the profiled criterion is the Schur complement
+    ``S = A_vv - A_vb A_bb^{-1} A_bv`` of the observed information ``A``; a parameter at its lower
+    (upper) bound whose gradient does not point outward and with ``S_ii < 0`` is a saddle of the
+    constrained problem, not a maximum. Returns a mask over ``spec.variance_index``.
+    """
+    vi, fi = spec.variance_index, spec.fixed_index
+    lo, up = spec.lower[vi], spec.upper[vi]
+    x = nat[vi]
+    lo_f, up_f = np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(up), up, 0.0)
+    at = (np.isfinite(lo) & (x <= lo_f + 1e-12 * (1.0 + np.abs(lo_f)))) | (
+        np.isfinite(up) & (x >= up_f - 1e-12 * (1.0 + np.abs(up_f)))
+    )
+    if not at.any():
+        return at
+    with np.errstate(all="ignore"):
+        try:
+            info = fns.information(nat)
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+            return np.zeros_like(at)
+    A = info["observed"]
+    S = A[np.ix_(vi, vi)]
+    if fi.size and fns.method == "ML":
+        S = S - A[np.ix_(vi, fi)] @ np.linalg.solve(A[np.ix_(fi, fi)], A[np.ix_(fi, vi)])
+    return at & np.isfinite(np.diag(S)) & (np.diag(S) < 0)
+
+
 def _search_space(start, lower, upper, logged):
     """The optimiser's coordinates: the start (inside the supports), the map back, the bounds.
 
@@ -238,10 +299,17 @@ def _search_space(start, lower, upper, logged):
     scale within their supports.
     """
     span = np.where(np.isfinite(upper - lower), upper - lower, 1.0)
-    x0 = np.clip(
+    # a start strictly inside is kept as it is (its size carries the data's units); one on or
+    # outside a bound is moved inside
+    inside = (start > lower) & (start < upper)
+    x0 = np.where(
+        inside,
         start,
-        np.where(np.isfinite(lower), lower + 1e-3 * span, -np.inf),
-        np.where(np.isfinite(upper), upper - 1e-3 * span, np.inf),
+        np.clip(
+            start,
+            np.where(np.isfinite(lower), lower + 1e-3 * span, -np.inf),
+            np.where(np.isfinite(upper), upper - 1e-3 * span, np.inf),
+        ),
     )
     x0 = np.where(logged, np.log(np.where(logged, x0, 1.0)), x0)
 
@@ -262,7 +330,8 @@ def _optimise_all(fns, spec) -> OptimResult:
     """
     lower, upper = spec.lower, spec.upper
     logged = (lower == 0) & ~np.isfinite(upper)
-    x0, natural, bounds = _search_space(spec.nat0, lower, upper, logged)
+    # covariance factors (and a Gaussian residual SD) start in the data's units (start.py)
+    x0, natural, bounds = _search_space(natural_start(fns.map, spec, spec.nat0), lower, upper, logged)
 
     def negative(z):
         x = natural(z)
@@ -282,26 +351,38 @@ def _optimise_all(fns, spec) -> OptimResult:
     if glm is not None:
         x0 = np.where(np.isin(np.arange(x0.size), spec.fixed_index), glm, x0)
         stages = [psi]
+    d = np.ones(x0.size)
+    if any(free0.any() for free0 in stages[1:]):
+        # the fixed effects' stage runs on coordinates in units of the curvature (start.py)
+        with np.errstate(all="ignore"):
+            try:
+                d = curvature_scales(fns.information(natural(x0))["observed"], natural(x0), logged)
+            except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+                pass
     for free0 in stages:
         if not free0.any():
             continue
+        ds = d[free0]
 
-        def negative0(z0, free0=free0, x0=x0):
+        def negative0(w0, free0=free0, x0=x0, ds=ds):
             z = x0.copy()
-            z[free0] = z0
+            z[free0] = w0 * ds
             f, g = negative(z)
-            return f, g[free0]
+            return f, g[free0] * ds
 
         res0 = minimize(
             negative0,
-            x0[free0],
+            x0[free0] / ds,
             jac=True,
             method="L-BFGS-B",
-            bounds=[b for b, k in zip(bounds, free0, strict=True) if k],
+            bounds=[
+                (None if a is None else a / s, None if b is None else b / s)
+                for (a, b), s in zip([b for b, k in zip(bounds, free0, strict=True) if k], ds, strict=True)
+            ],
             options={"maxiter": 2000, "ftol": 1e-10, "gtol": 1e-6},
         )
         x0 = x0.copy()
-        x0[free0] = res0.x
+        x0[free0] = res0.x * ds
     return _trust_region(fns, spec, natural(x0), 0)
 
 
@@ -368,8 +449,18 @@ def _trust_region(fns, spec, start, iterations) -> OptimResult:
         w = np.linalg.solve(L, g)
         return bool(w @ w < 1e-8)
 
-    res = trust_region_newton(pieces, value, z0, done=close_enough)
-    return _newton(fns, spec, transform(res.z)[0], iterations + res.iterations)
+    # coordinates in units of the curvature at the start, so that the trust region's radius does
+    # not depend on the parameters' units (start.py); the start's pieces are computed once
+    first = pieces(z0)
+    hd = np.diag(first[2])
+    d = np.where(np.isfinite(hd) & (hd > 0), 1.0 / np.sqrt(np.where(hd > 0, hd, 1.0)), 1.0)
+
+    def pieces_scaled(w):
+        f, g, H = first if np.array_equal(w, z0 / d) else pieces(w * d)
+        return f, g * d, d[:, None] * H * d[None, :]
+
+    res = trust_region_newton(pieces_scaled, lambda w: value(w * d), z0 / d, done=close_enough)
+    return _newton(fns, spec, transform(res.z * d)[0], iterations + res.iterations)
 
 
 def _warn_not_converged(message: str) -> None:

@@ -142,15 +142,28 @@ class MixedFit:
         return bool(self.at_bound.any()) or bool(self._small_theta().any())
 
     def _small_theta(self) -> np.ndarray:
+        """Diagonal entries of the covariance factors that are 0 to within ``SINGULAR_TOL``.
+
+        lme4's ``isSingular`` compares ``theta`` (the factor relative to ``sigma`` for Gaussian
+        models) with ``1e-4``; here each diagonal entry ``theta_jj`` is first multiplied by the root
+        mean square of its design column ``z_j``, which makes the test free of the predictor's
+        units (``theta_jj rms(z_j)`` is the random effect's share of the linear predictor, relative
+        to the residual SD).
+        """
+        from .start import rms_columns
+
         vals = self._opt["value_cholesky"]
         diag = np.zeros(vals.size, bool)
+        size = np.ones(vals.size)
         k = self.spec.fixed_index.size
         for t in self.spec.terms:
+            rms = rms_columns(t.z, t.codes)
             for col in range(t.r):
                 for row in range(col, t.r):
                     diag[k] = row == col
+                    size[k] = rms[row]
                     k += 1
-        return diag & (np.abs(vals) < SINGULAR_TOL)
+        return diag & (np.abs(vals) * size < SINGULAR_TOL)
 
     def _warn_boundary(self) -> None:
         if not self.singular:

@@ -565,23 +565,25 @@ def _design_is_free(var, targets, model, rand_rvs, init) -> bool:
     uvec = pt.vector("u", shape=(int(toffs[-1]),))
     urepl = {t: pt.reshape(uvec[toffs[k] : toffs[k + 1]], tshapes[k]) for k, t in enumerate(targets)}
     g = pt.flatten(graph_replace(var, {**repl, **urepl}, strict=False))
-    try:
-        fn = _light([pvec, uvec], g)
-        rng = np.random.default_rng(5)
-        p0 = np.concatenate([init[rv.name].reshape(-1) for rv in free]) if free else np.zeros(0)
-        p1 = p0 * (1.0 + 0.3 * rng.uniform(size=p0.size)) + 0.1 * np.sign(p0 + 1e-300)
-        u1, u2, zero = (
-            rng.normal(size=uvec.type.shape[0]),
-            rng.normal(size=uvec.type.shape[0]),
-            np.zeros(uvec.type.shape[0]),
-        )
-        f0 = fn(p0, zero)
-        d1, d2, d12 = fn(p0, u1) - f0, fn(p0, u2) - f0, fn(p0, u1 + u2) - f0
-        e1 = fn(p1, u1) - fn(p1, zero)
-        # and affine in the parameters (the fixed effects): rejects log(alpha) - eta and the like
-        fm, f1 = fn(0.5 * (p0 + p1), zero), fn(p1, zero)
-    except Exception:  # not evaluable alone (e.g. depends on data outside the graph)
-        return False
+    # probes may overflow (exp of a large linear predictor): such a variable is not taken as affine
+    with np.errstate(all="ignore"):
+        try:
+            fn = _light([pvec, uvec], g)
+            rng = np.random.default_rng(5)
+            p0 = np.concatenate([init[rv.name].reshape(-1) for rv in free]) if free else np.zeros(0)
+            p1 = p0 * (1.0 + 0.3 * rng.uniform(size=p0.size)) + 0.1 * np.sign(p0 + 1e-300)
+            u1, u2, zero = (
+                rng.normal(size=uvec.type.shape[0]),
+                rng.normal(size=uvec.type.shape[0]),
+                np.zeros(uvec.type.shape[0]),
+            )
+            f0 = fn(p0, zero)
+            d1, d2, d12 = fn(p0, u1) - f0, fn(p0, u2) - f0, fn(p0, u1 + u2) - f0
+            e1 = fn(p1, u1) - fn(p1, zero)
+            # and affine in the parameters (the fixed effects): rejects log(alpha) - eta and the like
+            fm, f1 = fn(0.5 * (p0 + p1), zero), fn(p1, zero)
+        except Exception:  # not evaluable alone (e.g. depends on data outside the graph)
+            return False
     scale = 1e-8 * (1.0 + np.max(np.abs(d12)))
     pscale = 1e-8 * (1.0 + np.max(np.abs(np.r_[f0, f1])))
     return bool(

@@ -1,0 +1,165 @@
+"""Starting values and optimiser scaling matched to the data, so that units do not matter.
+
+A model's own initial point (PyMC's, from its priors) knows nothing of the data's units: an
+``LKJCholeskyCov`` factor starts at the identity whether the response is in milliseconds or in
+hours, and a slope's random-effect SD starts at the same value whether the predictor is in days
+or in seconds. An optimiser started there, on coordinates whose scales differ by many orders of
+magnitude, can stop far from the optimum (at a false boundary fit) or not at all. Two steps make
+the fit equivariant under a change of units of the response or of any predictor:
+
+1. **A start in the data's units** (:func:`core_start`). With ``sigma_0`` the residual SD of
+   the least-squares fit of ``y`` on ``X`` (Gaussian models) and ``rms_j`` the root mean square of
+   random-effect design column ``j`` over the observations that use the term, each covariance
+   factor starts at ``Lambda_k = diag(sigma_0 / rms_j)``: lme4's start (``theta = I`` relative to
+   ``sigma``) on standardised design columns. Non-Gaussian models have no residual scale on the
+   linear predictor's scale: ``Lambda_k = diag(1 / rms_j)``. Under ``y -> c y`` and
+   ``z_j -> c_j z_j`` this start changes exactly as the estimates do.
+   The model's natural parameters are then fitted to these core values
+   (:func:`natural_start`): a bounded least-squares problem in the model map
+   ``nat -> phi`` with its exact Jacobian, which is exact where the map is onto (a Cholesky factor,
+   SDs, a covariance matrix) and the nearest point where it is not (a hand-written model with a
+   shared SD).
+2. **Coordinates in units of the curvature** (:func:`curvature_scales`). The optimiser works on
+   ``z_i = x_i / d_i`` with ``d_i = 1 / sqrt(I_ii)``, ``I`` the information at the start (expected
+   information for Gaussian models, which is positive semi-definite; the observed one otherwise).
+   Gradients in ``z`` are then dimensionless (in units of standard errors), so that the
+   optimiser's tolerances mean the same in every unit system.
+
+References
+----------
+Bates, D., Maechler, M., Bolker, B. and Walker, S. (2015). Fitting linear mixed-effects models
+using lme4. Journal of Statistical Software 67(1), section 3.7 (starting values of ``theta``).
+Nocedal, J. and Wright, S. J. (2006). Numerical Optimization, 2nd ed., section 2.2 (scaling).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["core_start", "curvature_scales", "natural_start", "rms_columns"]
+
+
+def rms_columns(z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Root mean square of each design column over the observations that use the term.
+
+    A column that is zero everywhere gets 1 (it carries no scale).
+    """
+    used = np.asarray(codes) >= 0
+    zz = np.asarray(z, float)[used]
+    if zz.shape[0] == 0:
+        return np.ones(zz.shape[1])
+    rms = np.sqrt(np.mean(zz**2, axis=0))
+    return np.where(np.isfinite(rms) & (rms > 0), rms, 1.0)
+
+
+def residual_scale(X: np.ndarray, y: np.ndarray) -> float:
+    """The residual SD of the least-squares fit of ``y`` on ``X`` (``sqrt(RSS / (n - rank X))``).
+
+    Falls back to the SD of ``y`` and then to ``max |y|`` where the fit is exact, and to 1 for a
+    response that is zero everywhere.
+    """
+    y = np.asarray(y, float)
+    n = y.size
+    if X.shape[1]:
+        coef, _, rank, _ = np.linalg.lstsq(X, y, rcond=None)
+        resid = y - X @ coef
+    else:
+        rank, resid = 0, y
+    dof = max(n - int(rank), 1)
+    for s in (np.sqrt(resid @ resid / dof), np.std(y), np.max(np.abs(y)) if n else 0.0):
+        if np.isfinite(s) and s > 0:
+            return float(s)
+    return 1.0
+
+
+def core_start(spec) -> tuple[np.ndarray, np.ndarray]:
+    """Target values of the core variance parameters and the scale of each, in the data's units.
+
+    Returns ``(target, unit)`` for ``phi[p:]`` restricted to the covariance factors' entries
+    (lower triangles, column-major, term by term) followed, for Gaussian models, by ``sigma``:
+    ``target`` as in the module docstring and ``unit`` the size of each entry's natural unit
+    (``sigma_0 / rms_i`` for entry ``(i, j)`` of a factor, ``sigma_0`` for ``sigma``), used to
+    weigh the least-squares fit of :func:`natural_start`.
+    """
+    s0 = residual_scale(spec.X, spec.y - spec.offset) if spec.gaussian else 1.0
+    target, unit = [], []
+    for t in spec.terms:
+        rms = rms_columns(t.z, t.codes)
+        for j in range(t.r):  # column-major lower triangle
+            for i in range(j, t.r):
+                target.append(s0 / rms[i] if i == j else 0.0)
+                unit.append(s0 / rms[i])
+    if spec.gaussian:
+        target.append(s0)
+        unit.append(s0)
+    return np.asarray(target, float), np.asarray(unit, float)
+
+
+def natural_start(model_map, spec, nat0: np.ndarray) -> np.ndarray:
+    """Natural parameters whose covariance factors (and residual SD) are those of :func:`core_start`.
+
+    Solves ``min sum_k ((phi_k(nat) - target_k) / unit_k)^2`` over the variance parameters within
+    their supports (scipy's trust-region reflective least squares with the model map's exact
+    Jacobian), from ``nat0`` moved inside the supports. Fixed effects and a likelihood's own
+    parameters keep their values in ``nat0``. Returns ``nat0`` (moved inside) where the map cannot
+    be evaluated there.
+    """
+    from scipy.optimize import least_squares
+
+    target, unit = core_start(spec)
+    p = spec.fixed_index.size
+    n_theta = sum(t.r * (t.r + 1) // 2 for t in spec.terms)
+    rows = np.arange(p, p + n_theta + (1 if spec.gaussian else 0))
+    vi = np.asarray(spec.variance_index)
+    vi = vi[~np.isin(vi, spec.psi_index)]
+    lo, up = spec.lower[vi], spec.upper[vi]
+    nat = np.asarray(nat0, float).copy()
+    span = np.where(np.isfinite(up - lo), up - lo, 1.0)
+    inside = np.clip(nat[vi], np.where(np.isfinite(lo), lo + 1e-3 * span, -np.inf), np.where(np.isfinite(up), up - 1e-3 * span, np.inf))
+    nat[vi] = inside
+    if vi.size == 0 or rows.size == 0:
+        return nat
+
+    def residual(x):
+        full = nat.copy()
+        full[vi] = x
+        phi, J, _ = model_map(full, second=False)
+        return (phi[rows] - target) / unit, J[rows][:, vi] / unit[:, None]
+
+    with np.errstate(all="ignore"):
+        try:
+            r0, _ = residual(inside)
+        except Exception:  # noqa: BLE001  (a map that cannot be evaluated there: keep the model's start)
+            return nat
+        if not np.all(np.isfinite(r0)):
+            return nat
+        res = least_squares(
+            lambda x: residual(x)[0],
+            inside,
+            jac=lambda x: residual(x)[1],
+            bounds=(np.where(np.isfinite(lo), lo, -np.inf), np.where(np.isfinite(up), up, np.inf)),
+            method="trf",
+            x_scale="jac",
+            xtol=1e-10,
+            ftol=1e-10,
+            gtol=1e-10,
+            max_nfev=200,
+        )
+    x = res.x  # the reflective method keeps its iterates strictly inside the bounds
+    if np.all(np.isfinite(x)) and np.all((x > lo) & (x < up)) and res.cost < 0.5 * float(r0 @ r0):
+        nat[vi] = x
+    return nat
+
+
+def curvature_scales(info: np.ndarray, x: np.ndarray, logged: np.ndarray) -> np.ndarray:
+    """Scales ``d_i = 1 / sqrt(I_ii)`` of the optimiser's coordinates (module docstring, step 2).
+
+    ``info`` is the information in the natural parameters ``x``; for coordinates optimised on the
+    log scale (``logged``) the curvature is that of ``log x``: ``x_i^2 I_ii``. Where ``I_ii`` is not
+    positive and finite, the scale is ``|x_i|`` (or 1 for ``x_i = 0``).
+    """
+    diag = np.diag(np.asarray(info, float)).copy()
+    diag = np.where(logged, diag * np.asarray(x, float) ** 2, diag)
+    fallback = np.where(logged, 1.0, np.where(np.abs(x) > 0, np.abs(x), 1.0))
+    good = np.isfinite(diag) & (diag > 0)
+    return np.where(good, 1.0 / np.sqrt(np.where(good, diag, 1.0)), fallback)
