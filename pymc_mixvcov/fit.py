@@ -9,7 +9,7 @@ deviation of 0) are held there, as lme4 does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 import numpy as np
@@ -24,7 +24,7 @@ from .marginal import build_structure
 from .results import MixedFit
 from .scales import ScaleMaps
 from .spec import inspect_model
-from .start import curvature_scales, natural_start
+from .start import check_not_exact, curvature_scales, natural_start
 from .trust import trust_region_newton
 
 __all__ = ["fit", "Method"]
@@ -163,8 +163,18 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
         from .errors import ConvergenceWarning
 
         base = fns.base if method == "MAP" else fns
-        for message in base.diagnose(opt.nat, scales.labels("sd")[: spec.fixed_index.size]):
+        problems = base.diagnose(opt.nat, scales.labels("sd")[: spec.fixed_index.size])
+        for message in problems:
             warnings.warn(message, ConvergenceWarning, stacklevel=3)
+        if problems and method != "MAP":
+            # the gradient vanishes as estimates drift to infinity (separation) or the modes do
+            # not exist: a small Newton decrement there is not convergence to a maximum
+            opt = replace(
+                opt,
+                converged=False,
+                message=f"not converged: {problems[0].split(':')[0]}; the Newton decrement is small only because "
+                "the likelihood flattens out there",
+            )
     optimum = {**opt.info, **fns.scales(opt.nat), "nat": opt.nat}
     if method == "MAP":  # report the log-likelihood; the posterior criterion stays available
         optimum["log_posterior"], optimum["loglik"] = optimum["loglik"], optimum["loglik_only"]
@@ -200,6 +210,7 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
     # optimised on the log scale; the other variance parameters on their natural scale within
     # their supports, so that a random-effect SD can reach 0 exactly (a boundary fit)
     logged = np.isin(vi, spec.residual_index) & (lo_v == 0) & ~np.isfinite(up_v)
+    check_not_exact(spec)
     # start in the data's units, coordinates in units of the curvature there (see start.py)
     start = natural_start(fns.map, spec, spec.nat0)
     x0, natural, bounds = _search_space(start[vi], lo_v, up_v, logged)
@@ -231,7 +242,11 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
 
     def lbfgs(w0):
         return minimize(
-            negative, w0, jac=True, method="L-BFGS-B", bounds=scaled_bounds,
+            negative,
+            w0,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=scaled_bounds,
             options={"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-7},
         )
 

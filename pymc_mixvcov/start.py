@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["core_start", "curvature_scales", "natural_start", "rms_columns"]
+__all__ = ["check_not_exact", "core_start", "curvature_scales", "natural_start", "rms_columns"]
 
 
 def rms_columns(z: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -70,6 +70,26 @@ def residual_scale(X: np.ndarray, y: np.ndarray) -> float:
         if np.isfinite(s) and s > 0:
             return float(s)
     return 1.0
+
+
+def check_not_exact(spec) -> None:
+    """Refuse a Gaussian response that the fixed effects fit exactly (or a constant one).
+
+    Then every residual of the least-squares fit is 0 to rounding, and the likelihood grows
+    without bound as ``sigma -> 0``: there is no maximum likelihood estimate.
+    """
+    from .errors import MixVcovError
+
+    y = np.asarray(spec.y - spec.offset, float)
+    X = np.asarray(spec.X, float)
+    resid = y - X @ np.linalg.lstsq(X, y, rcond=None)[0] if X.shape[1] else y
+    if float(resid @ resid) <= 1e-24 * max(float(y @ y), np.finfo(float).tiny):
+        what = "constant" if np.ptp(y) == 0 else "an exact linear function of the fixed effects"
+        raise MixVcovError(
+            f"the response {spec.observed_name!r} is {what}: the residual SD has no maximum likelihood "
+            "estimate (the likelihood grows without bound as it goes to 0). Check the response column, or "
+            "remove the fixed effects that reproduce it"
+        )
 
 
 def core_start(spec) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +135,11 @@ def natural_start(model_map, spec, nat0: np.ndarray) -> np.ndarray:
     lo, up = spec.lower[vi], spec.upper[vi]
     nat = np.asarray(nat0, float).copy()
     span = np.where(np.isfinite(up - lo), up - lo, 1.0)
-    inside = np.clip(nat[vi], np.where(np.isfinite(lo), lo + 1e-3 * span, -np.inf), np.where(np.isfinite(up), up - 1e-3 * span, np.inf))
+    inside = np.clip(
+        nat[vi],
+        np.where(np.isfinite(lo), lo + 1e-3 * span, -np.inf),
+        np.where(np.isfinite(up), up - 1e-3 * span, np.inf),
+    )
     nat[vi] = inside
     if vi.size == 0 or rows.size == 0:
         return nat
