@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import pymc_mixvcov as pmv
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"
-SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 # sd-scale rows: (Intercept), Days, sd_(Intercept), cor, sd_Days, sigma
 RESPONSE_POWER = np.array([1, 1, 1, 0, 1, 1])  # how each sd-scale parameter scales with y
 DAYS_POWER = np.array([0, -1, 0, 0, -1, 0])  # ... and with Days
