@@ -12,6 +12,7 @@ variance on the ``"var"`` scale, a residual SD ``sigma`` the ``residual`` varian
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .datatree import _check_information, variable_name
-from .errors import MixVcovError
+from .errors import MixVcovError, MixVcovWarning
 from .sandwich import ADJUSTS
 from .scales import check_scale
 
@@ -78,8 +79,178 @@ def _sample_dims(ds: xr.Dataset) -> tuple[str, ...]:
     )
 
 
+def _coordinate_keys(values) -> list[str]:
+    """Coordinate values as the strings by which entries are matched (as the fit's labels print them)."""
+    return [str(v) for v in np.asarray(values).tolist()]
+
+
+def _model_axes(fit, p) -> list[tuple[str | None, list[str] | None]]:
+    """``(dimension name, coordinate values)`` of every axis of the model's variable ``p``.
+
+    The name is ``None`` where the model gives the axis no dimension, the values ``None``
+    where it gives the dimension no coordinates: the entries are then known by position only,
+    as ``0, 1, ...`` (which is how ``pm.sample`` labels them).
+    """
+    model = fit.spec.model
+    dims = tuple((getattr(model, "named_vars_to_dims", {}) or {}).get(p.name) or ())
+    if len(dims) != len(p.shape):
+        dims = (None,) * len(p.shape)
+    coords = getattr(model, "coords", {}) or {}
+    out = []
+    for d in dims:
+        values = coords.get(d) if d is not None else None
+        out.append((None if d is None else str(d), None if values is None else _coordinate_keys(values)))
+    return out
+
+
+def _list_keys(keys) -> str:
+    return ", ".join(map(repr, keys)) or "none"
+
+
+def _align_by_label(fit, p, da: xr.DataArray, sample_dims: tuple[str, ...]) -> xr.DataArray:
+    """The posterior variable ``da`` with its entries in the order of the model's variable ``p``.
+
+    Every axis is matched by coordinate values, never by position: the posterior's dimension
+    named as the model's (else the posterior's dimensions in their order) must carry the model's
+    coordinate values, in any order (``0, 1, ...`` where the model names none).
+
+    Raises
+    ------
+    MixVcovError
+        Where the coordinates differ (the message lists the values missing from either side), a
+        posterior dimension has no coordinate values where the model has, or the shape differs.
+    """
+    event = [str(d) for d in da.dims if d not in sample_dims]
+    shape = tuple(da.sizes[d] for d in event)
+    if shape != tuple(p.shape):
+        raise MixVcovError(
+            f"posterior variable {p.name!r} has shape {shape} per draw, but the model's {p.name!r} has shape "
+            f"{tuple(p.shape)}; the posterior is not from this model"
+        )
+    axes = _model_axes(fit, p)
+    names = [name for name, _ in axes]
+    order = names if None not in names and sorted(names) == sorted(event) else event
+    if any(da.sizes[d] != n for d, n in zip(order, p.shape, strict=True)):
+        raise MixVcovError(
+            f"posterior variable {p.name!r} has dimensions {dict((d, da.sizes[d]) for d in event)} per draw, but "
+            f"the model's {p.name!r} has {dict(zip(names, p.shape, strict=True))}; the posterior is not from this model"
+        )
+    for dim, (model_dim, model_keys) in zip(order, axes, strict=True):
+        n = da.sizes[dim]
+        want = model_keys if model_keys is not None else [str(i) for i in range(n)]
+        where = f"along dimension {dim!r}" + (f" (the model's {model_dim!r})" if model_dim not in (None, dim) else "")
+        if dim not in da.coords:
+            if model_keys is None:
+                continue  # positions on both sides: nothing else to match by
+            raise MixVcovError(
+                f"posterior variable {p.name!r} has no coordinate values {where}, so its draws cannot be matched "
+                f"to the model's entries {_list_keys(want)} by label; give the dimension its coordinates (as "
+                "pm.sample does)"
+            )
+        got = _coordinate_keys(da[dim].values)
+        if len(set(got)) != len(got):
+            repeated = sorted({k for k in got if got.count(k) > 1})
+            raise MixVcovError(
+                f"posterior variable {p.name!r} repeats the coordinate value(s) {_list_keys(repeated)} {where}; "
+                "each entry needs its own label"
+            )
+        if set(got) != set(want):
+            missing = [k for k in want if k not in set(got)]
+            extra = [k for k in got if k not in set(want)]
+            raise MixVcovError(
+                f"posterior variable {p.name!r} {where} has coordinates {_list_keys(got)}, but the model's "
+                f"{p.name!r} has {_list_keys(want)}: the posterior lacks {_list_keys(missing)} and has "
+                f"{_list_keys(extra)}, which the model does not. Draws are matched by label; pass draws of the "
+                "model the fit was made from"
+            )
+        if got != want:
+            da = da.isel({dim: [got.index(k) for k in want]})
+    return da.transpose(*sample_dims, *order)
+
+
+def _check_support(fit, nat: np.ndarray) -> None:
+    """Refuse draws outside the support of the model's parameters (a negative SD, a NaN)."""
+    spec = fit.spec
+    flat = nat.reshape(-1, nat.shape[-1])
+    labels, lower, upper = spec.natural_labels, spec.lower, spec.upper
+    problems = []
+    for k in range(flat.shape[1]):
+        x = flat[:, k]
+        bad = ~np.isfinite(x)
+        if bad.any():
+            problems.append(f"{labels[k]!r} has {int(bad.sum())} non-finite draw(s)")
+            continue
+        below, above = x < lower[k], x > upper[k]
+        if below.any():
+            problems.append(
+                f"{labels[k]!r} has {int(below.sum())} of {x.size} draws below its lower bound {lower[k]:g} "
+                f"(smallest {x.min():.6g})"
+            )
+        if above.any():
+            problems.append(
+                f"{labels[k]!r} has {int(above.sum())} of {x.size} draws above its upper bound {upper[k]:g} "
+                f"(largest {x.max():.6g})"
+            )
+    if problems:
+        raise MixVcovError(
+            "the posterior holds draws outside the support of the model's parameters: "
+            + "; ".join(problems)
+            + ". A sampler of this model never leaves the support; pass draws of the model the fit was made from "
+            "(on its constrained scale, as pm.sample stores them)"
+        )
+
+
+def _check_observed(fit, posterior) -> None:
+    """Warn where the posterior's ``observed_data`` group differs from the data of the fit."""
+    import xarray as xr
+
+    if not isinstance(posterior, xr.DataTree) or "observed_data" not in posterior.children:
+        return
+    group = posterior["observed_data"].to_dataset()
+    try:
+        from pymc.backends.arviz import find_observations
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            observed = find_observations(fit.spec.model)
+    except Exception:  # a PyMC without the helper: the response the fit used
+        observed = {fit.spec.observed_name: fit.spec.y} if fit.spec.model.observed_RVs else {}
+    differences = []
+    for name, values in observed.items():
+        mine = np.asarray(values, float)
+        if name not in group.data_vars:
+            differences.append(
+                f"it has no variable {name!r}, the fit's observed variable (it has "
+                f"{_list_keys(list(map(str, group.data_vars)))})"
+            )
+            continue
+        theirs = np.asarray(group[name].values, float)
+        if theirs.shape != mine.shape:
+            differences.append(f"{name!r} has shape {theirs.shape} there and {mine.shape} in the fit")
+            continue
+        differ = ~((theirs == mine) | (np.isnan(theirs) & np.isnan(mine)))
+        if differ.any():
+            gap = np.nanmax(np.abs(theirs - mine)[differ], initial=0.0)
+            differences.append(
+                f"{int(differ.sum())} of {mine.size} values of {name!r} differ (largest difference {gap:.6g})"
+            )
+    if differences:
+        warnings.warn(
+            "the posterior was drawn on other data than the fit: in its observed_data group, "
+            + "; ".join(differences)
+            + ". The estimates and the posterior then describe different data sets; sample the model the fit "
+            "was made from, on the same data",
+            MixVcovWarning,
+            stacklevel=5,
+        )
+
+
 def natural_draws(fit, posterior) -> tuple[np.ndarray, tuple[str, ...], dict]:
     """The posterior's draws of the model's natural parameter vector.
+
+    Entries are matched to the model's by label (:func:`_align_by_label`), the draws must lie
+    in the parameters' support, and a ``pm.sample`` tree whose ``observed_data`` differs from
+    the fit's data draws a warning.
 
     Returns
     -------
@@ -89,6 +260,12 @@ def natural_draws(fit, posterior) -> tuple[np.ndarray, tuple[str, ...], dict]:
         The posterior's sample dimensions.
     coords : dict
         Their coordinates.
+
+    Raises
+    ------
+    MixVcovError
+        For a missing variable, other coordinates or shapes than the model's, and draws outside
+        the support.
     """
     ds = _posterior_dataset(posterior)
     sample_dims = _sample_dims(ds)
@@ -101,7 +278,6 @@ def natural_draws(fit, posterior) -> tuple[np.ndarray, tuple[str, ...], dict]:
             f"{', '.join(map(repr, ds.data_vars)) or 'no variables'}). Pass draws of the same PyMC model "
             "the fit was made from, e.g. the output of pm.sample(model=...)."
         )
-    model_dims = getattr(fit.spec.model, "named_vars_to_dims", {}) or {}
     chains = ds.sizes["chain"] if "chain" in sample_dims else 1
     n_draws = ds.sizes["draw"]
     out = np.empty((chains, n_draws, fit.spec.n_params))
@@ -110,17 +286,10 @@ def natural_draws(fit, posterior) -> tuple[np.ndarray, tuple[str, ...], dict]:
         lacking = [d for d in sample_dims if d not in da.dims]
         if lacking:
             raise MixVcovError(f"posterior variable {p.name!r} lacks the sample dimension(s) {lacking}")
-        event = [d for d in da.dims if d not in sample_dims]
-        dims = model_dims.get(p.name)
-        if dims is not None and sorted(map(str, dims)) == sorted(map(str, event)):
-            event = list(dims)
-        values = np.asarray(da.transpose(*sample_dims, *event).values, float)
-        if values.shape[len(sample_dims) :] != tuple(p.shape):
-            raise MixVcovError(
-                f"posterior variable {p.name!r} has shape {values.shape[len(sample_dims) :]} per draw, but the "
-                f"model's {p.name!r} has shape {tuple(p.shape)}; the posterior is not from this model"
-            )
+        values = np.asarray(_align_by_label(fit, p, da, sample_dims).values, float)
         out[..., p.slice] = values.reshape(chains, n_draws, p.size)
+    _check_support(fit, out)
+    _check_observed(fit, posterior)
     coords = {d: ds[d].values for d in sample_dims if d in ds.coords}
     return out, sample_dims, coords
 
@@ -202,6 +371,12 @@ def posterior_on_scale(fit, posterior, scale: str = "sd") -> xr.DataTree:
         A ``posterior`` group laid out as :meth:`MixedFit.sample_normal`'s: one variable per
         label of ``fit.labels(scale)``, dimensions ``(chain, draw)``, so that the two can be
         passed together to ArviZ (``az.plot_forest({"MCMC": ..., "normal": ...})``).
+
+    Raises
+    ------
+    MixVcovError
+        As :func:`compare`: the draws are matched to the model by label and must lie in the
+        parameters' support.
     """
     from arviz_base import from_dict
 
@@ -266,6 +441,10 @@ def compare(
         ``posterior`` group, or a Dataset with ``(chain, draw)`` dimensions. It must hold every
         parameter variable of the model (``[p.name for p in fit.spec.params]``); other
         variables (random effects, PyMC's derived ``*_corr`` and ``*_stds``) are ignored.
+        Entries are matched to the model's by coordinate values, never by position (a ``beta``
+        stored with its ``fixed`` coordinate in another order is read correctly). Where the tree
+        has an ``observed_data`` group that differs from the fit's data, a
+        :class:`~pymc_mixvcov.errors.MixVcovWarning` says that the posterior was drawn on other data.
     scale : {"sd", "var", "cholesky", "natural", "unconstrained"}
         Scale of every column; the posterior draws are mapped to it by the fit's own map.
     prob : float
@@ -292,8 +471,10 @@ def compare(
     ------
     MixVcovError
         For an unknown scale, ``prob`` outside ``(0, 1)``, a posterior that lacks one of the
-        model's parameter variables (the message names them) or holds them with another shape,
-        and a sandwich the fit does not have.
+        model's parameter variables (the message names them), holds them with another shape or
+        with other coordinate values than the model's (the message names the difference), holds
+        draws outside their support (a negative SD; the message names the parameter), and a
+        sandwich the fit does not have.
 
     Notes
     -----

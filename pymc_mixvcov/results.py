@@ -165,11 +165,72 @@ class MixedFit:
                     k += 1
         return diag & (np.abs(vals) * size < SINGULAR_TOL)
 
+    def _boundary_terms(self) -> tuple[list[str], list[str]]:
+        """What is at the boundary, term by term: ``(SDs at 0, rank-deficient covariances)``.
+
+        A diagonal entry ``L_jj`` of a term's relative Cholesky factor below ``SINGULAR_TOL``
+        (lme4's ``isSingular``) means one of two things. If the whole row ``j`` of ``L`` is
+        below it, effect ``j``'s SD is 0. Otherwise effect ``j`` is a linear combination of the
+        effects before it, with an SD that is not 0: the term's covariance ``L L^T`` has rank
+        below its dimension (the number of singular values of ``L`` of at least
+        ``SINGULAR_TOL``), which for two effects is a correlation of +-1. Correlations within
+        ``SINGULAR_TOL`` of +-1 are named with their sign.
+        """
+        values = np.asarray(self._opt["value_cholesky"], float)
+        sd_values = np.asarray(self._opt["value_sd"], float)
+        sd_labels = self._scales.labels("sd")
+        small = self._small_theta()
+        zero_sds: list[str] = []
+        deficient: list[str] = []
+        k = self.spec.fixed_index.size
+        for t in self.spec.terms:
+            r, index = t.r, {}
+            L = np.zeros((r, r))
+            for col in range(r):
+                for row in range(col, r):
+                    index[row, col] = k
+                    L[row, col] = values[k]
+                    k += 1
+            flagged = [j for j in range(r) if small[index[j, j]]]
+            if not flagged:
+                continue
+            row_sd = np.sqrt(np.sum(L**2, axis=1))  # SDs relative to sigma, on theta's scale
+            zero_sds += [sd_labels[index[j, j]] for j in flagged if row_sd[j] < SINGULAR_TOL]
+            combined = [j for j in flagged if row_sd[j] >= SINGULAR_TOL]
+            if not combined:
+                continue
+            live = np.flatnonzero(row_sd >= SINGULAR_TOL)
+            rank = int(np.sum(np.linalg.svd(L[live], compute_uv=False) >= SINGULAR_TOL))
+            if rank == live.size:
+                continue  # the SDs at 0 account for the whole deficiency
+            cov = L[live] @ L[live].T
+            cor = cov / np.outer(row_sd[live], row_sd[live])
+            at_one, largest = [], None
+            for a in range(live.size):
+                for b in range(a):
+                    i, j = live[a], live[b]
+                    label = sd_labels[index[i, j]]
+                    if largest is None or abs(cor[a, b]) > abs(largest[1]):
+                        largest = (label, cor[a, b])
+                    if 1 - abs(cor[a, b]) < SINGULAR_TOL:
+                        at_one.append(f"{label} estimated at {np.sign(cor[a, b]):+.0f}")
+            if at_one:
+                what = ", ".join(at_one)
+            else:
+                what = "no correlation is at +-1, but a linear combination of the effects has variance 0" + (
+                    f" (largest correlation {largest[0]} = {largest[1]:+.4f})" if largest is not None else ""
+                )
+            nonzero = ", ".join(f"{sd_labels[index[j, j]]} = {sd_values[index[j, j]]:.4g}" for j in combined)
+            deficient.append(
+                f"the covariance of the {t.group} term ({', '.join(map(str, t.effects))}) has rank {rank} of {r}: "
+                f"{what} (the Cholesky factor's diagonal is 0 for an SD that is not: {nonzero})"
+            )
+        return zero_sds, deficient
+
     def _warn_boundary(self) -> None:
         if not self.singular:
             return
-        sd_labels = self._scales.labels("sd")
-        names = [sd_labels[i] for i in np.flatnonzero(self._small_theta())]
+        zero_sds, deficient = self._boundary_terms()
         held = [self.spec.natural_labels[i] for i in np.flatnonzero(self.at_bound)]
         if held:
             consequence = (
@@ -182,11 +243,19 @@ class MixedFit:
                 "scores vanish there) is not a reliable measure of its uncertainty; summary() reports its "
                 "interval as [0, estimate + z se]"
             )
+        parts = ([", ".join(zero_sds) + " estimated at 0"] if zero_sds else []) + deficient
+        if not parts:
+            parts = [f"{', '.join(held)} at {'its bound' if len(held) == 1 else 'their bounds'}"]
+        advice = []
+        if zero_sds:
+            advice.append("removing the random effect whose SD is 0")
+        if deficient:
+            advice.append("a simpler covariance for that term (fewer effects, or independent ones)")
+        bound = f" (natural parameter {', '.join(held)} at its bound)" if held and (zero_sds or deficient) else ""
         warnings.warn(
-            f"boundary (singular) fit: {', '.join(names) or ', '.join(held)} estimated at 0"
-            f"{' (natural parameter ' + ', '.join(held) + ' at its bound)' if held else ''}. "
+            f"boundary (singular) fit: {'; '.join(parts)}{bound}. "
             f"The usual asymptotics do not hold on the boundary: {consequence}. "
-            "Consider removing that random-effect term.",
+            f"Consider {' or '.join(advice) or 'removing that random-effect term'}.",
             SingularFitWarning,
             stacklevel=3,
         )

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Sequence
 from typing import Literal, get_args
 
 import numpy as np
@@ -116,16 +117,48 @@ def sandwich(bread_: np.ndarray, meat_: np.ndarray) -> np.ndarray:
     return 0.5 * (out + out.T)
 
 
-def _warn_rank(G: int, P: int) -> None:
-    if G < P:
-        warnings.warn(
-            f"only {G} clusters for {P} parameters: the meat (a sum of {G} outer products) has rank "
-            f"at most {G}, so the sandwich covariance is singular and some linear combinations of the "
-            "parameters get a variance of zero. Cluster-robust inference needs many more clusters than "
-            "parameters.",
-            MixVcovWarning,
-            stacklevel=3,
+def _warn_rank(G: int, P: int, adjust: str, multiway: bool = False) -> None:
+    """Warn where there are too few clusters for the sandwich to have full rank ``P``.
+
+    At the estimate the ``G`` cluster scores sum to zero (the score equations), so the meat
+    ``B = sum_g s_g s_g^T`` has rank at most ``G - 1``: CR0 and CR1 are singular for ``G <= P``.
+    CR3's leave-one-cluster-out steps ``delta_g`` do not sum to zero, so its rank is at most
+    ``G``: singular for ``G < P``. Multi-way clustering is judged by its clustering variable with
+    the fewest clusters, whose inclusion-exclusion term has rank at most ``G - 1``.
+    """
+    rank = G if adjust == "CR3" else G - 1
+    if rank >= P:
+        return
+    if multiway:
+        what = (
+            f"only {G} clusters for {P} parameters in the clustering variable with the fewest clusters: its "
+            f"cluster scores sum to zero at the estimate, so its term of the multi-way sum has rank at most "
+            f"{rank} < {P}, and the multi-way covariance is unreliable or singular."
         )
+    elif adjust == "CR3":
+        what = (
+            f"only {G} clusters for {P} parameters: CR3 is a sum of {G} outer products of leave-one-cluster-out "
+            f"steps, of rank at most {G} < {P}, so the sandwich covariance is singular and some linear "
+            "combinations of the parameters get a variance of zero."
+        )
+    else:
+        what = (
+            f"only {G} clusters for {P} parameters: the {G} cluster scores sum to zero at the estimate, so the "
+            f"meat (a sum of {G} outer products) has rank at most {rank} < {P}, the sandwich covariance is "
+            "singular and some linear combinations of the parameters get a variance of zero."
+        )
+    warnings.warn(
+        f"{what} Cluster-robust inference needs many more clusters than parameters.",
+        MixVcovWarning,
+        stacklevel=3,
+    )
+
+
+def _smallest_scaled_eigenvalue(A: np.ndarray) -> float:
+    d = np.sqrt(np.abs(np.diag(A)))
+    d[d == 0] = 1.0
+    scaled = A / np.outer(d, d)
+    return float(np.linalg.eigvalsh(0.5 * (scaled + scaled.T))[0])
 
 
 def vcov_cluster(
@@ -133,6 +166,7 @@ def vcov_cluster(
     cluster_scores: np.ndarray,
     adjust: Adjust = "CR1",
     cluster_information: np.ndarray | None = None,
+    labels: Sequence[object] | None = None,
 ) -> np.ndarray:
     """One-way cluster-robust covariance.
 
@@ -146,20 +180,49 @@ def vcov_cluster(
         Small-sample adjustment (see the module docstring).
     cluster_information : ndarray, shape (G, P, P), optional
         Each cluster's own information contribution ``A_g``; needed for ``"CR3"``.
+    labels : sequence, optional
+        Name of each cluster (row of ``cluster_scores``), used in error messages.
+
+    Warns
+    -----
+    MixVcovWarning
+        When the covariance is singular for want of clusters: ``G <= P`` for CR0 and CR1 (the
+        scores sum to zero at the estimate, so the meat has rank at most ``G - 1``), ``G < P``
+        for CR3.
+
+    Raises
+    ------
+    MixVcovError
+        For fewer than 2 clusters, an information that is not positive definite, and (CR3) a
+        leave-one-cluster-out information ``A - A_g`` that is not positive definite: without
+        cluster ``g`` some parameter is not identified, and its Newton step does not exist.
     """
     check_adjust(adjust)
     S = np.asarray(cluster_scores, float)
     G, P = S.shape
     if G < 2:
         raise MixVcovError(f"a cluster-robust covariance needs at least 2 clusters, got {G}")
-    _warn_rank(G, P)
+    _warn_rank(G, P, adjust)
     if adjust == "CR3":
         if cluster_information is None:
             raise MixVcovError("CR3 needs each cluster's information contribution")
         A = np.asarray(information, float)
+        bread(A)  # the full-sample information itself must be positive definite
         deltas = np.empty_like(S)
         for g in range(G):
-            deltas[g] = -bread(A - cluster_information[g]) @ S[g]
+            try:
+                B_g = bread(A - cluster_information[g])
+            except MixVcovError:
+                name = f"cluster {labels[g]!r}" if labels is not None else f"cluster {g} (0-based row of the scores)"
+                raise MixVcovError(
+                    f"CR3: the leave-one-cluster-out information A - A_g without {name} is not positive "
+                    f"definite (smallest eigenvalue of its correlation-scaled form "
+                    f"{_smallest_scaled_eigenvalue(A - cluster_information[g]):.3g}), although the information "
+                    "of the whole sample is: without that cluster some parameter is not identified (e.g. a "
+                    "covariate or factor level present in that cluster only), so the one-step jackknife has no "
+                    "Newton step for it. Use 'CR0' or 'CR1'."
+                ) from None
+            deltas[g] = -B_g @ S[g]
         out = (G - 1) / G * deltas.T @ deltas
         return 0.5 * (out + out.T)
     V = sandwich(bread(information), meat(S))
@@ -180,6 +243,12 @@ def vcov_multiway(
         Cluster codes of every observation, one array per clustering variable.
     adjust : {"CR0", "CR1"}
         CR1 applies ``G_S / (G_S - 1)`` to each term. CR3 is not defined here.
+
+    Warns
+    -----
+    MixVcovWarning
+        When the clustering variable with the fewest clusters has ``G <= P`` of them (its term
+        has rank at most ``G - 1``), and when the sum has a negative variance.
     """
     check_adjust(adjust)
     if adjust == "CR3":
@@ -202,7 +271,7 @@ def vcov_multiway(
             if adjust == "CR1":
                 V = V * (G / (G - 1))
             total += (-1) ** (size + 1) * V
-    _warn_rank(int(smallest), P)
+    _warn_rank(int(smallest), P, adjust, multiway=True)
     if np.any(np.diag(total) < 0):
         warnings.warn(
             "the multi-way sandwich has a negative variance (inclusion-exclusion does not guarantee "

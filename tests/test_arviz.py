@@ -387,3 +387,100 @@ def test_compare_with_pm_sample(sleepstudy):
     # the posterior and the fit agree on the fixed effects to within a standard error or so
     gap = (table["posterior_mean"] - table["estimate"]) / table["se_model"]
     assert np.all(np.abs(gap.loc[["(Intercept)", "Days"]]) < 1.0)
+
+
+# -- the posterior is matched to the fit by label (issue: nothing silently wrong) -------------------------
+def _with_beta_reversed(tree: xr.DataTree) -> xr.DataTree:
+    """The same draws with ``beta``'s coordinate ``fixed`` stored in the other order, ``Days`` first."""
+    ds = tree["posterior"].to_dataset()
+    return xr.DataTree.from_dict({"posterior": ds.isel(fixed=[1, 0])})
+
+
+@pytest.mark.parametrize("scale", ["sd", "natural"])
+def test_compare_matches_draws_by_coordinate_not_position(sleep_ml, scale):
+    _, tree = simulate_sleep_posterior(sleep_ml, draws=200)
+    reversed_tree = _with_beta_reversed(tree)
+    assert list(reversed_tree["posterior"]["fixed"].values) == ["Days", "(Intercept)"]
+    want = pmv.compare(sleep_ml, tree, scale=scale, vcov=None)
+    got = pmv.compare(sleep_ml, reversed_tree, scale=scale, vcov=None)
+    # the same draws, labelled the same: identical summaries, whatever the storage order
+    np.testing.assert_array_equal(got.to_numpy(), want.to_numpy())
+    # and (Intercept)'s posterior is near its estimate (251), not Days' (10)
+    np.testing.assert_allclose(got.iloc[0]["posterior_mean"], got.iloc[0]["estimate"], atol=5 * 5.0 / np.sqrt(800))
+    on_scale = pmv.posterior_on_scale(sleep_ml, reversed_tree, scale="sd")["posterior"]
+    mapped = pmv.posterior_on_scale(sleep_ml, tree, scale="sd")["posterior"]
+    xr.testing.assert_equal(on_scale.to_dataset(), mapped.to_dataset())
+
+
+def test_compare_refuses_coordinates_the_model_does_not_have(sleep_ml):
+    _, tree = simulate_sleep_posterior(sleep_ml, draws=20)
+    ds = tree["posterior"].to_dataset()
+    other = ds.assign_coords(fixed=["(Intercept)", "x"])
+    for fn in (pmv.compare, pmv.posterior_on_scale):
+        message = r"'beta' along dimension 'fixed' has coordinates '\(Intercept\)', 'x'.*lacks 'Days' and has 'x'"
+        with pytest.raises(pmv.MixVcovError, match=message):
+            fn(sleep_ml, other)
+    with pytest.raises(pmv.MixVcovError, match="no coordinate values along dimension 'fixed'"):
+        pmv.compare(sleep_ml, ds.drop_vars("fixed"))
+    with pytest.raises(pmv.MixVcovError, match="repeats the coordinate value"):
+        pmv.compare(sleep_ml, ds.assign_coords(fixed=["Days", "Days"]))
+    # the packed Cholesky factor has no coordinates in the model: pm.sample labels it 0, 1, 2
+    chol = ds.rename_dims(chol_Subject_dim_0="c").drop_vars("chol_Subject_dim_0").assign_coords(c=[0, 1, 5])
+    message = r"'chol_Subject' along dimension 'c' has coordinates '0', '1', '5'.*lacks '2' and has '5'"
+    with pytest.raises(pmv.MixVcovError, match=message):
+        pmv.compare(sleep_ml, chol)
+    # a permutation of 0, 1, 2 is matched by value as well
+    moved = ds.isel(chol_Subject_dim_0=[2, 0, 1])
+    np.testing.assert_array_equal(
+        pmv.compare(sleep_ml, moved, vcov=None).to_numpy(), pmv.compare(sleep_ml, ds, vcov=None).to_numpy()
+    )
+
+
+def test_compare_refuses_draws_outside_the_support(sleep_ml):
+    _, tree = simulate_sleep_posterior(sleep_ml, draws=20)
+    ds = tree["posterior"].to_dataset()
+    sigma = ds["sigma"].copy()
+    sigma[0, 3] = -1.5
+    for fn in (pmv.compare, pmv.posterior_on_scale):
+        message = r"'sigma' has 1 of 80 draws below its lower bound 0 \(smallest -1\.5\)"
+        with pytest.raises(pmv.MixVcovError, match=message):
+            fn(sleep_ml, ds.assign(sigma=sigma))
+    chol = ds["chol_Subject"].copy()
+    chol[1, 2, 2] = -0.1  # the diagonal entry L11 of the packed factor L00, L10, L11
+    with pytest.raises(pmv.MixVcovError, match=r"'chol_Subject\[2\]' has 1 of 80 draws below its lower bound 0"):
+        pmv.compare(sleep_ml, ds.assign(chol_Subject=chol))
+    chol[1, 2, 2] = np.nan
+    with pytest.raises(pmv.MixVcovError, match=r"'chol_Subject\[2\]' has 1 non-finite draw"):
+        pmv.compare(sleep_ml, ds.assign(chol_Subject=chol))
+    # the off-diagonal entry L10 is unbounded: a negative value is a negative correlation, accepted
+    chol = ds["chol_Subject"].copy()
+    chol[..., 1] = -np.abs(chol[..., 1])
+    table = pmv.compare(sleep_ml, ds.assign(chol_Subject=chol), vcov=None)
+    assert np.all(table.loc["cor_Days.(Intercept)|Subject", ["posterior_lower", "posterior_upper"]] < 0)
+
+
+def _observed_tree(fit, tree: xr.DataTree, reaction: np.ndarray) -> xr.DataTree:
+    observed = xr.Dataset({"Reaction": (("Reaction_dim_0",), reaction)})
+    return xr.DataTree.from_dict({"posterior": tree["posterior"].to_dataset(), "observed_data": observed})
+
+
+def test_compare_warns_when_the_posterior_saw_other_data(sleep_ml):
+    _, tree = simulate_sleep_posterior(sleep_ml, draws=20)
+    reaction = sleep_ml.data["Reaction"].to_numpy()
+    same = _observed_tree(sleep_ml, tree, reaction.copy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pmv.compare(sleep_ml, same, vcov=None)  # the fit's own data: silent
+    shifted = reaction.copy()
+    shifted[:10] += 2.5
+    for fn in (pmv.compare, pmv.posterior_on_scale):
+        message = r"drawn on other data.*10 of 180 values of 'Reaction' differ \(largest difference 2\.5\)"
+        with pytest.warns(pmv.MixVcovWarning, match=message):
+            fn(sleep_ml, _observed_tree(sleep_ml, tree, shifted))
+    with pytest.warns(pmv.MixVcovWarning, match=r"'Reaction' has shape \(170,\) there and \(180,\) in the fit"):
+        pmv.compare(sleep_ml, _observed_tree(sleep_ml, tree, reaction[:170]), vcov=None)
+    other = xr.DataTree.from_dict(
+        {"posterior": tree["posterior"].to_dataset(), "observed_data": xr.Dataset({"y": ("n", reaction)})}
+    )
+    with pytest.warns(pmv.MixVcovWarning, match=r"no variable 'Reaction', the fit's observed variable \(it has 'y'\)"):
+        pmv.compare(sleep_ml, other, vcov=None)

@@ -9,6 +9,8 @@ different points of a flat likelihood); that, not arithmetic, bounds the agreeme
 issue's tolerance of 5e-3 relative to the scale of each quantity.
 """
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -198,6 +200,76 @@ def test_cluster_labels_not_aligned(sleep_ml):
 def test_fewer_clusters_than_parameters_warns(sleep_ml):
     with pytest.warns(pmv.MixVcovWarning, match="only 3 clusters for 6 parameters"):
         sleep_ml.sandwich(cluster=np.arange(180) % 3)
+
+
+@pytest.fixture(scope="module")
+def six_subjects(sleepstudy):
+    """sleepstudy's first six subjects: six clusters for six parameters."""
+    keep = sleepstudy["Subject"].isin(sleepstudy["Subject"].cat.categories[:6])
+    data = sleepstudy[keep].copy()
+    data["Subject"] = data["Subject"].cat.remove_unused_categories()
+    return pmv.lmm("Reaction ~ Days + (Days | Subject)", data).fit("ML")
+
+
+@pytest.mark.parametrize("adjust", ["CR0", "CR1"])
+def test_as_many_clusters_as_parameters_warns(six_subjects, adjust):
+    fit = six_subjects
+    assert fit.n_clusters == fit.spec.n_params == 6
+    with pytest.warns(pmv.MixVcovWarning, match=r"only 6 clusters for 6 parameters: .*rank at most 5 < 6"):
+        V = fit.sandwich("natural", adjust=adjust).to_numpy()
+    # the warning is right: the scores sum to zero, so the sandwich is singular. Its correlation
+    # matrix has an eigenvalue of 0 up to the round-off of the optimum (scores summing to ~1e-6
+    # of their size), far below the other eigenvalues
+    d = np.sqrt(np.diag(V))
+    w = np.linalg.eigvalsh(V / np.outer(d, d))
+    assert w[0] < 1e-6 * w[1]
+
+
+def test_cluster_rank_warning_thresholds():
+    """Synthetic scores that sum to zero (as at an estimate): CR0/CR1 warn for G <= P, CR3 for G < P."""
+    rng = np.random.default_rng(0)
+    P = 4
+    for G, warns_cr1, warns_cr3 in ((3, True, True), (4, True, False), (5, False, False)):
+        S = rng.normal(size=(G, P))
+        S -= S.mean(axis=0)
+        Ag = np.stack([np.eye(P) * (1 + g) for g in range(G)])
+        A = Ag.sum(axis=0)
+        for adjust, warns in (("CR1", warns_cr1), ("CR0", warns_cr1), ("CR3", warns_cr3)):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                pmv.sandwich.vcov_cluster(A, S, adjust, Ag)
+            assert any(f"only {G} clusters for {P} parameters" in str(w.message) for w in caught) == warns, (G, adjust)
+
+
+@pytest.mark.filterwarnings("ignore:the multi-way sandwich has a negative variance")
+def test_multiway_with_as_many_clusters_as_parameters_warns(penicillin_ml):
+    assert penicillin_ml.spec.n_params == 4
+    four = np.arange(penicillin_ml.nobs) % 4  # a second clustering variable with 4 clusters
+    with pytest.warns(pmv.MixVcovWarning, match=r"only 4 clusters for 4 parameters in the clustering variable with"):
+        penicillin_ml.sandwich(adjust="CR1", cluster=["plate", four])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="only")
+        penicillin_ml.sandwich(adjust="CR1", cluster=["plate", np.arange(penicillin_ml.nobs) % 5])
+
+
+def test_cr3_names_the_leave_one_cluster_out_information(sleepstudy):
+    """A covariate non-zero in one subject only: without it, its coefficient is not identified."""
+    data = sleepstudy.copy()
+    data["x"] = (data["Subject"] == "308").astype(float)
+    fit = pmv.lmm("Reaction ~ Days + x + (1 | Subject)", data).fit("ML")
+    assert np.all(np.isfinite(fit.se("natural")))  # identified in the whole sample
+    fit.sandwich(adjust="CR1")
+    message = r"CR3: the leave-one-cluster-out information A - A_g without cluster 0 .* is not positive definite"
+    with pytest.raises(pmv.MixVcovError, match=message + r".*although the information of the whole sample is"):
+        fit.sandwich(adjust="CR3")
+    A = fit.information().to_numpy()
+    Ag = np.zeros((2, *A.shape))
+    Ag[1] = A  # leaving cluster "b" out leaves nothing
+    with (
+        pytest.raises(pmv.MixVcovError, match="without cluster 'b' is not positive definite"),
+        pytest.warns(pmv.MixVcovWarning, match="only 2 clusters"),
+    ):
+        pmv.sandwich.vcov_cluster(A, np.zeros((2, A.shape[0])), "CR3", Ag, labels=["a", "b"])
 
 
 def test_cr3_needs_clusters_that_are_unions_of_model_clusters(sleep_ml):
