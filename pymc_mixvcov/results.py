@@ -174,8 +174,12 @@ class MixedFit:
         effects before it, with an SD that is not 0: the term's covariance ``L L^T`` has rank
         below its dimension (the number of singular values of ``L`` of at least
         ``SINGULAR_TOL``), which for two effects is a correlation of +-1. Correlations within
-        ``SINGULAR_TOL`` of +-1 are named with their sign.
+        ``SINGULAR_TOL`` of +-1 are named with their sign. As in :meth:`_small_theta`, row ``j`` of
+        ``L`` is first multiplied by the root mean square of design column ``z_j``, so that none of
+        these tests depends on the predictors' units.
         """
+        from .start import rms_columns
+
         values = np.asarray(self._opt["value_cholesky"], float)
         sd_values = np.asarray(self._opt["value_sd"], float)
         sd_labels = self._scales.labels("sd")
@@ -191,10 +195,11 @@ class MixedFit:
                     index[row, col] = k
                     L[row, col] = values[k]
                     k += 1
+            L *= rms_columns(t.z, t.codes)[:, None]
             flagged = [j for j in range(r) if small[index[j, j]]]
             if not flagged:
                 continue
-            row_sd = np.sqrt(np.sum(L**2, axis=1))  # SDs relative to sigma, on theta's scale
+            row_sd = np.sqrt(np.sum(L**2, axis=1))  # SDs relative to sigma, times rms(z_j)
             zero_sds += [sd_labels[index[j, j]] for j in flagged if row_sd[j] < SINGULAR_TOL]
             combined = [j for j in flagged if row_sd[j] >= SINGULAR_TOL]
             if not combined:
