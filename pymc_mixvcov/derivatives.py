@@ -487,7 +487,8 @@ class LMMFunctions:
 
         For ML these are derivatives in all natural parameters. For REML the criterion does not
         involve ``beta``: gradient and information are those of the REML criterion in the variance
-        parameters, with ``X^T V^{-1} X`` as the ``beta`` block (zero cross block).
+        parameters, with ``X^T V^{-1} X`` as the ``beta`` block (zero cross block; see
+        :meth:`reml_observed_ml_cross` for merDeriv's alternative).
         """
         nat = np.asarray(nat, float)
         phi, J, T = self.map(nat)
@@ -511,6 +512,27 @@ class LMMFunctions:
         if expected:
             (E,) = self._fn("reml_expected")(phi[p:], phi[p:], *self.data)
             out["expected"] = self._blockdiag(XtVX, Jv.T @ E @ Jv)
+        return out
+
+    def reml_observed_ml_cross(self, nat: np.ndarray, observed: np.ndarray) -> np.ndarray:
+        """The REML observed information ``observed`` with merDeriv's fixed/variance cross block.
+
+        The REML criterion ``l_R(psi) = -1/2 (log|V| + log|X^T V^{-1} X| + y^T P y)`` does not
+        involve ``beta``, so :meth:`information` gives the block-diagonal
+        ``[[X^T V^{-1} X, 0], [0, -d2 l_R / d psi2]]``. merDeriv's ``vcov.lmerMod(full = TRUE,
+        information = "observed")`` fills the cross block of a REML fit with the ML observed
+        information's, at the REML estimates (``beta`` the GLS estimate):
+
+        ``-d2 l_ML / d beta d psi_j = X^T V^{-1} (dV / d psi_j) V^{-1} (y - X beta)``
+
+        (here on the natural scale: the exact ML Hessian of :meth:`clusters`, whose ``beta``
+        block is also ``X^T V^{-1} X``). This returns ``observed`` with that block put in.
+        """
+        nat = np.asarray(nat, float)
+        ml = self.clusters(nat)["observed"]
+        out = np.array(observed, float, copy=True)
+        fv, vf = np.ix_(self.fi, self.vi), np.ix_(self.vi, self.fi)
+        out[fv], out[vf] = ml[fv], ml[vf]
         return out
 
     def clusters(self, nat: np.ndarray, phi=None) -> dict[str, np.ndarray]:
