@@ -138,8 +138,20 @@ def compile_fn(inputs: Sequence[TensorVariable], outputs: Sequence[TensorVariabl
         return light_function(inputs, outputs) if rewrite else GraphFunction(list(inputs), list(outputs))
     with pytensor.config.change_flags(traceback__limit=0):
         fn = pytensor.function(list(inputs), list(outputs), mode=mode, on_unused_input="ignore")
-    # NumPy arrays whatever the backend (JAX returns its own arrays)
-    return fn if mode != "JAX" else (lambda *args: [np.asarray(v) for v in fn(*args)])
+    return fn if mode != "JAX" else _NumpyOutputs(fn)
+
+
+class _NumpyOutputs:
+    """A compiled function returning writable NumPy arrays (JAX returns its own, immutable ones)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args) -> list[np.ndarray]:
+        return [np.array(v) for v in self.fn(*args)]
+
+    def __getattr__(self, name: str):
+        return getattr(self.fn, name)
 
 
 def jacobian_of(y: TensorVariable, x: TensorVariable | Sequence[TensorVariable]):
@@ -308,11 +320,11 @@ def core_function(name: str, sig: Signature, method: str = "ML"):
 def _cached_function(key: str, make_graph: Callable):
     """A compiled function: from this process's memory, else from the disk cache, else built by
     ``make_graph()`` (returning ``(inputs, outputs)``), rewritten once and stored."""
-    key = f"{key}|{compile_mode()}"
-    if key not in _COMPILED:
-        inputs, outputs = _cached_graph(key.rsplit("|", 1)[0], make_graph)
-        _COMPILED[key] = compile_fn(inputs, outputs, rewrite=False)
-    return _COMPILED[key]
+    entry = (key, compile_mode())
+    if entry not in _COMPILED:
+        inputs, outputs = _cached_graph(key, make_graph)
+        _COMPILED[entry] = compile_fn(inputs, outputs, rewrite=False)
+    return _COMPILED[entry]
 
 
 def _cached_graph(key: str | None, make_graph: Callable):
@@ -330,7 +342,7 @@ def _cached_graph(key: str | None, make_graph: Callable):
 
 
 #: Compiled core functions of this process, by key and compilation mode.
-_COMPILED: dict[str, object] = {}
+_COMPILED: dict[tuple[str, str], object] = {}
 
 
 # -- the model map nat -> phi ------------------------------------------------------------------------
