@@ -53,8 +53,8 @@ __all__ = ["Mode", "compile_mode", "compile_fn", "hessian", "jacobian_of", "core
 #: ``canonicalize`` rewrites: no JIT and no C compiler, so a first fit costs seconds. ``"NUMBA"``
 #: compiles them with pytensor's numba backend and its full ``fast_run`` rewrites (``"FAST_RUN"``
 #: is pytensor's name for the same mode); ``"JAX"`` with its JAX backend (needs ``jax``). The
-#: compiled modes cost tens of seconds per Hessian graph on a first fit (the compiled graphs are
-#: not kept on disk, only the rewritten ones) and give the same numbers to rounding.
+#: compiled modes cost tens of seconds per Hessian graph in every process (the rewritten graphs
+#: are kept on disk, the compiled code is not) and give the same numbers to rounding.
 Mode = Literal["PY", "NUMBA", "FAST_RUN", "JAX"]
 
 #: pytensor's rewrites at or after this position assume a destroy handler (``add_destroy_handler``
@@ -67,7 +67,7 @@ def compile_mode() -> Mode:
     """The compilation mode named by ``PYMC_MIXVCOV_MODE`` (``"PY"`` when unset or empty).
 
     Read at every compilation, so a process may switch modes; compiled functions are kept per
-    mode in memory and on disk.
+    mode in memory, rewritten graphs per mode on disk.
 
     Raises
     ------
@@ -103,9 +103,10 @@ def _rewriter():
     """Graph rewrites applied once, before a core graph is cached.
 
     In the default mode, pytensor's ``canonicalize`` set (merging, constant folding, algebraic
-    simplification), without in-place updates. It removes about a third of the nodes of a Hessian graph at a
-    fraction of the cost of the full ``fast_run`` set, whose elementwise fusion would moreover
-    run element by element in Python under the Python linker.
+    simplification), without in-place updates. It removes about a third of the nodes of a
+    Hessian graph at a fraction of the cost of the full ``fast_run`` set, whose elementwise
+    fusion would moreover run element by element in Python under the Python linker. In a
+    compiled mode, that mode's rewrites before pytensor's destroy handler.
     """
     mode = compile_mode()
     if mode != "PY":

@@ -219,7 +219,8 @@ class MixedFit:
 
     def _information(self, information: str, reml_cross: str = "zero") -> np.ndarray | None:
         """The information matrix on the natural scale; the expected one is computed on first use
-        (``None`` where it is not available: non-Gaussian likelihoods, MAP fits)."""
+        (``None`` where it is not available: non-Gaussian likelihoods, MAP fits), as is a REML
+        fit's observed one with merDeriv's cross block (``reml_cross="ml"``)."""
         key = self._information_key(information, reml_cross)
         if key == "observed_ml_cross" and key not in self._opt:
             self._opt[key] = self._functions.reml_observed_ml_cross(self._opt["nat"], self._information("observed"))
