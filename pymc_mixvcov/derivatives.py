@@ -53,8 +53,9 @@ __all__ = ["Mode", "compile_mode", "compile_fn", "hessian", "jacobian_of", "core
 #: ``canonicalize`` rewrites: no JIT and no C compiler, so a first fit costs seconds. ``"NUMBA"``
 #: compiles them with pytensor's numba backend and its full ``fast_run`` rewrites (``"FAST_RUN"``
 #: is pytensor's name for the same mode); ``"JAX"`` with its JAX backend (needs ``jax``). The
-#: compiled modes cost tens of seconds per Hessian graph in every process (the rewritten graphs
-#: are kept on disk, the compiled code is not) and give the same numbers to rounding.
+#: compiled modes cost tens of seconds per Hessian graph on a first run and seconds in later
+#: processes (rewritten graphs are kept on disk, numba's code by pytensor) and give the same
+#: numbers to rounding.
 Mode = Literal["PY", "NUMBA", "FAST_RUN", "JAX"]
 
 #: pytensor's rewrites at or after this position assume a destroy handler (``add_destroy_handler``

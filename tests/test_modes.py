@@ -3,7 +3,7 @@
 A mode is chosen by the environment of the process, as a user chooses it, so each mode runs in
 a subprocess. The compiled modes' sleepstudy fits are marked ``slow``: numba compiles each
 Hessian graph for tens of seconds (a first sleepstudy fit took 2 to 5 minutes on a 2-core
-machine), JAX for about 40 s in all.
+machine, 11 s once pytensor has cached the code), JAX 35 to 55 s.
 """
 
 from __future__ import annotations
