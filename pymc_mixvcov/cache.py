@@ -50,9 +50,10 @@ def _file(key: str) -> Path | None:
     if d is None:
         return None
     from . import __version__
+    from .derivatives import compile_mode
 
     # the graphs are rewritten for the evaluation mode: one entry per mode
-    mode = os.environ.get("PYMC_MIXVCOV_MODE", "PY")
+    mode = compile_mode()
     versions = f"{FORMAT}|{mode}|{__version__}|{pytensor.__version__}|{np.__version__}|{_source_hash()}"
     tag = hashlib.sha256(f"{key}|{versions}".encode()).hexdigest()[:16]
     return d / f"{key}-{tag}.pkl"

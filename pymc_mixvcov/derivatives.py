@@ -21,9 +21,12 @@ whose gradient vanishes at the reference point, so ``E_nat = J^T E_phi J``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import importlib.util
 import os
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import pytensor
@@ -43,13 +46,45 @@ from .errors import MixVcovError
 from .evaluator import GraphFunction, freeze_shared, inline_op_from_graph, light_function
 from .marginal import ClusterStructure, CoreGraph, Signature, data_values, signature_of
 
-__all__ = ["compile_fn", "hessian", "jacobian_of", "core_function", "ModelMap", "LMMFunctions"]
+__all__ = ["Mode", "compile_mode", "compile_fn", "hessian", "jacobian_of", "core_function", "ModelMap", "LMMFunctions"]
 
-#: Compilation mode. The default, ``"PY"``, evaluates the graph with NumPy and applies only
-#: the merge rewrite (no JIT, no C compiler): the graphs are small, so start-up dominates and
-#: this is fastest on first and later runs alike. ``PYMC_MIXVCOV_MODE`` overrides it with any
-#: pytensor mode name (``NUMBA``, ``FAST_RUN``, ...).
-MODE_NAME = os.environ.get("PYMC_MIXVCOV_MODE", "PY")
+#: The compilation modes ``PYMC_MIXVCOV_MODE`` may name. ``"PY"`` (the default) evaluates the
+#: graphs with NumPy, node by node (:mod:`pymc_mixvcov.evaluator`), after pytensor's
+#: ``canonicalize`` rewrites: no JIT and no C compiler, so a first fit costs seconds. ``"NUMBA"``
+#: compiles them with pytensor's numba backend and its full ``fast_run`` rewrites (``"FAST_RUN"``
+#: is pytensor's name for the same mode); ``"JAX"`` with its JAX backend (needs ``jax``). The
+#: compiled modes cost tens of seconds per Hessian graph on a first run and seconds in later
+#: processes (rewritten graphs are kept on disk, numba's code by pytensor) and give the same
+#: numbers to rounding.
+Mode = Literal["PY", "NUMBA", "FAST_RUN", "JAX"]
+
+#: pytensor's rewrites at or after this position assume a destroy handler (``add_destroy_handler``
+#: sits at 49.5: in-place updates, then backend-specific fusions that write into their inputs);
+#: the graphs cached for a compiled mode are rewritten up to here, ``pytensor.function`` does the rest.
+_DESTROY_HANDLER_POSITION = 49.5
+
+
+def compile_mode() -> Mode:
+    """The compilation mode named by ``PYMC_MIXVCOV_MODE`` (``"PY"`` when unset or empty).
+
+    Read at every compilation, so a process may switch modes; compiled functions are kept per
+    mode in memory, rewritten graphs per mode on disk.
+
+    Raises
+    ------
+    MixVcovError
+        The variable names no mode of :data:`Mode`, or ``"JAX"`` without ``jax`` installed.
+    """
+    name = os.environ.get("PYMC_MIXVCOV_MODE") or "PY"
+    valid = get_args(Mode)
+    if name not in valid:
+        raise MixVcovError(
+            f"PYMC_MIXVCOV_MODE={name!r} is not a compilation mode of pymc_mixvcov; use one of "
+            f"{', '.join(repr(v) for v in valid)} (or unset it for the default 'PY')"
+        )
+    if name == "JAX" and importlib.util.find_spec("jax") is None:
+        raise MixVcovError("PYMC_MIXVCOV_MODE='JAX' needs the jax package: pip install jax (or unset the variable)")
+    return name
 
 
 @node_rewriter([Elemwise])
@@ -68,13 +103,22 @@ def _split_wide_elemwise(fgraph, node):
 def _rewriter():
     """Graph rewrites applied once, before a core graph is cached.
 
-    pytensor's ``canonicalize`` set (merging, constant folding, algebraic simplification),
-    without in-place updates. It removes about a third of the nodes of a Hessian graph at a
-    fraction of the cost of the full ``fast_run`` set, whose elementwise fusion would moreover
-    run element by element in Python under the Python linker.
+    In the default mode, pytensor's ``canonicalize`` set (merging, constant folding, algebraic
+    simplification), without in-place updates. It removes about a third of the nodes of a
+    Hessian graph at a fraction of the cost of the full ``fast_run`` set, whose elementwise
+    fusion would moreover run element by element in Python under the Python linker. In a
+    compiled mode, that mode's rewrites before pytensor's destroy handler.
     """
-    if MODE_NAME != "PY":
-        return pytensor.compile.mode.get_mode(MODE_NAME).optimizer
+    mode = compile_mode()
+    if mode != "PY":
+        # the mode's own rewrites up to the destroy handler: what follows it (in-place updates,
+        # fusions that write into their inputs) needs the supervisor that pytensor.function
+        # attaches, and a graph holding such nodes is refused by it
+        m = pytensor.compile.mode.get_mode(mode)
+        query = copy.copy(m.provided_optimizer)
+        query.position_cutoff = _DESTROY_HANDLER_POSITION
+        # cloned so that the backend's own exclusions (e.g. numba's of the C BLAS rewrites) apply
+        return SequentialGraphRewriter(dfs_rewriter(inline_op_from_graph), m.clone(optimizer=query).optimizer)
     canonicalize = optdb.query(RewriteDatabaseQuery(include=["canonicalize"], exclude=["inplace"]))
     # inlined before and after canonicalize, whose rewrites make some (``AllocDiag``)
     return SequentialGraphRewriter(
@@ -91,10 +135,25 @@ def compile_fn(inputs: Sequence[TensorVariable], outputs: Sequence[TensorVariabl
 
     ``rewrite=False`` skips graph rewriting in the default mode (for graphs already merged).
     """
-    if MODE_NAME == "PY":
+    mode = compile_mode()
+    if mode == "PY":
         return light_function(inputs, outputs) if rewrite else GraphFunction(list(inputs), list(outputs))
     with pytensor.config.change_flags(traceback__limit=0):
-        return pytensor.function(list(inputs), list(outputs), mode=MODE_NAME, on_unused_input="ignore")
+        fn = pytensor.function(list(inputs), list(outputs), mode=mode, on_unused_input="ignore")
+    return fn if mode != "JAX" else _NumpyOutputs(fn)
+
+
+class _NumpyOutputs:
+    """A compiled function returning writable NumPy arrays (JAX returns its own, immutable ones)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args) -> list[np.ndarray]:
+        return [np.array(v) for v in self.fn(*args)]
+
+    def __getattr__(self, name: str):
+        return getattr(self.fn, name)
 
 
 def jacobian_of(y: TensorVariable, x: TensorVariable | Sequence[TensorVariable]):
@@ -263,10 +322,11 @@ def core_function(name: str, sig: Signature, method: str = "ML"):
 def _cached_function(key: str, make_graph: Callable):
     """A compiled function: from this process's memory, else from the disk cache, else built by
     ``make_graph()`` (returning ``(inputs, outputs)``), rewritten once and stored."""
-    if key not in _COMPILED:
+    entry = (key, compile_mode())
+    if entry not in _COMPILED:
         inputs, outputs = _cached_graph(key, make_graph)
-        _COMPILED[key] = compile_fn(inputs, outputs, rewrite=False)
-    return _COMPILED[key]
+        _COMPILED[entry] = compile_fn(inputs, outputs, rewrite=False)
+    return _COMPILED[entry]
 
 
 def _cached_graph(key: str | None, make_graph: Callable):
@@ -283,8 +343,8 @@ def _cached_graph(key: str | None, make_graph: Callable):
     return build() if key is None else cache.load_graph(key, build)
 
 
-#: Compiled core functions of this process, by key.
-_COMPILED: dict[str, object] = {}
+#: Compiled core functions of this process, by key and compilation mode.
+_COMPILED: dict[tuple[str, str], object] = {}
 
 
 # -- the model map nat -> phi ------------------------------------------------------------------------
@@ -441,7 +501,8 @@ class LMMFunctions:
 
         For ML these are derivatives in all natural parameters. For REML the criterion does not
         involve ``beta``: gradient and information are those of the REML criterion in the variance
-        parameters, with ``X^T V^{-1} X`` as the ``beta`` block (zero cross block).
+        parameters, with ``X^T V^{-1} X`` as the ``beta`` block (zero cross block; see
+        :meth:`reml_observed_ml_cross` for merDeriv's alternative).
         """
         nat = np.asarray(nat, float)
         phi, J, T = self.map(nat)
@@ -465,6 +526,27 @@ class LMMFunctions:
         if expected:
             (E,) = self._fn("reml_expected")(phi[p:], phi[p:], *self.data)
             out["expected"] = self._blockdiag(XtVX, Jv.T @ E @ Jv)
+        return out
+
+    def reml_observed_ml_cross(self, nat: np.ndarray, observed: np.ndarray) -> np.ndarray:
+        """The REML observed information ``observed`` with merDeriv's fixed/variance cross block.
+
+        The REML criterion ``l_R(psi) = -1/2 (log|V| + log|X^T V^{-1} X| + y^T P y)`` does not
+        involve ``beta``, so :meth:`information` gives the block-diagonal
+        ``[[X^T V^{-1} X, 0], [0, -d2 l_R / d psi2]]``. merDeriv's ``vcov.lmerMod(full = TRUE,
+        information = "observed")`` fills the cross block of a REML fit with the ML observed
+        information's, at the REML estimates (``beta`` the GLS estimate):
+
+        ``-d2 l_ML / d beta d psi_j = X^T V^{-1} (dV / d psi_j) V^{-1} (y - X beta)``
+
+        (here on the natural scale: the exact ML Hessian of :meth:`clusters`, whose ``beta``
+        block is also ``X^T V^{-1} X``). This returns ``observed`` with that block put in.
+        """
+        nat = np.asarray(nat, float)
+        ml = self.clusters(nat)["observed"]
+        out = np.array(observed, float, copy=True)
+        fv, vf = np.ix_(self.fi, self.vi), np.ix_(self.vi, self.fi)
+        out[fv], out[vf] = ml[fv], ml[vf]
         return out
 
     def clusters(self, nat: np.ndarray, phi=None) -> dict[str, np.ndarray]:

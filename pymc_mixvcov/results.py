@@ -12,10 +12,13 @@ from .errors import MixVcovError, SingularFitWarning
 from .sandwich import ADJUSTS, Adjust, check_adjust, estfun, vcov_cluster, vcov_multiway
 from .scales import check_scale, delta_method
 
-__all__ = ["MixedFit", "Information"]
+__all__ = ["MixedFit", "Information", "RemlCross"]
 
 Information = Literal["observed", "expected"]
 INFORMATIONS: tuple[str, ...] = get_args(Information)
+#: The fixed/variance cross block of a REML fit's observed information (see :meth:`MixedFit.vcov`).
+RemlCross = Literal["zero", "ml"]
+REML_CROSSES: tuple[str, ...] = get_args(RemlCross)
 Level = Literal["cluster", "observation"]
 LEVELS: tuple[str, ...] = get_args(Level)
 
@@ -29,6 +32,12 @@ def _check_information(information: str) -> str:
             f"unknown information {information!r}; valid values are: {', '.join(map(repr, INFORMATIONS))}"
         )
     return information
+
+
+def _check_reml_cross(reml_cross: str) -> str:
+    if reml_cross not in REML_CROSSES:
+        raise MixVcovError(f"unknown reml_cross {reml_cross!r}; valid values are: {', '.join(map(repr, REML_CROSSES))}")
+    return reml_cross
 
 
 def _check_level(level: str) -> str:
@@ -277,31 +286,48 @@ class MixedFit:
         return pd.Series(np.asarray(values, float), index=self.labels(scale), name="estimate")
 
     # -- covariances --------------------------------------------------------------------------
-    def information(self, information: Information = "observed") -> pd.DataFrame:
-        """Information matrix on the natural scale (observed: ``-d2 log L``; expected: Fisher)."""
-        _check_information(information)
-        lab = self.spec.natural_labels
-        return pd.DataFrame(self._information(information), index=lab, columns=lab)
+    def information(self, information: Information = "observed", *, reml_cross: RemlCross = "zero") -> pd.DataFrame:
+        """Information matrix on the natural scale (observed: ``-d2 log L``; expected: Fisher).
 
-    def _information(self, information: str) -> np.ndarray | None:
+        Parameters
+        ----------
+        information : {"observed", "expected"}
+        reml_cross : {"zero", "ml"}
+            REML fits: the fixed/variance cross block of the observed information, see :meth:`vcov`.
+        """
+        _check_information(information)
+        _check_reml_cross(reml_cross)
+        lab = self.spec.natural_labels
+        return pd.DataFrame(self._information(information, reml_cross), index=lab, columns=lab)
+
+    def _information_key(self, information: str, reml_cross: str) -> str:
+        ml_cross = reml_cross == "ml" and information == "observed" and self.method == "REML"
+        return "observed_ml_cross" if ml_cross else information
+
+    def _information(self, information: str, reml_cross: str = "zero") -> np.ndarray | None:
         """The information matrix on the natural scale; the expected one is computed on first use
-        (``None`` where it is not available: non-Gaussian likelihoods, MAP fits)."""
-        if information not in self._opt:
+        (``None`` where it is not available: non-Gaussian likelihoods, MAP fits), as is a REML
+        fit's observed one with merDeriv's cross block (``reml_cross="ml"``)."""
+        key = self._information_key(information, reml_cross)
+        if key == "observed_ml_cross" and key not in self._opt:
+            self._opt[key] = self._functions.reml_observed_ml_cross(self._opt["nat"], self._information("observed"))
+        if key not in self._opt:
             info = self._functions.information(self._opt["nat"], expected=True)
             self._opt[information] = info.get(information)
-        return self._opt[information]
+        return self._opt[key]
 
-    def _vcov_natural(self, information: str) -> np.ndarray:
+    def _vcov_natural(self, information: str, reml_cross: str = "zero") -> np.ndarray:
         if self._information(information) is None:
             raise MixVcovError(
                 f"{information} information is available for Gaussian models only; this model's "
                 f"{self.spec.family} likelihood is fitted by the Laplace approximation: use information='observed'"
             )
-        if information not in self._vcov_nat:
-            self._vcov_nat[information] = invert_information(
-                self._information(information), self.at_bound, self.spec.natural_labels
+        key = self._information_key(information, reml_cross)
+        if key not in self._vcov_nat:
+            self._vcov_nat[key] = invert_information(
+                self._information(information, reml_cross), self.at_bound, self.spec.natural_labels
             )
-        return self._vcov_nat[information]
+        return self._vcov_nat[key]
 
     def _dependence(self, scale: str) -> np.ndarray:
         """Which scale entries depend on which natural parameters (Jacobian pattern off the boundary)."""
@@ -312,7 +338,9 @@ class MixedFit:
         nat = nat + 1e-3 * bump * np.random.default_rng(0).uniform(size=nat.size)
         return np.abs(self._functions.scales(nat)[f"jac_{scale}"]) > 0
 
-    def vcov(self, scale: str = "var", information: Information = "observed") -> pd.DataFrame:
+    def vcov(
+        self, scale: str = "var", information: Information = "observed", *, reml_cross: RemlCross = "zero"
+    ) -> pd.DataFrame:
         """Covariance matrix of all parameters: fixed effects and variance components.
 
         Parameters
@@ -322,6 +350,18 @@ class MixedFit:
         information : {"observed", "expected"}
             Inverse observed information (exact Hessian) or inverse expected (Fisher)
             information (closed form, zero fixed/variance cross block).
+        reml_cross : {"zero", "ml"}
+            The fixed-effect/variance cross block of a REML fit's observed information. The REML
+            criterion ``l_R(psi) = -1/2 (log|V| + log|X^T V^-1 X| + y^T P y)``,
+            ``P = V^-1 - V^-1 X (X^T V^-1 X)^-1 X^T V^-1``, does not involve ``beta``, so
+            ``"zero"`` (default) takes the information as block-diagonal,
+            ``[[X^T V^-1 X, 0], [0, -d2 l_R / d psi2]]``. ``"ml"`` reproduces merDeriv's
+            ``vcov(full = TRUE, information = "observed")`` for REML fits: the cross block of the
+            ML observed information at the REML estimates,
+            ``X^T V^-1 (dV / d psi_j) V^-1 (y - X beta_hat)``. The two agree where that vanishes
+            (every cluster with the same design and the random-effect columns in the span of the
+            fixed-effect ones, as in sleepstudy). No effect on ML and MAP fits (the information of their own criterion)
+            or on expected information (zero cross block either way).
 
         Returns
         -------
@@ -330,16 +370,19 @@ class MixedFit:
         """
         check_scale(scale)
         _check_information(information)
-        V = self._vcov_natural(information)
+        _check_reml_cross(reml_cross)
+        V = self._vcov_natural(information, reml_cross)
         if scale != "natural":
             held = np.isnan(np.diag(V))
             V = delta_method(V, self._opt[f"jac_{scale}"], self._dependence(scale) if held.any() else None)
         lab = self.labels(scale)
         return pd.DataFrame(V, index=lab, columns=lab)
 
-    def se(self, scale: str = "sd", information: Information = "observed") -> pd.Series:
-        """Standard errors on ``scale``: square roots of the diagonal of :meth:`vcov`."""
-        V = self.vcov(scale, information)
+    def se(
+        self, scale: str = "sd", information: Information = "observed", *, reml_cross: RemlCross = "zero"
+    ) -> pd.Series:
+        """Standard errors on ``scale``: square roots of the diagonal of :meth:`vcov` (same arguments)."""
+        V = self.vcov(scale, information, reml_cross=reml_cross)
         return pd.Series(np.sqrt(np.diag(V.to_numpy())), index=V.index, name="se")
 
     # -- scores and log-likelihood contributions -----------------------------------------------
@@ -621,12 +664,16 @@ class MixedFit:
         scale: str = "sd",
         information: Information = "observed",
         cluster=None,
+        *,
+        reml_cross: RemlCross = "zero",
     ) -> pd.DataFrame:
-        """The model-based covariance (``vcov="model"``, :meth:`vcov`) or a sandwich (:meth:`sandwich`)."""
+        """The model-based covariance (``vcov="model"``, :meth:`vcov`, with ``reml_cross``) or a
+        sandwich (:meth:`sandwich`, ML fits only)."""
         if vcov not in ("model", *ADJUSTS):
             raise MixVcovError(f"unknown vcov {vcov!r}; valid values are: {', '.join(map(repr, ('model', *ADJUSTS)))}")
+        _check_reml_cross(reml_cross)
         if vcov == "model":
-            return self.vcov(scale, information)
+            return self.vcov(scale, information, reml_cross=reml_cross)
         return self.sandwich(scale, information, adjust=vcov, cluster=cluster)
 
     # -- summary -------------------------------------------------------------------------------------
@@ -637,6 +684,8 @@ class MixedFit:
         level: float = 0.95,
         information: Information = "observed",
         cluster=None,
+        *,
+        reml_cross: RemlCross = "zero",
     ) -> pd.DataFrame:
         """Table of estimates, standard errors, Wald tests and confidence intervals.
 
@@ -651,6 +700,8 @@ class MixedFit:
         information : {"observed", "expected"}
         cluster :
             Passed to :meth:`sandwich`.
+        reml_cross : {"zero", "ml"}
+            REML fits: the fixed/variance cross block of the observed information, see :meth:`vcov`.
 
         Returns
         -------
@@ -674,7 +725,7 @@ class MixedFit:
         if not 0 < level < 1:
             raise MixVcovError(f"level must be between 0 and 1, got {level!r}")
         est = self.params(scale).to_numpy()
-        V = self.covariance(vcov, scale, information, cluster)
+        V = self.covariance(vcov, scale, information, cluster, reml_cross=reml_cross)
         se = np.sqrt(np.where(np.diag(V.to_numpy()) >= 0, np.diag(V.to_numpy()), np.nan))
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             z = est / se
