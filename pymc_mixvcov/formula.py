@@ -2,8 +2,11 @@
 
 The formula is parsed by the ``formulae`` package. Its syntax tree tells which
 group-specific terms come from the same ``( ... | g)`` bar (lme4 gives them one correlated
-covariance block); ``formulae``'s design matrices give the fixed-effect columns (treatment
-contrasts, interactions) and the values of the random-effect expressions.
+covariance block); ``formulae`` evaluates the variables and calls of the fixed part and the
+values of the random-effect expressions. The fixed-effect columns are then built as R's
+``model.matrix`` builds them (see :func:`_fixed_design`): the pandas level order, treatment
+contrasts for unordered and polynomial contrasts for ordered categoricals, R's term order and
+interaction column order.
 
 The model built here is a plain PyMC model that can be sampled. Its priors (ignored by ML and
 REML fits) are weakly informative and scaled to the data, with ``s_y`` the SD of the response:
@@ -55,7 +58,7 @@ LINKS: dict[str, tuple[str, ...]] = {
 RESPONSE = "response__"
 #: counts are held as int64: 2**63 and beyond do not fit
 _COUNT_LIMIT = 2.0**63
-_COUNT_RANGE = "counts must be below 2**63 = 9.2e18, the int64 range; larger values do not fit the integer counts"
+_COUNT_RANGE = "counts must be below 2**63 (about 9.2e18): PyMC's discrete distributions hold counts as int64"
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ def _factor_codes(data: pd.DataFrame, cols: tuple[str, ...]) -> tuple[np.ndarray
     return inv.astype(int), levels
 
 
-def _data_frame(data, what: str = "data") -> pd.DataFrame:
+def _data_frame(data) -> pd.DataFrame:
     """``data`` as a DataFrame with a fresh 0-based index and NumPy dtypes where pandas' nullable ones were.
 
     Columns of pandas' nullable dtypes (``Int64``, ``Float64``, ``boolean``) without missing
@@ -138,7 +141,7 @@ def _data_frame(data, what: str = "data") -> pd.DataFrame:
     """
     if not isinstance(data, pd.DataFrame):
         hint = " (build one with pandas.DataFrame(data))" if isinstance(data, dict) else ""
-        raise MixVcovError(f"{what} must be a pandas DataFrame, got {type(data).__name__}{hint}")
+        raise MixVcovError(f"data must be a pandas DataFrame, got {type(data).__name__}{hint}")
     data = data.reset_index(drop=True)
     nullable = {}
     for c in data.columns:
@@ -440,11 +443,16 @@ def _categorical(comp, data: pd.DataFrame):
     """Codes, levels, whether R would call it ordered, and an explicit ``formulae`` encoding of a factor.
 
     A plain column keeps its pandas level order (unused levels dropped); other values
-    (strings) are sorted, as R's ``factor()`` does. ``C(x, ...)``, ``T(x, ...)`` and
-    ``S(x, ...)`` keep ``formulae``'s levels and encoding.
+    (strings) are sorted, as R's ``factor()`` does; logical values are the levels ``FALSE``,
+    ``TRUE``, as R's ``model.matrix`` makes them. ``C(x, ...)``, ``T(x, ...)`` and ``S(x, ...)``
+    keep ``formulae``'s levels and encoding.
     """
     from formulae.categorical import CategoricalBox
 
+    if comp.kind == "numeric":  # a logical
+        v = np.asarray(comp.value).reshape(-1).astype(bool)
+        col = pd.Categorical(np.where(v, "TRUE", "FALSE"), categories=["FALSE", "TRUE"]).remove_unused_categories()
+        return col.codes, list(col.categories), False, None
     raw = comp._intermediate_data
     if isinstance(raw, CategoricalBox):
         levels = list(comp.levels)
@@ -484,6 +492,8 @@ def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
       a term before it, otherwise by all its indicators; without an intercept the first factor
       of the first term with a factor gets all its indicators (R's ``TermCode``, Chambers and
       Hastie 1992, p. 38).
+    * Factors are categorical columns (and string columns, levels sorted) and logical columns
+      (levels ``FALSE``, ``TRUE``: ``xTRUE``, as R names it).
     * Contrasts: treatment contrasts in the pandas level order (the first level is the
       baseline) for unordered factors; R's polynomial contrasts (``f.L``, ``f.Q``, ...) for
       ordered categoricals unless ``ordered_contrasts="treatment"``.
@@ -503,6 +513,7 @@ def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
     offset = np.zeros(n)
     terms: list[tuple[str, ...]] = []
     comps: dict[str, object] = {}
+    factor: dict[str, bool] = {}  # R's factors: categorical and logical variables
     for t in desc.common_terms:
         if not hasattr(t, "components"):
             intercept = True
@@ -513,6 +524,7 @@ def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
             continue
         for c in ev.components:
             comps.setdefault(c.name, c)
+            factor[c.name] = c.kind == "categoric" or np.asarray(c.value).dtype == bool
         terms.append(tuple(c.name for c in ev.components))
     order: list[str] = []
     for term in terms:
@@ -524,7 +536,7 @@ def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
     for i, term in enumerate(terms):
         dummy = {}
         for v in term:
-            if comps[v].kind == "categoric":
+            if factor[v]:
                 rest = set(term) - {v}
                 dummy[v] = bool(rest) and not any(rest <= set(p) for p in terms[:i])
         if first_dummy and dummy:
@@ -533,7 +545,7 @@ def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
         block, labs = np.ones((n, 1)), [""]
         for v in term:
             c = comps[v]
-            if c.kind == "categoric":
+            if factor[v]:
                 z, zl = _factor_columns(c, data, dummy[v], ordered_contrasts)
             else:
                 z = np.asarray(c.value, dtype=float).reshape(n, -1)

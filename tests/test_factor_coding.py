@@ -17,7 +17,7 @@ REF = reference("factor_coding")
 
 def _toy() -> pd.DataFrame:
     """The toy data of generate_factors.R: ``a`` with levels z, y, x (not sorted), ``b`` with q, p,
-    ``o`` ordered lo < mid < hi, ``x`` numeric; plus a response and a grouping factor."""
+    ``o`` ordered lo < mid < hi, ``x`` numeric, ``l`` logical; plus a response and a grouping factor."""
     t = REF["toy_data"]
     return pd.DataFrame(
         {
@@ -25,6 +25,7 @@ def _toy() -> pd.DataFrame:
             "b": pd.Categorical(t["b"], categories=["q", "p"]),
             "o": pd.Categorical(t["o"], categories=["lo", "mid", "hi"], ordered=True),
             "x": t["x"],
+            "l": np.array(t["l"], bool),
             "y": np.sin(np.arange(24.0)),
             "g": pd.Categorical(np.arange(24) % 4),
         }
@@ -34,8 +35,8 @@ def _toy() -> pd.DataFrame:
 @pytest.mark.parametrize("case", REF["toy"], ids=[c["formula"] for c in REF["toy"]])
 def test_design_is_r_model_matrix(case):
     # names and values of R's model.matrix(): the pandas level order (first level the
-    # baseline), contr.poly for the ordered factor, terms by degree, first factor fastest in
-    # interactions, indicators where R's TermCode asks for them. The values are exact
+    # baseline), contr.poly for the ordered factor, a logical as a factor (lTRUE), terms by
+    # degree, first factor fastest in interactions, indicators where R's TermCode asks for them. The values are exact
     # indicators or R's contr.poly (printed to 17 digits): 1e-12.
     _, X, _, fixed, _, _ = _design(f"y {case['formula']} + (1 | g)", _toy())
     assert fixed == case["names"]

@@ -21,13 +21,15 @@ ortho <- lmer(distance ~ age * Sex + (age | Subject), o, REML=TRUE)
 # intercept-free fixed part
 sleep0 <- lmer(Reaction ~ 0 + (1 | Subject), sleepstudy, REML=FALSE)
 
-# a toy design: a (levels z, y, x: not sorted), b (q, p), o ordered (lo < mid < hi), x numeric
+# a toy design: a (levels z, y, x: not sorted), b (q, p), o ordered (lo < mid < hi), x numeric,
+# l logical (a factor with levels FALSE, TRUE in model.matrix)
 toy <- data.frame(a=factor(rep(c("z", "y", "x"), 8), levels=c("z", "y", "x")),
                   b=factor(rep(c("q", "p"), each=12), levels=c("q", "p")),
                   o=factor(rep(c("hi", "lo", "mid", "lo"), 6), levels=c("lo", "mid", "hi"), ordered=TRUE),
-                  x=(1:24) / 4)
+                  x=(1:24) / 4, l=rep(c(TRUE, FALSE, FALSE), 8))
 toy_formulas <- list(~ a * b, ~ b * a, ~ x * a, ~ x:a, ~ a + a:b, ~ 0 + a * b, ~ 0 + x + a, ~ a:x + b,
-                     ~ o, ~ o * b, ~ 0 + o, ~ x + a + b + a:b + x:b, ~ a * b * x)
+                     ~ o, ~ o * b, ~ 0 + o, ~ x + a + b + a:b + x:b, ~ a * b * x,
+                     ~ l, ~ 0 + l, ~ x:l, ~ l * a)
 toy_mm <- lapply(toy_formulas, function(f) { m <- model.matrix(f, toy); list(formula=deparse(f), names=colnames(m), values=unname(m)) })
 
 save(list(versions=versions,
@@ -38,5 +40,5 @@ save(list(versions=versions,
           sleepstudy_no_fixed_ml=c(list(formula="Reaction ~ 0 + (1 | Subject)"), fe(sleep0), sd=as.data.frame(VarCorr(sleep0))$sdcor),
           verbagg=MM(r2 ~ Anger + Gender + btype + situ + mode + mode:situ + btype:Gender, VerbAgg),
           insteval=MM(y ~ service + dept + studage + lectage + service:dept, InstEval),
-          toy_data=list(a=as.character(toy$a), b=as.character(toy$b), o=as.character(toy$o), x=toy$x),
+          toy_data=list(a=as.character(toy$a), b=as.character(toy$b), o=as.character(toy$o), x=toy$x, l=toy$l),
           toy=toy_mm), "factor_coding")
