@@ -29,7 +29,7 @@ toy <- data.frame(a=factor(rep(c("z", "y", "x"), 8), levels=c("z", "y", "x")),
                   x=(1:24) / 4, l=rep(c(TRUE, FALSE, FALSE), 8))
 toy_formulas <- list(~ a * b, ~ b * a, ~ x * a, ~ x:a, ~ a + a:b, ~ 0 + a * b, ~ 0 + x + a, ~ a:x + b,
                      ~ o, ~ o * b, ~ 0 + o, ~ x + a + b + a:b + x:b, ~ a * b * x,
-                     ~ l, ~ 0 + l, ~ x:l, ~ l * a)
+                     ~ l, ~ 0 + l, ~ x:l, ~ l * b)
 toy_mm <- lapply(toy_formulas, function(f) { m <- model.matrix(f, toy); list(formula=deparse(f), names=colnames(m), values=unname(m)) })
 
 save(list(versions=versions,
