@@ -348,7 +348,8 @@ def _design(
     try:
         dm = design_matrices(formula, frame, na_action="error", extra_namespace=namespace)
     except Exception as exc:
-        raise MixVcovError(f"cannot build the design of {shown!r}: {_formulae_message(exc)}") from exc
+        message = _formulae_message(exc).replace(RESPONSE, "the response")
+        raise MixVcovError(f"cannot build the design of {shown!r}: {message}") from exc
     y = (
         np.asarray(dm.response.design_matrix, dtype=float).reshape(-1)
         if dm.response is not None

@@ -184,3 +184,9 @@ def test_row_numbers_print_as_integers(sleepstudy):
     d.loc[[103, 107], "Days"] = np.nan
     with pytest.raises(pmv.MixVcovError, match=r"rows \[3, 7\];"):
         pmv.lmm("Reaction ~ Days + (1 | Subject)", d)
+
+
+def test_missing_cluster_rows_print_as_integers(sleep_ml):
+    labels = pd.Series(np.arange(180) % 9, dtype=float).where(lambda s: ~s.index.isin([2, 5]))
+    with pytest.raises(pmv.MixVcovError, match=r"\(rows \[2, 5\]\)"):
+        sleep_ml.sandwich(cluster=labels)
