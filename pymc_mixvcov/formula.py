@@ -167,7 +167,7 @@ def _check_data(formula: str, data: pd.DataFrame, shown: str | None = None) -> l
         desc = model_description(formula)
     except Exception as exc:
         raise MixVcovError(f"cannot parse formula {shown!r}: {exc}") from exc
-    names = sorted(v for v in desc.var_names if v != RESPONSE)
+    names = sorted(v for v in desc.var_names if v and v != RESPONSE)  # formulae lists literals as ""
     unknown = [v for v in names if v not in data.columns]
     if unknown:
         raise MixVcovError(
@@ -530,7 +530,8 @@ def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
     order: list[str] = []
     for term in terms:
         order += [v for v in term if v not in order]
-    terms = sorted((tuple(sorted(set(t), key=order.index)) for t in terms), key=len)  # stable, as R
+    terms = list(dict.fromkeys(tuple(sorted(set(t), key=order.index)) for t in terms))  # a:b and b:a: one term
+    terms = sorted(terms, key=len)  # stable, as R orders terms by degree
     cols = [np.ones((n, 1))] if intercept else []
     labels = ["(Intercept)"] if intercept else []
     first_dummy = not intercept

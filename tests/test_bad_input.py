@@ -190,3 +190,13 @@ def test_missing_cluster_rows_print_as_integers(sleep_ml):
     labels = pd.Series(np.arange(180) % 9, dtype=float).where(lambda s: ~s.index.isin([2, 5]))
     with pytest.raises(pmv.MixVcovError, match=r"\(rows \[2, 5\]\)"):
         sleep_ml.sandwich(cluster=labels)
+
+
+def test_call_with_a_literal_argument(sleepstudy):
+    # formulae lists the literal 2 of I(Days**2) as a variable named "": not a missing column.
+    # lme4 1.1-31: lmer(Reaction ~ Days + I(Days^2) + (1 | Subject), REML = FALSE) (generate_factors.R);
+    # log-likelihood at an optimum: 1e-6; fixed effects are GLS at the variance estimates: 1e-5 relative
+    ref = reference("factor_coding")["sleepstudy_quadratic_ml"]
+    fit = pmv.lmm("Reaction ~ Days + I(Days**2) + (1 | Subject)", sleepstudy).fit("ML")
+    np.testing.assert_allclose(fit.loglik, ref["logLik"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fit.params("var").iloc[:3], ref["estimate"], rtol=1e-5)

@@ -20,6 +20,8 @@ write.csv(o, file.path(data_dir, "orthodont.csv"), row.names=FALSE)
 ortho <- lmer(distance ~ age * Sex + (age | Subject), o, REML=TRUE)
 # intercept-free fixed part
 sleep0 <- lmer(Reaction ~ 0 + (1 | Subject), sleepstudy, REML=FALSE)
+# a call with a literal argument
+sleep2 <- lmer(Reaction ~ Days + I(Days^2) + (1 | Subject), sleepstudy, REML=FALSE)
 
 # a toy design: a (levels z, y, x: not sorted), b (q, p), o ordered (lo < mid < hi), x numeric,
 # l logical (a factor with levels FALSE, TRUE in model.matrix)
@@ -38,6 +40,7 @@ save(list(versions=versions,
                                      contrasts="temperature = contr.treatment"), fe(cake_trt)),
           orthodont_reml=c(list(formula="distance ~ age * Sex + (age | Subject)"), fe(ortho)),
           sleepstudy_no_fixed_ml=c(list(formula="Reaction ~ 0 + (1 | Subject)"), fe(sleep0), sd=as.data.frame(VarCorr(sleep0))$sdcor),
+          sleepstudy_quadratic_ml=c(list(formula="Reaction ~ Days + I(Days^2) + (1 | Subject)"), fe(sleep2)),
           verbagg=MM(r2 ~ Anger + Gender + btype + situ + mode + mode:situ + btype:Gender, VerbAgg),
           insteval=MM(y ~ service + dept + studage + lectage + service:dept, InstEval),
           toy_data=list(a=as.character(toy$a), b=as.character(toy$b), o=as.character(toy$o), x=toy$x, l=toy$l),
