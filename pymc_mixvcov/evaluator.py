@@ -274,7 +274,7 @@ def _matmul_thunk(node: Apply) -> Callable | None:
     out_t = node.outputs[0].type
     m, k = a.type.shape[-2:] if a.type.ndim == 3 else (None, None)
     n = b.type.shape[-1] if b.type.ndim == 3 else None
-    if None in (m, k, n) or m * k * n > SMALL_MATMUL or out_t.ndim != 3 or not out_t.dtype.startswith("float"):
+    if None in (m, k, n) or not k or m * k * n > SMALL_MATMUL or out_t.ndim != 3 or not out_t.dtype.startswith("float"):
         return None
     dtype = out_t.dtype
 

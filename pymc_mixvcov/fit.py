@@ -97,6 +97,15 @@ def fit(
     -------
     MixedFit
     """
+    import pymc as pm
+
+    if not isinstance(model, pm.Model):
+        hint = "; pass its .model or call its .fit()" if hasattr(model, "model") else ""
+        raise MixVcovError(f"model must be a pymc.Model, got {type(model).__name__}{hint}")
+    if not isinstance(random, list | tuple) or not all(isinstance(r, str) for r in random):
+        raise MixVcovError(f"random must be a list of variable names (str), got {random!r}")
+    if data is not None and not isinstance(data, pd.DataFrame):
+        raise MixVcovError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     if method not in METHODS:
         raise MixVcovError(f"unknown method {method!r}; valid methods are: {', '.join(map(repr, METHODS))}")
     # graph construction records a stack trace per node unless told not to: a large share of

@@ -2,8 +2,11 @@
 
 The formula is parsed by the ``formulae`` package. Its syntax tree tells which
 group-specific terms come from the same ``( ... | g)`` bar (lme4 gives them one correlated
-covariance block); ``formulae``'s design matrices give the fixed-effect columns (treatment
-contrasts, interactions) and the values of the random-effect expressions.
+covariance block); ``formulae`` evaluates the variables and calls of the fixed part and the
+values of the random-effect expressions. The fixed-effect columns are then built as R's
+``model.matrix`` builds them (see :func:`_fixed_design`): the pandas level order, treatment
+contrasts for unordered and polynomial contrasts for ordered categoricals, R's term order and
+interaction column order.
 
 The model built here is a plain PyMC model that can be sampled. Its priors (ignored by ML and
 REML fits) are weakly informative and scaled to the data, with ``s_y`` the SD of the response:
@@ -38,6 +41,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["MixedModel", "lmm"]
 
 Method = Literal["ML", "REML"]
+#: coding of ordered categoricals: R's polynomial contrasts or treatment contrasts
+OrderedContrasts = Literal["poly", "treatment"]
+ORDERED_CONTRASTS: tuple[str, ...] = get_args(OrderedContrasts)
 Family = Literal["binomial", "poisson", "negative_binomial", "gamma"]
 FAMILIES: tuple[str, ...] = get_args(Family)
 Link = Literal["logit", "probit", "cloglog", "log", "identity"]
@@ -48,8 +54,11 @@ LINKS: dict[str, tuple[str, ...]] = {
     "negative_binomial": ("log", "identity"),
     "gamma": ("log", "identity"),
 }
-#: internal name of an evaluated response column
+#: internal name of an evaluated response column (never shown in messages)
 RESPONSE = "response__"
+#: counts are held as int64: 2**63 and beyond do not fit
+_COUNT_LIMIT = 2.0**63
+_COUNT_RANGE = "counts must be below 2**63 (about 9.2e18): PyMC's discrete distributions hold counts as int64"
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,7 @@ def _lme4_name(label: str) -> str:
     return re.sub(r"\[([^\]]*)\]", r"\1", label)
 
 
-def _bars(formula: str) -> list[tuple[list, bool]]:
+def _bars(formula: str, shown: str | None = None) -> list[tuple[list, bool]]:
     """The ``( ... | ... )`` bars of ``formula``, each resolved to its group-specific terms."""
     from formulae.expr import Binary, Grouping
     from formulae.parser import Parser
@@ -83,7 +92,7 @@ def _bars(formula: str) -> list[tuple[list, bool]]:
     try:
         tree = Parser(Scanner(formula).scan()).parse()
     except Exception as exc:  # formulae raises its own parse errors
-        raise MixVcovError(f"cannot parse formula {formula!r}: {exc}") from exc
+        raise MixVcovError(f"cannot parse formula {formula if shown is None else shown!r}: {exc}") from exc
     bars = []
 
     def walk(node):
@@ -123,21 +132,47 @@ def _factor_codes(data: pd.DataFrame, cols: tuple[str, ...]) -> tuple[np.ndarray
     return inv.astype(int), levels
 
 
-def _check_data(formula: str, data: pd.DataFrame) -> list[str]:
+def _data_frame(data) -> pd.DataFrame:
+    """``data`` as a DataFrame with a fresh 0-based index and NumPy dtypes where pandas' nullable ones were.
+
+    Columns of pandas' nullable dtypes (``Int64``, ``Float64``, ``boolean``) without missing
+    values become their NumPy counterparts (``int64``, ``float64``, ``bool``); those with
+    missing values are kept, to be reported by :func:`_check_data` if the formula uses them.
+    """
+    if not isinstance(data, pd.DataFrame):
+        hint = " (build one with pandas.DataFrame(data))" if isinstance(data, dict) else ""
+        raise MixVcovError(f"data must be a pandas DataFrame, got {type(data).__name__}{hint}")
+    data = data.reset_index(drop=True)
+    nullable = {}
+    for c in data.columns:
+        dt = data[c].dtype
+        if (
+            isinstance(dt, pd.api.extensions.ExtensionDtype)
+            and not isinstance(dt, pd.CategoricalDtype)
+            and getattr(dt, "kind", "O") in "iufb"
+            and getattr(dt, "numpy_dtype", None) is not None
+            and not data[c].isna().any()
+        ):
+            nullable[c] = data[c].to_numpy(dtype=dt.numpy_dtype)
+    return data.assign(**nullable) if nullable else data
+
+
+def _check_data(formula: str, data: pd.DataFrame, shown: str | None = None) -> list[str]:
     from formulae import model_description
 
+    shown = formula if shown is None else shown
     if not isinstance(data, pd.DataFrame):
         raise MixVcovError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     try:
         desc = model_description(formula)
     except Exception as exc:
-        raise MixVcovError(f"cannot parse formula {formula!r}: {exc}") from exc
-    names = sorted(desc.var_names)
+        raise MixVcovError(f"cannot parse formula {shown!r}: {exc}") from exc
+    names = sorted(v for v in desc.var_names if v and v != RESPONSE)  # formulae lists literals as ""
     unknown = [v for v in names if v not in data.columns]
     if unknown:
         raise MixVcovError(
-            f"formula {formula!r} names column(s) {unknown} that are not in the data; "
-            f"available columns: {list(data.columns)}"
+            f"formula {shown!r} names column(s) {unknown} that are not in the data; "
+            f"available columns: {[c for c in data.columns if c != RESPONSE]}"
         )
     for v in names:
         col = data[v]
@@ -145,7 +180,7 @@ def _check_data(formula: str, data: pd.DataFrame) -> list[str]:
         if pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
             bad |= ~np.isfinite(col.to_numpy(dtype=float, na_value=np.nan))
         if bad.any():
-            rows = list(data.index[bad][:10])
+            rows = np.flatnonzero(bad)[:10].tolist()
             more = "" if bad.sum() <= 10 else f" (and {bad.sum() - 10} more)"
             raise MixVcovError(
                 f"column {v!r} has {int(bad.sum())} missing or non-finite value(s) at rows "
@@ -229,7 +264,7 @@ class MixedModel:
         )
 
 
-def lmm(formula: str, data: pd.DataFrame) -> MixedModel:
+def lmm(formula: str, data: pd.DataFrame, *, ordered_contrasts: OrderedContrasts = "poly") -> MixedModel:
     """Build a linear mixed model from an lme4 formula.
 
     Parameters
@@ -237,9 +272,17 @@ def lmm(formula: str, data: pd.DataFrame) -> MixedModel:
     formula : str
         lme4 syntax: ``y ~ x + (x | g)`` (correlated intercept and slope), ``(0 + x | g)``,
         ``(1 | g) + (0 + x | g)`` (independent), crossed ``(1 | a) + (1 | b)``, nested
-        ``(1 | a/b)`` or ``(1 | a:b)``; fixed effects with treatment contrasts and interactions.
+        ``(1 | a/b)`` or ``(1 | a:b)``; fixed effects with factors and interactions coded as
+        R's ``model.matrix`` codes them (see :func:`_fixed_design`).
     data : pandas.DataFrame
-        The data. Grouping columns may be categorical (their level order is kept) or not.
+        The data. Categorical columns keep their level order: in the fixed effects the first
+        category is the baseline of treatment contrasts, as R's first level is in lme4. Other
+        string columns are factors with sorted levels, as R's ``factor()`` makes them. pandas'
+        nullable dtypes (``Int64``, ``Float64``, ``boolean``) act as their NumPy counterparts.
+    ordered_contrasts : {"poly", "treatment"}, default "poly"
+        Coding of ordered categoricals in the fixed effects: R's orthogonal polynomial
+        contrasts (``f.L``, ``f.Q``, ``f.C``, ``f^4``, ...; lme4's default) or treatment
+        contrasts against the first level (R's ``contrasts = list(f = "contr.treatment")``).
 
     Returns
     -------
@@ -248,11 +291,13 @@ def lmm(formula: str, data: pd.DataFrame) -> MixedModel:
     Raises
     ------
     MixVcovError
-        Unknown column, missing or non-finite values in a used column, a grouping factor with
-        a single level (or as many levels as observations), rank-deficient fixed effects.
+        ``data`` not a DataFrame, unknown column or function, missing or non-finite values in a
+        used column, a grouping factor with a single level (or as many levels as observations),
+        rank-deficient fixed effects.
     """
-    data = data.reset_index(drop=True)
-    y, X, offset, fixed, blocks, response = _design(formula, data)
+    _check_ordered_contrasts(ordered_contrasts)
+    data = _data_frame(data)
+    y, X, offset, fixed, blocks, response = _design(formula, data, ordered_contrasts=ordered_contrasts)
     for b in blocks:
         if len(b.levels) >= y.size:
             raise MixVcovError(
@@ -263,23 +308,39 @@ def lmm(formula: str, data: pd.DataFrame) -> MixedModel:
     return MixedModel(formula, data, model, [f"u_{b.name}" for b in blocks], fixed, blocks)
 
 
-def _design(formula: str, data: pd.DataFrame, response: np.ndarray | None = None):
+def _check_ordered_contrasts(value) -> None:
+    if value not in ORDERED_CONTRASTS:
+        raise MixVcovError(
+            f"unknown ordered_contrasts {value!r}; valid values are: {', '.join(map(repr, ORDERED_CONTRASTS))}"
+        )
+
+
+def _design(
+    formula: str,
+    data: pd.DataFrame,
+    response: np.ndarray | None = None,
+    *,
+    ordered_contrasts: OrderedContrasts = "poly",
+    shown: str | None = None,
+):
     """Response, fixed-effect design, offset, lme4 labels and random-effect blocks of ``formula``.
 
     ``response`` replaces the formula's left-hand side (already evaluated, e.g. from ``cbind``).
-    Offsets (``offset(log(time))``) are summed into ``offset`` and removed from ``X``.
+    Offsets (``offset(log(time))``) are summed into ``offset`` and removed from ``X``. ``shown``
+    is the formula as the user wrote it, for messages.
     """
     import_formulae()
     from formulae import design_matrices
 
-    _check_data(formula, data)
-    bars = _bars(formula)
+    shown = formula if shown is None else shown
+    _check_data(formula, data, shown)
+    bars = _bars(formula, shown)
     if not bars:
         raise MixVcovError(
-            f"formula {formula!r} has no random-effect term such as (1 | group); use a "
+            f"formula {shown!r} has no random-effect term such as (1 | group); use a "
             "linear model for fixed effects only"
         )
-    frame = _light_groups(formula, data, bars)
+    frame = _level_order_kept(_light_groups(formula, data, bars))
     if response is not None:
         frame = frame.assign(**{RESPONSE: response})
         formula = f"{RESPONSE} ~ {formula.split('~', 1)[1]}"
@@ -287,23 +348,20 @@ def _design(formula: str, data: pd.DataFrame, response: np.ndarray | None = None
     try:
         dm = design_matrices(formula, frame, na_action="error", extra_namespace=namespace)
     except Exception as exc:
-        raise MixVcovError(f"cannot build the design of {formula!r}: {exc}") from exc
-    y = np.asarray(dm.response.design_matrix, dtype=float).reshape(-1)
-    Xall = np.asarray(dm.common.design_matrix, dtype=float)
-    cols = []
-    offset = np.zeros(len(data))
-    fixed = []
-    for name, term in dm.common.terms.items():
-        sl = dm.common.slices[name]
-        if name.startswith("offset("):
-            offset = offset + Xall[:, sl].sum(axis=1)
-            continue
-        cols.append(np.arange(sl.start, sl.stop))
-        fixed += [_lme4_name(lab) for lab in term.labels]
-    X = Xall[:, np.concatenate(cols)] if cols else np.zeros((len(data), 0))
+        message = _formulae_message(exc).replace(RESPONSE, "the response")
+        raise MixVcovError(f"cannot build the design of {shown!r}: {message}") from exc
+    y = (
+        np.asarray(dm.response.design_matrix, dtype=float).reshape(-1)
+        if dm.response is not None
+        else np.full(len(data), np.nan)
+    )
+    X, fixed, offset = _fixed_design(formula, dm, data, ordered_contrasts)
     if X.shape[1] and np.linalg.matrix_rank(X) < X.shape[1]:
+        redundant = _redundant_columns(X)
         raise MixVcovError(
-            f"the fixed-effect design of {formula!r} is rank deficient (columns {fixed}); remove the redundant terms"
+            f"the fixed-effect design of {shown!r} is rank deficient: column(s) "
+            f"{[fixed[j] for j in redundant]} are linear combinations of the columns before them (all columns: "
+            f"{fixed}); remove the redundant terms (lme4 would drop these columns)"
         )
     blocks: list[Block] = []
     for terms, slash in bars:
@@ -338,6 +396,179 @@ def _design(formula: str, data: pd.DataFrame, response: np.ndarray | None = None
 
     name = dm.response.name if hasattr(dm.response, "name") else "y"
     return y, X, offset, fixed, blocks, str(name)
+
+
+def _formulae_message(exc: Exception) -> str:
+    """``formulae``'s error in words: an unknown name (a ``KeyError``) is named as such."""
+    if isinstance(exc, KeyError | NameError):
+        name = exc.args[0] if exc.args else exc
+        return f"unknown function or variable {name!r} (check its spelling)"
+    return str(exc)
+
+
+def _level_order_kept(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its unordered categoricals made ordered, so that ``formulae`` keeps their level order.
+
+    ``formulae`` sorts the levels of an unordered categorical alphabetically and keeps those of an
+    ordered one. The fixed-effect columns are built by :func:`_fixed_design` from the original
+    data; this keeps the level order of random-effect expressions such as ``(0 + f | g)``.
+    Unused levels are dropped, as lme4's ``model.frame(drop.unused.levels = TRUE)`` does.
+    """
+    cats = [c for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)]
+    if not cats:
+        return frame
+    return frame.assign(**{c: frame[c].cat.remove_unused_categories().cat.as_ordered() for c in cats})
+
+
+def _contr_poly(k: int) -> tuple[np.ndarray, list[str]]:
+    """R's ``contr.poly(k)``: orthonormal polynomial contrasts on the scores ``1, ..., k``.
+
+    Column ``j`` (``j = 1, ..., k - 1``) is the degree-``j`` polynomial of the centred scores
+    orthogonalised (Gram-Schmidt) against the lower degrees and scaled to unit length, with a
+    positive leading coefficient; the columns are named ``.L``, ``.Q``, ``.C``, ``^4``, ...
+    as R names them.
+
+    References
+    ----------
+    R Core Team, ``stats::contr.poly`` (``make.poly``).
+    """
+    t = np.arange(1, k + 1, dtype=float)
+    V = (t - t.mean())[:, None] ** np.arange(k)[None, :]
+    Q, R = np.linalg.qr(V)
+    Z = Q * np.sign(np.diag(R))[None, :]
+    names = [".L", ".Q", ".C"][: k - 1] + [f"^{j}" for j in range(4, k)]
+    return Z[:, 1:], names
+
+
+def _categorical(comp, data: pd.DataFrame):
+    """Codes, levels, whether R would call it ordered, and an explicit ``formulae`` encoding of a factor.
+
+    A plain column keeps its pandas level order (unused levels dropped); other values
+    (strings) are sorted, as R's ``factor()`` does; logical values are the levels ``FALSE``,
+    ``TRUE``, as R's ``model.matrix`` makes them. ``C(x, ...)``, ``T(x, ...)`` and ``S(x, ...)``
+    keep ``formulae``'s levels and encoding.
+    """
+    from formulae.categorical import CategoricalBox
+
+    if comp.kind == "numeric":  # a logical
+        v = np.asarray(comp.value).reshape(-1).astype(bool)
+        col = pd.Categorical(np.where(v, "TRUE", "FALSE"), categories=["FALSE", "TRUE"]).remove_unused_categories()
+        return col.codes, list(col.categories), False, None
+    raw = comp._intermediate_data
+    if isinstance(raw, CategoricalBox):
+        levels = list(comp.levels)
+        return pd.Categorical(raw.data, categories=levels).codes, levels, False, raw.contrast
+    if comp.name in data.columns:
+        raw = data[comp.name]
+    if isinstance(raw, pd.Series) and isinstance(raw.dtype, pd.CategoricalDtype):
+        col = raw.reset_index(drop=True)
+    else:
+        col = pd.Series(np.asarray(raw)).astype("category")
+    col = col.cat.remove_unused_categories()
+    return col.cat.codes.to_numpy(), [str(v) for v in col.cat.categories], bool(col.cat.ordered), None
+
+
+def _factor_columns(comp, data, dummy: bool, ordered_contrasts: str) -> tuple[np.ndarray, list[str]]:
+    """The columns of a factor in a term: all indicators (``dummy``) or its contrasts, as R codes them."""
+    codes, levels, ordered, encoding = _categorical(comp, data)
+    k = len(levels)
+    if encoding is not None:
+        cm = encoding.code_with_intercept(levels) if dummy else encoding.code_without_intercept(levels)
+        M, suffix = np.asarray(cm.matrix, float), [str(v) for v in cm.labels]
+    elif dummy:
+        M, suffix = np.eye(k), levels
+    elif ordered and ordered_contrasts == "poly":
+        M, suffix = _contr_poly(k)
+    else:
+        M, suffix = np.eye(k)[:, 1:], levels[1:]
+    return M[codes], [f"{comp.name}{s}" for s in suffix]
+
+
+def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
+    """Fixed-effect columns, their lme4 names and the offset, built as R's ``model.matrix`` builds them.
+
+    * Terms are ordered by degree (main effects, then two-way interactions, ...), keeping the
+      formula's order within a degree; a term's variables are in order of first appearance.
+    * A factor in a term is coded by contrasts when the term without it is empty or contained in
+      a term before it, otherwise by all its indicators; without an intercept the first factor
+      of the first term with a factor gets all its indicators (R's ``TermCode``, Chambers and
+      Hastie 1992, p. 38).
+    * Factors are categorical columns (and string columns, levels sorted) and logical columns
+      (levels ``FALSE``, ``TRUE``: ``xTRUE``, as R names it).
+    * Contrasts: treatment contrasts in the pandas level order (the first level is the
+      baseline) for unordered factors; R's polynomial contrasts (``f.L``, ``f.Q``, ...) for
+      ordered categoricals unless ``ordered_contrasts="treatment"``.
+    * Interaction columns: the first variable's columns vary fastest (``a2:b2, a3:b2``).
+
+    References
+    ----------
+    Chambers, J. M. and Hastie, T. J. (1992). *Statistical Models in S*, ch. 2.
+    """
+    from formulae import model_description
+
+    desc = model_description(formula)
+    n = len(data)
+    Xall = np.asarray(dm.common.design_matrix, dtype=float) if dm.common is not None else np.zeros((n, 0))
+    terms_in = dm.common.terms if dm.common is not None else {}
+    intercept = False
+    offset = np.zeros(n)
+    terms: list[tuple[str, ...]] = []
+    comps: dict[str, object] = {}
+    factor: dict[str, bool] = {}  # R's factors: categorical and logical variables
+    for t in desc.common_terms:
+        if not hasattr(t, "components"):
+            intercept = True
+            continue
+        ev = terms_in[t.name]
+        if any(c.kind == "offset" for c in ev.components):
+            offset = offset + Xall[:, dm.common.slices[t.name]].sum(axis=1)
+            continue
+        for c in ev.components:
+            comps.setdefault(c.name, c)
+            factor[c.name] = c.kind == "categoric" or np.asarray(c.value).dtype == bool
+        terms.append(tuple(c.name for c in ev.components))
+    order: list[str] = []
+    for term in terms:
+        order += [v for v in term if v not in order]
+    terms = list(dict.fromkeys(tuple(sorted(set(t), key=order.index)) for t in terms))  # a:b and b:a: one term
+    terms = sorted(terms, key=len)  # stable, as R orders terms by degree
+    cols = [np.ones((n, 1))] if intercept else []
+    labels = ["(Intercept)"] if intercept else []
+    first_dummy = not intercept
+    for i, term in enumerate(terms):
+        dummy = {}
+        for v in term:
+            if factor[v]:
+                rest = set(term) - {v}
+                dummy[v] = bool(rest) and not any(rest <= set(p) for p in terms[:i])
+        if first_dummy and dummy:
+            dummy[next(v for v in term if v in dummy)] = True
+            first_dummy = False
+        block, labs = np.ones((n, 1)), [""]
+        for v in term:
+            c = comps[v]
+            if factor[v]:
+                z, zl = _factor_columns(c, data, dummy[v], ordered_contrasts)
+            else:
+                z = np.asarray(c.value, dtype=float).reshape(n, -1)
+                zl = [_lme4_name(lab) for lab in c.labels] if z.shape[1] > 1 else [c.name]
+            block = (z[:, :, None] * block[:, None, :]).reshape(n, -1)  # the earlier variables vary fastest
+            labs = [f"{b}:{a}" if b else a for a in zl for b in labs]
+        cols.append(block)
+        labels += labs
+    X = np.hstack(cols) if cols else np.zeros((n, 0))
+    return X, labels, offset
+
+
+def _redundant_columns(X: np.ndarray) -> list[int]:
+    """Columns of ``X`` that are linear combinations of the columns before them."""
+    out, kept = [], []
+    for j in range(X.shape[1]):
+        if np.linalg.matrix_rank(X[:, kept + [j]]) > len(kept):
+            kept.append(j)
+        else:
+            out.append(j)
+    return out
 
 
 def _build_model(response, y, X, fixed, blocks, *, offset=None, family="gaussian", link=None, trials=None):
@@ -433,6 +664,8 @@ def glmm(
     family: Family = "binomial",
     link: Link | None = None,
     offset: np.ndarray | str | None = None,
+    *,
+    ordered_contrasts: OrderedContrasts = "poly",
 ) -> MixedModel:
     """Build a generalised linear mixed model from an lme4 formula.
 
@@ -452,6 +685,8 @@ def glmm(
         ``identity`` for the others.
     offset : array or column name, optional
         An offset on the linear-predictor scale, added to any ``offset()`` in the formula.
+    ordered_contrasts : {"poly", "treatment"}, default "poly"
+        Coding of ordered categoricals in the fixed effects, as for :func:`lmm`.
 
     Returns
     -------
@@ -471,12 +706,16 @@ def glmm(
         raise MixVcovError(
             f"link {link!r} is not available for family {family!r}; valid links: {', '.join(map(repr, LINKS[family]))}"
         )
-    if not isinstance(data, pd.DataFrame):
-        raise MixVcovError(f"data must be a pandas DataFrame, got {type(data).__name__}")
-    data = data.reset_index(drop=True)
+    _check_ordered_contrasts(ordered_contrasts)
+    data = _data_frame(data)
     lhs, rhs = formula.split("~", 1) if "~" in formula else ("", formula)
     y, trials, label = _glmm_response(lhs.strip(), data, family)
-    _, X, off, fixed, blocks, _ = _design(f"{RESPONSE} ~ {rhs}", data.assign(**{RESPONSE: y}))
+    _, X, off, fixed, blocks, _ = _design(
+        f"{RESPONSE} ~ {rhs}",
+        data.assign(**{RESPONSE: y}),
+        ordered_contrasts=ordered_contrasts,
+        shown=formula,
+    )
     if offset is not None:
         extra = data[offset].to_numpy(float) if isinstance(offset, str) else np.asarray(offset, float).reshape(-1)
         if extra.size != y.size or not np.all(np.isfinite(extra)):
@@ -502,12 +741,13 @@ def _glmm_response(lhs: str, data: pd.DataFrame, family: str) -> tuple[np.ndarra
             lhs,
             "successes and failures must be non-negative integers (successes <= trials)",
         )
+        _check_support(succ + fail >= _COUNT_LIMIT, lhs, _COUNT_RANGE)
         return succ, succ + fail, m.group(1)
     if lhs not in data.columns:
         raise MixVcovError(f"response {lhs!r} is not a column of the data; available columns: {list(data.columns)}")
     col = data[lhs]
     if col.isna().any():
-        rows = list(np.flatnonzero(col.isna().to_numpy())[:10])
+        rows = np.flatnonzero(col.isna().to_numpy())[:10].tolist()
         raise MixVcovError(f"response {lhs!r} has {int(col.isna().sum())} missing value(s) at rows {rows}")
     if family == "binomial" and (isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object):
         cat = col.astype("category")
@@ -522,6 +762,7 @@ def _glmm_response(lhs: str, data: pd.DataFrame, family: str) -> tuple[np.ndarra
         _check_support((y != 0) & (y != 1), lhs, "a Bernoulli response must be 0 or 1")
     elif family in ("poisson", "negative_binomial"):
         _check_support((y < 0) | (y != np.round(y)), lhs, "counts must be non-negative integers")
+        _check_support(y >= _COUNT_LIMIT, lhs, _COUNT_RANGE)
     else:
         _check_support(~(y > 0), lhs, "gamma responses must be positive")
     return y, None, lhs
@@ -529,5 +770,5 @@ def _glmm_response(lhs: str, data: pd.DataFrame, family: str) -> tuple[np.ndarra
 
 def _check_support(bad: np.ndarray, column: str, what: str) -> None:
     if np.any(bad):
-        rows = list(np.flatnonzero(bad)[:10])
+        rows = np.flatnonzero(bad)[:10].tolist()
         raise MixVcovError(f"response {column!r}: {int(np.sum(bad))} row(s) outside the support ({what}); rows {rows}")

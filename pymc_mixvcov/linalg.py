@@ -112,6 +112,8 @@ def bT(a: TensorVariable) -> TensorVariable:
 def spd_solve(a: TensorVariable, b: TensorVariable) -> TensorVariable:
     """``a^{-1} b`` for one symmetric positive definite ``a`` (``p x p``) and ``b`` (``p`` or ``p x m``)."""
     p = a.type.shape[-1]
+    if p == 0:  # no fixed effects: nothing to solve for
+        return b
     vec = b.ndim == 1
     B = b[:, None] if vec else b
     if p is not None and p <= UNROLL_MAX:

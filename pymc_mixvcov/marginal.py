@@ -228,6 +228,8 @@ def build_structure(spec: GaussianSpec) -> ClusterStructure:
 def _logdet_pos(a: TensorVariable) -> TensorVariable:
     """``log det a`` of a small symmetric positive definite matrix (unrolled Cholesky)."""
     p = a.type.shape[-1]
+    if p == 0:  # the determinant of an empty matrix is 1
+        return pt.constant(0.0)
     if p is not None and p <= UNROLL_MAX:
         return BatchedCholesky(a[None], p).logdet()[0]
     return pt.log(pt.linalg.det(a))

@@ -551,7 +551,7 @@ class MixedFit:
             if missing.any():
                 raise MixVcovError(
                     f"the {name} labels are missing for {int(missing.sum())} observation(s) (rows "
-                    f"{list(np.flatnonzero(missing)[:10])}); every observation needs a cluster"
+                    f"{np.flatnonzero(missing)[:10].tolist()}); every observation needs a cluster"
                 )
             codes = pd.factorize(values)[0]
             if codes.max() < 1:

@@ -345,7 +345,15 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
         if len(model.observed_RVs) != 1:
             raise MixVcovError(f"the model has {len(model.observed_RVs)} observed variables; exactly one is supported")
         obs = model.observed_RVs[0]
-        y = np.asarray(_value(model.rvs_to_values[obs]), dtype=float).reshape(-1)
+        raw = np.asarray(_value(model.rvs_to_values[obs])).reshape(-1)
+        if raw.dtype.kind == "i" and raw.size and raw.min() == np.iinfo(raw.dtype).min:
+            rows = np.flatnonzero(raw == np.iinfo(raw.dtype).min)[:10].tolist()
+            raise MixVcovError(
+                f"observed variable {obs.name!r} holds {np.iinfo(raw.dtype).min} at rows {rows}: the value that a "
+                f"number beyond the {raw.dtype} range (such as a count of 1e19 given as a float) becomes when PyMC "
+                f"casts it; counts must be below 2**63"
+            )
+        y = raw.astype(float)
         if not np.all(np.isfinite(y)):
             raise MixVcovError(f"observed variable {obs.name!r} has missing or infinite values")
         gaussian = isinstance(obs.owner.op, NormalRV)

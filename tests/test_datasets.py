@@ -15,6 +15,8 @@ import pymc_mixvcov as pmv
         ("grouseticks", 403, {"BROOD": ["501", "502"], "YEAR": ["95", "96", "97"]}),
         ("insteval", 73421, {"dept": ["15", "5", "10"], "service": ["0", "1"]}),
         ("verbagg", 7584, {"resp": ["no", "perhaps", "yes"], "mode": ["want", "do"]}),
+        ("cake", 270, {"recipe": ["A", "B", "C"], "temperature": ["175", "185", "195", "205", "215", "225"]}),
+        ("orthodont", 108, {"Sex": ["Male", "Female"], "Subject": ["F01", "F02"]}),
     ],
 )
 def test_load_has_lme4_types(name, rows, factors):
@@ -32,7 +34,12 @@ def test_numeric_levels_sort_as_numbers():
 
 
 def test_ordered_factors():
+    # ordered as in R: str(lme4::VerbAgg), str(lme4::cake), str(lme4::InstEval)
     assert pmv.datasets.load("verbagg")["resp"].cat.ordered
+    cake = pmv.datasets.load("cake")
+    assert cake["temperature"].cat.ordered and not cake["recipe"].cat.ordered
+    insteval = pmv.datasets.load("insteval")
+    assert insteval["studage"].cat.ordered and insteval["lectage"].cat.ordered and not insteval["dept"].cat.ordered
 
 
 def test_unknown_dataset_lists_names():

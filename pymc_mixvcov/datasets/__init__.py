@@ -1,7 +1,8 @@
-"""Datasets from lme4, bundled as CSV, loaded with lme4's column types.
+"""Datasets from lme4 (and nlme's Orthodont), bundled as CSV, loaded with R's column types.
 
-Factors become :class:`pandas.Categorical` with the level order lme4 uses, so that
-treatment contrasts, random-effect ordering and labels agree with R.
+Factors become :class:`pandas.Categorical` with the level order R uses (ordered where R's
+factor is ordered), so that contrasts and their baselines, random-effect ordering and labels
+agree with lme4.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ Order = Literal["numeric", "lexical", "appearance"]
 # Ordered factors are marked with a leading "ordered:" on the rule.
 _SPECS: dict[str, tuple[str, dict[str, str | list[str]]]] = {
     "sleepstudy": ("sleepstudy.csv", {"Subject": "numeric"}),
+    # lme4's cake: temperature is an ordered factor (polynomial contrasts in lme4)
+    "cake": ("cake.csv", {"replicate": "numeric", "recipe": "lexical", "temperature": "ordered:numeric"}),
+    # nlme's Orthodont as lme4's examples use it: Sex re-levelled so that Male is the baseline
+    "orthodont": ("orthodont.csv", {"Subject": "lexical", "Sex": ["Male", "Female"]}),
     "cbpp": ("cbpp.csv", {"herd": "numeric", "period": "numeric"}),
     "penicillin": ("penicillin.csv", {"plate": "lexical", "sample": "lexical"}),
     "dyestuff": ("dyestuff.csv", {"Batch": "lexical"}),
@@ -89,12 +94,13 @@ def load(name: str) -> pd.DataFrame:
     ----------
     name : str
         One of :func:`available` (case-insensitive): sleepstudy, cbpp, penicillin, dyestuff,
-        pastes, grouseticks, insteval, verbagg.
+        pastes, grouseticks, insteval, verbagg, cake (lme4), orthodont (nlme, with ``Sex``
+        levels Male, Female as in lme4's examples).
 
     Returns
     -------
     pandas.DataFrame
-        Factors are :class:`pandas.Categorical` in lme4's level order (ordered where lme4's are).
+        Factors are :class:`pandas.Categorical` in R's level order (ordered where R's are).
 
     Raises
     ------
