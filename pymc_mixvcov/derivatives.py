@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -263,10 +264,15 @@ def core_function(name: str, sig: Signature, method: str = "ML"):
 def _cached_function(key: str, make_graph: Callable):
     """A compiled function: from this process's memory, else from the disk cache, else built by
     ``make_graph()`` (returning ``(inputs, outputs)``), rewritten once and stored."""
-    if key not in _COMPILED:
+    fn = _COMPILED.get(key)
+    if fn is None:
         inputs, outputs = _cached_graph(key, make_graph)
-        _COMPILED[key] = compile_fn(inputs, outputs, rewrite=False)
-    return _COMPILED[key]
+        fn = _COMPILED[key] = compile_fn(inputs, outputs, rewrite=False)
+    else:
+        _COMPILED.move_to_end(key)  # most recently used last
+    while len(_COMPILED) > COMPILED_MAXSIZE:
+        _COMPILED.popitem(last=False)  # least recently used first: rebuilt from the disk cache if needed again
+    return fn
 
 
 def _cached_graph(key: str | None, make_graph: Callable):
@@ -283,8 +289,13 @@ def _cached_graph(key: str | None, make_graph: Callable):
     return build() if key is None else cache.load_graph(key, build)
 
 
-#: Compiled core functions of this process, by key.
-_COMPILED: dict[str, object] = {}
+#: Most compiled functions kept in this process's memory (about seven per model signature): a
+#: process that fits models of many signatures holds a bounded number; the least recently used
+#: are dropped first, and loaded again from the disk cache when needed.
+COMPILED_MAXSIZE = 64
+
+#: Compiled core functions of this process, by key, least recently used first.
+_COMPILED: OrderedDict[str, object] = OrderedDict()
 
 
 # -- the model map nat -> phi ------------------------------------------------------------------------
