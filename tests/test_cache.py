@@ -183,7 +183,7 @@ def test_a_failed_write_warns_once_per_process(tmp_path, monkeypatch):
     blocker = tmp_path / "a file"
     blocker.write_text("")
     monkeypatch.setenv("PYMC_MIXVCOV_CACHE", str(blocker / "cache"))  # its parent is a file
-    monkeypatch.setattr(cache, "_write_warned", False)
+    monkeypatch.setattr(cache, "_write_warned", False, raising=False)
     with pytest.warns(pmv.MixVcovWarning, match="could not write the compile cache") as record:
         ins, outs = cache.load_graph("k1", _graph_b)
         cache.load_graph("k2", _graph_a)
@@ -195,7 +195,7 @@ def test_a_failed_write_warns_once_per_process(tmp_path, monkeypatch):
 # -- the in-memory cache is bounded ------------------------------------------------------------------
 def test_compiled_functions_in_memory_are_bounded(empty_cache, monkeypatch):
     monkeypatch.setattr(derivatives, "_COMPILED", type(derivatives._COMPILED)())
-    monkeypatch.setattr(derivatives, "COMPILED_MAXSIZE", 3)
+    monkeypatch.setattr(derivatives, "COMPILED_MAXSIZE", 3, raising=False)
     fns = [derivatives._cached_function(f"k{i}", _graph_a) for i in range(5)]
     assert list(derivatives._COMPILED) == ["k2", "k3", "k4"]
     assert derivatives._cached_function("k3", _fail) is fns[3]  # a hit is kept, and moved last
