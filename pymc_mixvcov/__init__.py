@@ -12,7 +12,7 @@ from ._startup import paused_gc
 with paused_gc():
     import pymc  # noqa: F401  (every model is a pm.Model: imported with the package, see _startup)
 
-    from . import _exit, datasets
+    from . import datasets
     from .compare import compare, plot_compare, posterior_on_scale
     from .errors import (
         ConvergenceWarning,
@@ -26,8 +26,6 @@ with paused_gc():
     from .results import MixedFit
 
 __version__ = "0.1.0"
-
-_exit.install()
 
 __all__ = [
     "ConvergenceWarning",

@@ -1,4 +1,4 @@
-"""Interpreter exit without a last garbage-collector pass over long-lived objects.
+"""The command line's exit without a last garbage-collector pass over long-lived objects.
 
 A process that has imported PyMC and fitted a model holds a few hundred thousand objects that
 the cyclic garbage collector tracks (PyMC's and pytensor's modules, the model's graphs, the
@@ -7,11 +7,11 @@ about 0.3 s on a 2-core machine, before the memory is handed back to the operati
 anyway. An ``atexit`` hook that calls :func:`gc.freeze` moves every object into the permanent
 generation, which those last collections skip.
 
-The only observable difference: ``__del__`` methods of objects that are part of reference
-cycles still alive at exit do not run (CPython does not guarantee that they run at exit either;
-``atexit`` hooks and ``weakref.finalize`` callbacks, which is how files, loggers and temporary
-directories clean up, run as before). Set the environment variable
-``PYMC_MIXVCOV_FAST_EXIT=0`` to keep CPython's default.
+The hook changes how the interpreter exits: ``__del__`` methods of objects that are part of
+reference cycles still alive at exit do not run. So it is installed only by the
+``pymc-mixvcov`` command (:func:`pymc_mixvcov.cli.main`), for its own process, never by
+importing the package. Set the environment variable ``PYMC_MIXVCOV_FAST_EXIT=0`` to keep
+CPython's default there too.
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ _installed = False
 
 
 def install() -> bool:
-    """Register the exit hook once per process, unless turned off; returns whether it is registered."""
+    """Register the exit hook once per process, unless turned off; returns whether it is registered.
+
+    For the command line's own process only: a library imported into someone else's process
+    must not change how that process exits.
+    """
     global _installed
     if _installed:
         return True

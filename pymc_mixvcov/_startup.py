@@ -1,58 +1,47 @@
-"""Importing the heavy dependencies without the cyclic garbage collector's passes over them.
+"""Pausing the cyclic garbage collector around the package's own work, and restoring it.
 
 Importing PyMC, pytensor, SciPy and formulae creates about a million objects that live as long
 as the process: modules, classes, functions, pytensor's rewrite databases. While they are
-created, CPython's cyclic collector runs a few hundred times and traverses them again and
-again, looking for garbage that is not there; and when it is simply switched off during the
-import, its first pass afterwards traverses them all at once (about 0.08 s after PyMC, 0.07 s
-after formulae, on a 2-core machine).
+created, CPython's cyclic collector runs a few hundred times and traverses the young ones again
+and again, looking for garbage that is not there. Building and evaluating graphs during a fit
+allocates many small objects too.
 
-:func:`paused_gc` switches the collector off for the duration of an import and, at its end,
-moves every tracked object to the oldest generation (``gc.freeze()`` then ``gc.unfreeze()``:
-two list splices, no traversal) before switching it back on (if it was on). Nothing is kept
-from the collector: a reference cycle that becomes garbage is collected by the next full
-collection, which is where objects that survive an import end up anyway.
-
-A fit pauses the collector too (building and evaluating graphs allocates many small objects),
-but without the promotion: its garbage cycles are freed by the next young collection.
+:func:`paused_gc` switches the collector off for the duration of a block and back on at its
+end if it was on; nothing else about the collector changes. In particular no object is moved
+between generations: objects made in the block (and the caller's own objects) are left where
+CPython put them, to the next young collection, which frees the reference cycles among them
+soon. (Promoting them to the oldest generation untraversed would skip a pass over the import's
+objects, but it would also promote the caller's objects and any garbage cycle alive at that
+moment, which then waits for a full collection, and those become rarer the larger the oldest
+generation is: a loop of fits would pile garbage up.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 from collections.abc import Iterator
 
 __all__ = ["paused_gc", "import_formulae"]
 
 
 @contextlib.contextmanager
-def paused_gc(promote: bool = True) -> Iterator[None]:
+def paused_gc() -> Iterator[None]:
     """Pause the cyclic garbage collector inside the ``with`` block, and switch it back on after
-    it if it was on.
-
-    Parameters
-    ----------
-    promote : bool
-        Move every tracked object to the oldest generation at the end, untraversed: for
-        imports, whose objects live as long as the process. ``False`` leaves the objects
-        made in the block to the next young collection, which frees the reference cycles among
-        them soon: for blocks that leave garbage (building graphs during a fit), so that a
-        loop of fits does not pile it up until a full collection.
-    """
+    it if it was on (a collector the caller switched off stays off)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        if promote:
-            gc.freeze()  # everything into the permanent generation ...
-            gc.unfreeze()  # ... and back into the oldest one, untraversed
         if was_enabled:
             gc.enable()
 
 
 def import_formulae() -> None:
-    """Import ``formulae`` (the formula front end's parser) with the collector paused."""
+    """Import ``formulae`` (the formula front end's parser) with the collector paused, once."""
+    if "formulae" in sys.modules:
+        return
     with paused_gc():
         import formulae  # noqa: F401

@@ -10,8 +10,11 @@ The directory is ``$PYMC_MIXVCOV_CACHE`` if set, else ``$XDG_CACHE_HOME/pymc_mix
 default ``~/.cache/pymc_mixvcov``); set ``PYMC_MIXVCOV_CACHE=off`` to keep nothing on disk.
 Entries are named by the key, the evaluation mode (``PYMC_MIXVCOV_MODE``, whose rewrites they
 hold) and the versions of this package, pytensor and numpy, so an upgrade never loads a stale
-function; a file that cannot be read is rebuilt and replaced. Writes are atomic (a temporary
-file, then a rename), so concurrent processes never see half a file.
+function. Each entry also carries its key and those versions in a header that is checked before
+its graph is unpickled: an entry that belongs to another key (or version) under this name, or
+one that cannot be read, is never evaluated but rebuilt and replaced. Writes are atomic (a
+temporary file, then a rename), so concurrent processes never see half a file; a failed write
+(a read-only or full disk) is reported once per process as a :class:`MixVcovWarning`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.basic import Apply, Constant, Variable
 from pytensor.graph.traversal import io_toposort
 
+from .errors import MixVcovWarning
+
 __all__ = ["cache_dir", "load_graph", "clear", "dumps_graph", "loads_graph"]
 
 
@@ -45,17 +50,22 @@ def cache_dir() -> Path | None:
     return Path(base) / "pymc_mixvcov"
 
 
+def _versions() -> str:
+    """What the stored graphs depend on besides their key: the on-disk format, the evaluation mode
+    (``PYMC_MIXVCOV_MODE``, whose rewrites they hold), the versions of this package, pytensor and
+    numpy, and the source of the modules that write them."""
+    from . import __version__
+    from .derivatives import compile_mode
+
+    mode = compile_mode()
+    return f"{FORMAT}|{mode}|{__version__}|{pytensor.__version__}|{np.__version__}|{_source_hash()}"
+
+
 def _file(key: str) -> Path | None:
     d = cache_dir()
     if d is None:
         return None
-    from . import __version__
-    from .derivatives import compile_mode
-
-    # the graphs are rewritten for the evaluation mode: one entry per mode
-    mode = compile_mode()
-    versions = f"{FORMAT}|{mode}|{__version__}|{pytensor.__version__}|{np.__version__}|{_source_hash()}"
-    tag = hashlib.sha256(f"{key}|{versions}".encode()).hexdigest()[:16]
+    tag = hashlib.sha256(f"{key}|{_versions()}".encode()).hexdigest()[:16]
     return d / f"{key}-{tag}.pkl"
 
 
@@ -69,8 +79,9 @@ def _source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-#: Version of the on-disk format.
-FORMAT = 2
+#: Version of the on-disk format: an entry is a pickled header ``{"format", "key", "versions"}``
+#: followed by the pickled graph of :func:`dumps_graph`.
+FORMAT = 3
 
 
 def dumps_graph(inputs: list[Variable], outputs: list[Variable]) -> bytes:
@@ -150,33 +161,72 @@ def _loads_graph(blob: bytes) -> tuple[list[Variable], list[Variable]]:
 
 
 def load_graph(key: str, build: Callable[[], tuple[list[Variable], list[Variable]]]):
-    """The graph stored under ``key`` on disk, or ``build()`` (stored for next time)."""
+    """The graph stored under ``key`` on disk, or ``build()`` (stored for next time).
+
+    An entry is used only if its header names this ``key`` and the current format, evaluation
+    mode and versions (:func:`_versions`); the graph itself is unpickled only then. An entry
+    that fails that check (one written for another signature, or by another version, and
+    found under this name) or that cannot be read (truncated, corrupt) is never evaluated: the
+    graph is built again and the entry overwritten.
+    """
     path = _file(key)
-    if path is not None and path.exists():
-        try:
-            return loads_graph(path.read_bytes())
-        except Exception:  # a corrupt or incompatible entry: rebuild it
-            pass
+    if path is not None:
+        loaded = _read(path, key)
+        if loaded is not None:
+            return loaded
     inputs, outputs = build()
     if path is not None:
-        _store(path, inputs, outputs)
+        _store(path, key, inputs, outputs)
     return inputs, outputs
 
 
-def _store(path: Path, inputs, outputs) -> None:
+def _header(key: str) -> dict[str, object]:
+    return {"format": FORMAT, "key": key, "versions": _versions()}
+
+
+def _read(path: Path, key: str) -> tuple[list[Variable], list[Variable]] | None:
+    """The graph in ``path`` if its header matches ``key`` and the current versions, else ``None``."""
     try:
-        blob = dumps_graph(inputs, outputs)
+        with path.open("rb") as fh:
+            header = pickle.load(fh)
+            if header != _header(key):
+                return None
+            inputs, outputs = loads_graph(fh.read())
+    except Exception:  # missing, truncated, corrupt, or not this format: rebuild it
+        return None
+    if not (isinstance(inputs, list) and isinstance(outputs, list) and outputs):
+        return None
+    return inputs, outputs
+
+
+#: Whether a failed cache write has been reported in this process (it is reported once).
+_write_warned = False
+
+
+def _store(path: Path, key: str, inputs, outputs) -> None:
+    global _write_warned
+    try:
+        blob = pickle.dumps(_header(key), protocol=pickle.HIGHEST_PROTOCOL) + dumps_graph(inputs, outputs)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(blob)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     except Exception as err:  # a read-only home, a full disk: carry on without the disk cache
-        warnings.warn(
-            f"could not write the compile cache in {path.parent} ({type(err).__name__}: {err}); "
-            "set PYMC_MIXVCOV_CACHE to a writable directory, or to 'off'",
-            stacklevel=3,
-        )
+        if not _write_warned:
+            _write_warned = True
+            warnings.warn(
+                f"could not write the compile cache in {path.parent} ({type(err).__name__}: {err}); "
+                "compiled graphs are rebuilt in every process until it can. Set PYMC_MIXVCOV_CACHE to "
+                "a writable directory, or to 'off' to keep nothing on disk (this warning is shown once "
+                "per process)",
+                MixVcovWarning,
+                stacklevel=3,
+            )
 
 
 def clear() -> None:

@@ -39,6 +39,17 @@ def demo() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command.
+
+    Called as the ``pymc-mixvcov`` command (``argv`` is ``None``: the arguments are read from
+    ``sys.argv``), it also registers the exit hook of :mod:`pymc_mixvcov._exit` for its own
+    process, which skips CPython's last collector passes at shutdown; called with an argument
+    list from Python code, it changes nothing about how that process exits.
+    """
+    if argv is None:
+        from . import _exit
+
+        _exit.install()
     parser = argparse.ArgumentParser(
         prog="pymc-mixvcov",
         description="Frequentist covariances of fixed effects and variance components for PyMC mixed models.",

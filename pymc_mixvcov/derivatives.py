@@ -25,6 +25,7 @@ import copy
 import hashlib
 import importlib.util
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
@@ -323,10 +324,15 @@ def _cached_function(key: str, make_graph: Callable):
     """A compiled function: from this process's memory, else from the disk cache, else built by
     ``make_graph()`` (returning ``(inputs, outputs)``), rewritten once and stored."""
     entry = (key, compile_mode())
-    if entry not in _COMPILED:
+    fn = _COMPILED.get(entry)
+    if fn is None:
         inputs, outputs = _cached_graph(key, make_graph)
-        _COMPILED[entry] = compile_fn(inputs, outputs, rewrite=False)
-    return _COMPILED[entry]
+        fn = _COMPILED[entry] = compile_fn(inputs, outputs, rewrite=False)
+    else:
+        _COMPILED.move_to_end(entry)  # most recently used last
+    while len(_COMPILED) > COMPILED_MAXSIZE:
+        _COMPILED.popitem(last=False)  # least recently used first: rebuilt from the disk cache if needed again
+    return fn
 
 
 def _cached_graph(key: str | None, make_graph: Callable):
@@ -343,8 +349,13 @@ def _cached_graph(key: str | None, make_graph: Callable):
     return build() if key is None else cache.load_graph(key, build)
 
 
-#: Compiled core functions of this process, by key and compilation mode.
-_COMPILED: dict[tuple[str, str], object] = {}
+#: Most compiled functions kept in this process's memory (about seven per model signature): a
+#: process that fits models of many signatures holds a bounded number; the least recently used
+#: are dropped first, and loaded again from the disk cache when needed.
+COMPILED_MAXSIZE = 64
+
+#: Compiled core functions of this process, by key and compilation mode, least recently used first.
+_COMPILED: OrderedDict[tuple[str, str], object] = OrderedDict()
 
 
 # -- the model map nat -> phi ------------------------------------------------------------------------

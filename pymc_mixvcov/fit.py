@@ -110,7 +110,7 @@ def fit(
         raise MixVcovError(f"unknown method {method!r}; valid methods are: {', '.join(map(repr, METHODS))}")
     # graph construction records a stack trace per node unless told not to: a large share of
     # the build time of gradient graphs
-    with pytensor.config.change_flags(traceback__limit=0), paused_gc(promote=False):
+    with pytensor.config.change_flags(traceback__limit=0), paused_gc():
         return _fit(model, random, method, fixed_labels, data, cluster, noncentered, nAGQ)
 
 
