@@ -24,7 +24,7 @@ from .marginal import build_structure
 from .results import MixedFit
 from .scales import ScaleMaps
 from .spec import inspect_model
-from .start import check_not_exact, curvature_scales, natural_start
+from .start import boundary_restarts, check_not_exact, curvature_scales, natural_start
 from .trust import trust_region_newton
 
 __all__ = ["fit", "Method"]
@@ -261,20 +261,28 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
 
     res = lbfgs(x0 / d)
     iterations = int(res.nit)
-    # a covariance factor's diagonal entry at 0 where the criterion is even in it (its sign does
-    # not matter) has a zero gradient whether or not 0 is a maximum: leave such saddles
+    # boundary fits: a covariance factor's diagonal entry at 0 may be a saddle (the criterion is
+    # even in it) or a wall that the sign of the column below it puts up; restart from inside, with
+    # that column as it is and negated (start.boundary_restarts), and from any other parameter at a
+    # bound along which the criterion is convex; keep the best
     for _ in range(3):
         _, _, nat = fns.profile(natural(res.x * d))
+        starts = [x[vi] for x in boundary_restarts(fns.map, spec, nat) if np.all((x[vi] > lo_v) & (x[vi] < up_v))]
         saddle = _boundary_saddles(fns, spec, nat)
-        if not saddle.any():
+        if saddle.any():
+            w = natural(res.x * d)
+            w[saddle] = natural(x0)[saddle]
+            starts.append(w)
+        best = res
+        for x in starts:
+            w = np.where(logged, np.log(np.where(logged, x, 1.0)), x) / d
+            retry = lbfgs(w)
+            iterations += int(retry.nit)
+            if retry.fun < best.fun - 1e-10 * (1.0 + abs(best.fun)):
+                best = retry
+        if best is res:
             break
-        w = res.x.copy()
-        w[saddle] = x0[saddle] / d[saddle]
-        retry = lbfgs(w)
-        iterations += int(retry.nit)
-        if not retry.fun < res.fun - 1e-10 * (1.0 + abs(res.fun)):
-            break
-        res = retry
+        res = best
     res.x = natural(res.x * d)
     _, _, nat = fns.profile(res.x)
     out = _newton(fns, spec, nat, iterations, warn=False)

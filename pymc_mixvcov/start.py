@@ -36,7 +36,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_not_exact", "core_start", "curvature_scales", "natural_start", "rms_columns"]
+__all__ = [
+    "boundary_restarts",
+    "check_not_exact",
+    "core_start",
+    "natural_for",
+    "curvature_scales",
+    "natural_start",
+    "rms_columns",
+]
 
 
 def rms_columns(z: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -118,15 +126,25 @@ def core_start(spec) -> tuple[np.ndarray, np.ndarray]:
 def natural_start(model_map, spec, nat0: np.ndarray) -> np.ndarray:
     """Natural parameters whose covariance factors (and residual SD) are those of :func:`core_start`.
 
-    Solves ``min sum_k ((phi_k(nat) - target_k) / unit_k)^2`` over the variance parameters within
-    their supports (scipy's trust-region reflective least squares with the model map's exact
-    Jacobian), from ``nat0`` moved inside the supports. Fixed effects and a likelihood's own
-    parameters keep their values in ``nat0``. Returns ``nat0`` (moved inside) where the map cannot
-    be evaluated there.
+    See :func:`natural_for`; fixed effects and a likelihood's own parameters keep their values
+    in ``nat0``.
+    """
+    target, unit = core_start(spec)
+    return natural_for(model_map, spec, nat0, target, unit)
+
+
+def natural_for(model_map, spec, nat0: np.ndarray, target: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """Natural parameters whose core variance parameters are (nearest to) ``target``.
+
+    ``target`` and ``unit`` are laid out as in :func:`core_start` (the covariance factors' lower
+    triangles, then ``sigma`` for Gaussian models). Solves
+    ``min sum_k ((phi_k(nat) - target_k) / unit_k)^2`` over the variance parameters within their
+    supports (scipy's trust-region reflective least squares with the model map's exact
+    Jacobian), from ``nat0`` with entries on or outside a bound moved inside. Returns that
+    starting point where the map cannot be evaluated or the fit does not improve on it.
     """
     from scipy.optimize import least_squares
 
-    target, unit = core_start(spec)
     p = spec.fixed_index.size
     n_theta = sum(t.r * (t.r + 1) // 2 for t in spec.terms)
     rows = np.arange(p, p + n_theta + (1 if spec.gaussian else 0))
@@ -135,10 +153,13 @@ def natural_start(model_map, spec, nat0: np.ndarray) -> np.ndarray:
     lo, up = spec.lower[vi], spec.upper[vi]
     nat = np.asarray(nat0, float).copy()
     span = np.where(np.isfinite(up - lo), up - lo, 1.0)
-    inside = np.clip(
-        nat[vi],
-        np.where(np.isfinite(lo), lo + 1e-3 * span, -np.inf),
-        np.where(np.isfinite(up), up - 1e-3 * span, np.inf),
+    x = nat[vi]
+    inside = np.where(
+        (x > lo) & (x < up),
+        x,
+        np.clip(
+            x, np.where(np.isfinite(lo), lo + 1e-3 * span, -np.inf), np.where(np.isfinite(up), up - 1e-3 * span, np.inf)
+        ),
     )
     nat[vi] = inside
     if vi.size == 0 or rows.size == 0:
@@ -173,6 +194,48 @@ def natural_start(model_map, spec, nat0: np.ndarray) -> np.ndarray:
     if np.all(np.isfinite(x)) and np.all((x > lo) & (x < up)) and res.cost < 0.5 * float(r0 @ r0):
         nat[vi] = x
     return nat
+
+
+def boundary_restarts(model_map, spec, nat: np.ndarray) -> list[np.ndarray]:
+    """Points to restart the optimiser from when a covariance factor's diagonal entry is at 0.
+
+    With ``L_jj = 0`` the covariance ``L L^T`` is unchanged by the sign of the column below it
+    (``L_ij``, ``i > j``), but the criterion's slope in ``L_jj`` is not: a point where the gradient
+    pushes ``L_jj`` out of its support may be one where, with that column's signs flipped, it
+    pulls it in (and where the criterion is even in ``L_jj`` the gradient vanishes whatever the
+    data). For each such entry two points are returned, ``L_jj`` set back to its start value
+    (:func:`core_start`, in the units of the current fit) with the column below kept and with
+    it negated; the other core parameters keep their values. "At 0" means
+    ``|L_jj| rms(z_j) < 1e-4 s``, ``s`` the residual SD (Gaussian) or 1.
+    """
+    phi = model_map(nat, second=False)[0]
+    p = spec.fixed_index.size
+    n_theta = sum(t.r * (t.r + 1) // 2 for t in spec.terms)
+    current = phi[p : p + n_theta + (1 if spec.gaussian else 0)].copy()
+    s = float(current[-1]) if spec.gaussian else 1.0
+    if not (np.isfinite(s) and s > 0):
+        return []
+    _, unit = core_start(spec)
+    out = []
+    k = 0
+    for t in spec.terms:
+        rms = rms_columns(t.z, t.codes)
+        index = {}
+        for j in range(t.r):
+            for i in range(j, t.r):
+                index[i, j] = k
+                k += 1
+        for j in range(t.r):
+            if abs(current[index[j, j]]) * rms[j] >= 1e-4 * s:
+                continue
+            below = [index[i, j] for i in range(j + 1, t.r)]
+            for flip in (False, True) if below else (False,):
+                target = current.copy()
+                target[index[j, j]] = s / rms[j]
+                if flip:
+                    target[below] = -target[below]
+                out.append(natural_for(model_map, spec, nat, target, unit * s / unit[-1] if spec.gaussian else unit))
+    return out
 
 
 def curvature_scales(info: np.ndarray, x: np.ndarray, logged: np.ndarray) -> np.ndarray:

@@ -90,15 +90,17 @@ def test_orthodont_sex_has_male_baseline():
 
 
 @pytest.mark.filterwarnings("ignore::pymc_mixvcov.SingularFitWarning")
-@pytest.mark.xfail(
-    strict=True,
-    reason="the optimiser stops at a singular point (logLik -216.7131, age variance 0.0015) below lme4's "
-    "optimum (-216.2908, age variance 0.0325); the fixed-effect coding is not involved",
-)
 def test_orthodont_reml_loglik():
+    """lme4 1.1-31's REML optimum of Orthodont. The first L-BFGS-B run stops where the intercept's
+    Cholesky entry is 0 and the gradient pushes it outward; with the column below it negated (the
+    same covariance) it pulls inward, and the restart reaches the optimum (fit.py, start.py).
+    lme4's bobyqa stops within about 1e-5 of its optimum; ours is at least as high."""
     ref = REF["orthodont_reml"]
     fit = pmv.lmm(ref["formula"], pmv.datasets.load("orthodont")).fit("REML")
-    np.testing.assert_allclose(fit.loglik, ref["logLik"], rtol=0, atol=1e-6)
+    assert fit.converged and not fit.singular
+    np.testing.assert_allclose(fit.loglik, ref["logLik"], rtol=0, atol=1e-5)
+    assert fit.loglik >= ref["logLik"] - 1e-8
+    np.testing.assert_allclose(fit.params("sd").to_numpy()[:4], ref["estimate"], rtol=1e-6)
 
 
 @pytest.mark.parametrize(
