@@ -606,17 +606,17 @@ class MixedFit:
         if cluster is None:
             cluster = self._default_cluster
         if cluster is None:
-            owner, _, _ = self._cluster_rows()
+            owner, levels, _ = self._cluster_rows()
             S = self._pieces()["scores"][owner][:, keep]
             Ag = self._cluster_information(information)[owner][:, keep][:, :, keep] if need_ai else None
-            Vk = vcov_cluster(A, S, adjust, Ag)
+            Vk = vcov_cluster(A, S, adjust, Ag, labels=levels)
         else:
             codes = self._cluster_codes(cluster)
             S_obs = self._observation_scores()[:, keep]
             if len(codes) == 1:
                 S, labels = estfun(S_obs, codes[0])
                 Ag = self._union_information(codes[0], information)[:, keep][:, :, keep] if need_ai else None
-                Vk = vcov_cluster(A, S, adjust, Ag)
+                Vk = vcov_cluster(A, S, adjust, Ag, labels=labels)
             else:
                 Vk = vcov_multiway(A, S_obs, codes, adjust)
         V = np.full((P, P), np.nan)
