@@ -197,7 +197,8 @@ def test_compiled_functions_in_memory_are_bounded(empty_cache, monkeypatch):
     monkeypatch.setattr(derivatives, "_COMPILED", type(derivatives._COMPILED)())
     monkeypatch.setattr(derivatives, "COMPILED_MAXSIZE", 3, raising=False)
     fns = [derivatives._cached_function(f"k{i}", _graph_a) for i in range(5)]
-    assert list(derivatives._COMPILED) == ["k2", "k3", "k4"]
+    mode = derivatives.compile_mode()  # entries are kept per key and compilation mode
+    assert list(derivatives._COMPILED) == [(k, mode) for k in ("k2", "k3", "k4")]
     assert derivatives._cached_function("k3", _fail) is fns[3]  # a hit is kept, and moved last
     derivatives._cached_function("k0", _fail)  # dropped from memory, loaded from disk
-    assert list(derivatives._COMPILED) == ["k4", "k3", "k0"]
+    assert list(derivatives._COMPILED) == [(k, mode) for k in ("k4", "k3", "k0")]
