@@ -17,6 +17,7 @@ T0 = time.perf_counter()
 
 import sys  # noqa: E402
 
+import _data  # noqa: E402
 from _timing import print_report, since_process_start, time_workflow  # noqa: E402
 
 
@@ -32,15 +33,7 @@ def main() -> int:
 
     phases["imports"] = time.perf_counter() - t
     t = time.perf_counter()
-    rng = np.random.default_rng(2026)
-    G, m = 2_000, 50
-    cov = np.array([[1.0, 0.3 * 0.5], [0.3 * 0.5, 0.25]])
-    b = rng.multivariate_normal(np.zeros(2), cov, size=G)
-    g = np.repeat(np.arange(G), m)
-    x = rng.standard_normal(G * m)
-    eta = -0.5 + 0.8 * x + b[g, 0] + b[g, 1] * x
-    y = (rng.uniform(size=G * m) < 1 / (1 + np.exp(-eta))).astype(int)
-    df = pd.DataFrame({"y": y, "x": x, "g": pd.Categorical.from_codes(g, [f"g{i:04d}" for i in range(G)])})
+    df = _data.glmm_100k()
     phases["simulate"] = time.perf_counter() - t
     t = time.perf_counter()
     model = pmv.glmm("y ~ x + (x | g)", df, family="binomial")

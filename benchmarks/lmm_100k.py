@@ -56,11 +56,10 @@ T0 = time.perf_counter()
 
 import sys  # noqa: E402
 
+import _data  # noqa: E402
 from _timing import print_report, since_process_start, time_workflow  # noqa: E402
 
-N_CLUSTERS = 2_000
-CLUSTER_SIZE = 50
-SEED = 2026
+N_CLUSTERS, CLUSTER_SIZE, SEED = _data.N_CLUSTERS, _data.CLUSTER_SIZE, _data.SEED
 
 
 def main() -> int:
@@ -75,17 +74,8 @@ def main() -> int:
     phases["imports"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    rng = np.random.default_rng(SEED)
-    n = N_CLUSTERS * CLUSTER_SIZE
-    sd = np.array([1.0, 0.5])
-    corr = 0.3
-    cov = np.array([[sd[0] ** 2, corr * sd[0] * sd[1]], [corr * sd[0] * sd[1], sd[1] ** 2]])
-    b = rng.multivariate_normal(np.zeros(2), cov, size=N_CLUSTERS)
-    g = np.repeat(np.arange(N_CLUSTERS), CLUSTER_SIZE)
-    x = rng.standard_normal(n)
-    e = rng.standard_normal(n)
-    y = 1.0 + 0.5 * x + b[g, 0] + b[g, 1] * x + e
-    df = pd.DataFrame({"y": y, "x": x, "g": pd.Categorical.from_codes(g, [f"g{i:04d}" for i in range(N_CLUSTERS)])})
+    df = _data.lmm_100k()
+    n = len(df)
     phases["simulate"] = time.perf_counter() - t
 
     t = time.perf_counter()
