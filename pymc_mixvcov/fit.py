@@ -224,10 +224,18 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
     start = natural_start(fns.map, spec, spec.nat0)
     x0, natural, bounds = _search_space(start[vi], lo_v, up_v, logged)
     _, _, nat_start = fns.profile(natural(x0))
-    try:
-        info0 = fns.information(nat_start, expected=True)["expected"][np.ix_(vi, vi)]
-    except (np.linalg.LinAlgError, FloatingPointError, ValueError):
-        info0 = np.full((vi.size, vi.size), np.nan)
+    # the observed information (the Newton steps need its functions anyway); the expected one
+    # only where the observed one has no curvature along a parameter
+    info0 = np.full((vi.size, vi.size), np.nan)
+    for expected in (False, True):
+        with np.errstate(all="ignore"):
+            try:
+                info = fns.information(nat_start, expected=expected)
+            except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+                continue
+        info0 = info["expected" if expected else "observed"][np.ix_(vi, vi)]
+        if np.all(np.isfinite(np.diag(info0)) & (np.diag(info0) != 0)):
+            break
     d = curvature_scales(info0, natural(x0), logged)
 
     def negative(w):

@@ -20,8 +20,8 @@ the fit equivariant under a change of units of the response or of any predictor:
    SDs, a covariance matrix) and the nearest point where it is not (a hand-written model with a
    shared SD).
 2. **Coordinates in units of the curvature** (:func:`curvature_scales`). The optimiser works on
-   ``z_i = x_i / d_i`` with ``d_i = 1 / sqrt(I_ii)``, ``I`` the information at the start (expected
-   information for Gaussian models, which is positive semi-definite; the observed one otherwise).
+   ``z_i = x_i / d_i`` with ``d_i = 1 / sqrt(|I_ii|)``, ``I`` the observed information at the
+   start (the expected one for a Gaussian model where the observed one has a zero on its diagonal).
    Gradients in ``z`` are then dimensionless (in units of standard errors), so that the
    optimiser's tolerances mean the same in every unit system.
 
@@ -239,13 +239,14 @@ def boundary_restarts(model_map, spec, nat: np.ndarray) -> list[np.ndarray]:
 
 
 def curvature_scales(info: np.ndarray, x: np.ndarray, logged: np.ndarray) -> np.ndarray:
-    """Scales ``d_i = 1 / sqrt(I_ii)`` of the optimiser's coordinates (module docstring, step 2).
+    """Scales ``d_i = 1 / sqrt(|I_ii|)`` of the optimiser's coordinates (module docstring, step 2).
 
     ``info`` is the information in the natural parameters ``x``; for coordinates optimised on the
-    log scale (``logged``) the curvature is that of ``log x``: ``x_i^2 I_ii``. Where ``I_ii`` is not
-    positive and finite, the scale is ``|x_i|`` (or 1 for ``x_i = 0``).
+    log scale (``logged``) the curvature is that of ``log x``: ``x_i^2 I_ii``. A negative ``I_ii``
+    (the start is not in a concave region along ``x_i``) still gives the size of the curvature;
+    where ``I_ii`` is 0 or not finite, the scale is ``|x_i|`` (or 1 for ``x_i = 0``).
     """
-    diag = np.diag(np.asarray(info, float)).copy()
+    diag = np.abs(np.diag(np.asarray(info, float)))
     diag = np.where(logged, diag * np.asarray(x, float) ** 2, diag)
     fallback = np.where(logged, 1.0, np.where(np.abs(x) > 0, np.abs(x), 1.0))
     good = np.isfinite(diag) & (diag > 0)
