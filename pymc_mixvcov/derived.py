@@ -237,8 +237,10 @@ def derived(
             raise MixVcovError(f"{len(names)} names given for the {len(entries)} quantities that {fn_name} returns")
     elif auto_names is not None:
         names = auto_names
-    elif len(entries) == 1 and not isinstance(result, list | tuple | np.ndarray) and (
-        not isinstance(result, TensorVariable) or result.ndim == 0
+    elif (
+        len(entries) == 1
+        and not isinstance(result, list | tuple | np.ndarray)
+        and (not isinstance(result, TensorVariable) or result.ndim == 0)
     ):
         names = [fn_name]
     else:
@@ -293,21 +295,33 @@ def derived(
 
 
 # -- built-ins ------------------------------------------------------------------------------------
-def _intercept_terms(fit: MixedFit, what: str, advice: str) -> list[str]:
-    """The sd-scale labels of the random-effect SDs when every term is a random intercept."""
+def _intercept_terms(fit: MixedFit, what: str, advice: str) -> list[tuple[str, float]]:
+    """``(sd-scale label, c)`` of every random-effect term when each is a random intercept.
+
+    A random intercept here is a term with one effect whose design value ``c`` is the same, and
+    not 0, for every observation; it adds ``c^2 s^2`` to the variance of the linear predictor
+    (``c = 1`` for the ``(1 | g)`` of a formula).
+    """
     spec = fit.spec
     labels = fit.labels("sd")
     k = spec.fixed_index.size
     out = []
     for t in spec.terms:
-        rows = t.codes >= 0
-        if t.r != 1 or not np.all(t.z[rows, 0] == 1.0):
-            kind = "several effects" if t.r != 1 else "a random slope"
+        z = t.z[:, 0]
+        problem = None
+        if t.r != 1:
+            problem = "has several effects"
+        elif np.any(t.codes < 0):
+            problem = f"is not used by {int(np.sum(t.codes < 0))} observation(s)"
+        elif z[0] == 0 or not np.all(z == z[0]):
+            problem = "has a random slope"
+        if problem is not None:
             raise MixVcovError(
-                f"{what} is defined here for random intercepts only; the {t.group} term ({', '.join(map(str, t.effects))}) "
-                f"has {kind}, so the variance it adds depends on the covariate. {advice}"
+                f"{what} is defined here for random intercepts only; the {t.group} term "
+                f"({', '.join(map(str, t.effects))}) {problem}, so the variance it adds differs between "
+                f"observations. {advice}"
             )
-        out.append(labels[k])
+        out.append((labels[k], float(z[0])))
         k += t.r * (t.r + 1) // 2
     if not out:
         raise MixVcovError(f"{what} needs a random effect; this model has none")
@@ -367,7 +381,7 @@ def icc(
         )
 
     def ICC(p):
-        var = sum(p[s] ** 2 for s in sds)
+        var = sum(c**2 * p[s] ** 2 for s, c in sds)
         res = p[residual] ** 2 if residual is not None else LOGISTIC_VARIANCE
         return var / (var + res)
 
@@ -392,18 +406,21 @@ def mor(
             f"{what} that is not one. For other links the random effects are not on the log-odds scale."
         )
     sds = _intercept_terms(
-        fit, "the median odds ratio", "Write the definition you want with fit.derived, e.g. for one SD s: "
-        "fit.derived(lambda p: np.exp(np.sqrt(2) * p[s] * 0.6744897501960817))"
+        fit,
+        "the median odds ratio",
+        "Write the definition you want with fit.derived, e.g. for one SD s: "
+        "fit.derived(lambda p: np.exp(np.sqrt(2) * p[s] * 0.6744897501960817))",
     )
     if len(sds) != 1:
         raise MixVcovError(
             f"the median odds ratio is defined here for one random intercept; this model has {len(sds)} "
-            f"({', '.join(sds)}). Write the definition you want with fit.derived (e.g. from the sum of their variances)"
+            f"({', '.join(s for s, _ in sds)}). Write the definition you want with fit.derived (e.g. from the "
+            "sum of their variances)"
         )
-    (sd,) = sds
+    ((sd, c),) = sds
     q = float(norm.ppf(0.75))
 
     def MOR(p):
-        return pt.exp(np.sqrt(2.0) * p[sd] * q)
+        return pt.exp(np.sqrt(2.0) * abs(c) * p[sd] * q)
 
     return derived(fit, MOR, "sd", vcov, level=level, information=information, cluster=cluster)

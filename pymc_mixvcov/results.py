@@ -680,9 +680,7 @@ class MixedFit:
         """
         from .derived import derived
 
-        return derived(
-            self, fn, scale, vcov, level=level, information=information, cluster=cluster, names=names
-        )
+        return derived(self, fn, scale, vcov, level=level, information=information, cluster=cluster, names=names)
 
     def icc(
         self,
