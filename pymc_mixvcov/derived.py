@@ -265,16 +265,19 @@ def derived(
         ) from exc
     h, J = compile_fn([x], [values, G])(est)
     h, J = np.asarray(h, float), np.asarray(J, float).reshape(len(outs), len(labels))
+    # parameters held at a boundary (NaN variance): a quantity that depends on one gets a NaN
+    # standard error, whatever its derivative there
+    held = np.isnan(np.diag(V))
     for k, name in enumerate(names):
         if not np.isfinite(h[k]):
             raise MixVcovError(f"{fn_name}: quantity {name!r} is {h[k]} at the estimates")
-        if not np.all(np.isfinite(J[k])):
-            bad = [labels[i] for i in np.flatnonzero(~np.isfinite(J[k]))]
+        if not np.all(np.isfinite(J[k]) | held):
+            bad = [labels[i] for i in np.flatnonzero(~np.isfinite(J[k]) & ~held)]
             raise MixVcovError(
                 f"{fn_name}: the derivative of {name!r} is not finite at the estimates (with respect to "
                 f"{', '.join(map(repr, bad))}); the function is not differentiable there"
             )
-        if not np.any(J[k][depends[k]] != 0):
+        if not np.any(J[k][depends[k]] != 0) and not np.any(depends[k] & held):
             raise MixVcovError(
                 f"{fn_name}: the derivative of {name!r} is 0 at the estimates although it depends on "
                 f"{', '.join(repr(labels[i]) for i in np.flatnonzero(depends[k]))}: the function is locally "

@@ -231,3 +231,24 @@ def test_icc_and_mor_refusals(sleep_ml, sleep_ri, cbpp):
         probit.mor()
     with pytest.raises(MixVcovError, match="latent-scale residual variance is a modelling choice"):
         probit.icc()
+
+
+def test_quantities_of_a_parameter_held_at_the_boundary_get_a_nan_se():
+    """Data without between-group variation: sd_(Intercept)|g is held at 0 and its variance is NaN
+    (tests/test_bad_input.py); quantities that use it get a NaN SE, the others their usual one."""
+    rng = np.random.default_rng(3)
+    g = np.repeat(np.arange(10), 8)
+    y = rng.normal(size=g.size)
+    y = y - pd.Series(y).groupby(g).transform("mean").to_numpy()
+    with pytest.warns(pmv.SingularFitWarning):
+        fit = pmv.lmm("y ~ 1 + (1 | g)", pd.DataFrame({"y": y, "g": pd.Categorical(g)})).fit()
+    icc = fit.icc()
+    np.testing.assert_allclose(icc.loc["ICC", "estimate"], 0.0, atol=1e-12)
+    assert np.isnan(icc.loc["ICC", "se"])
+    got = fit.derived(lambda p: {"a": p["sigma"] + 2 * p["(Intercept)"], "b": p["sigma"] + p["sd_(Intercept)|g"]})
+    V = fit.vcov("sd")
+    want = np.sqrt(
+        V.loc["sigma", "sigma"] + 4 * V.loc["(Intercept)", "(Intercept)"] + 4 * V.loc["sigma", "(Intercept)"]
+    )
+    np.testing.assert_allclose(got.loc["a", "se"], want, rtol=1e-12)
+    assert np.isnan(got.loc["b", "se"])
