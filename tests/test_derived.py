@@ -252,3 +252,24 @@ def test_quantities_of_a_parameter_held_at_the_boundary_get_a_nan_se():
     )
     np.testing.assert_allclose(got.loc["a", "se"], want, rtol=1e-12)
     assert np.isnan(got.loc["b", "se"])
+
+
+def test_hand_written_logit_model_gives_the_formula_models_mor(cbpp, cbpp_fit):
+    """A non-centred hand-written cbpp model (cell means, ``p = invlogit(eta)``): the logit link is
+    recognised from its log-density, and the MOR and ICC equal the formula-built model's (same
+    likelihood; the SE of the herd SD agrees with glmmTMB's to 1e-6, tests/test_glmm.py)."""
+    import pymc as pm
+
+    herd = cbpp["herd"].cat.codes.to_numpy()
+    X = np.eye(4)[cbpp["period"].cat.codes.to_numpy()]
+    with pm.Model(coords={"herd": list(cbpp["herd"].cat.categories)}) as model:
+        b = pm.Normal("b", 0, 5, shape=4)
+        s = pm.HalfNormal("s", 2.0)
+        z = pm.Normal("z", 0, 1, dims="herd")
+        u = pm.Deterministic("u", z * s, dims="herd")
+        pm.Binomial(
+            "y", n=cbpp["size"].to_numpy(), p=pm.math.invlogit(X @ b + u[herd]), observed=cbpp["incidence"].to_numpy()
+        )
+    fit = pmv.fit(model, random=["z"])
+    np.testing.assert_allclose(fit.mor().to_numpy(), cbpp_fit.mor().to_numpy(), rtol=1e-5)
+    np.testing.assert_allclose(fit.icc().to_numpy(), cbpp_fit.icc().to_numpy(), rtol=1e-5)
