@@ -228,6 +228,10 @@ def derived(
             "pt.switch for a condition); Python's math module, float() and if-statements on a parameter do not "
             "work on symbolic values"
         ) from exc
+    except Exception as exc:
+        raise MixVcovError(
+            f"{fn_name} raised {type(exc).__name__} when evaluated on the symbolic parameters: {exc}"
+        ) from exc
     entries, auto_names = _flatten_result(result, fn_name)
     if not entries:
         raise MixVcovError(f"{fn_name} returned no quantity")

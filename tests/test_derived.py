@@ -189,6 +189,8 @@ def test_non_differentiable_functions_are_refused(sleep_ml):
         sleep_ml.derived(lambda p: p["sigma"] if p["sigma"] > 10 else 0.0)
     with pytest.raises(MixVcovError, match="Python's math module"):
         sleep_ml.derived(lambda p: math.exp(p["sigma"]))
+    with pytest.raises(MixVcovError, match="fn raised ZeroDivisionError when evaluated on the symbolic parameters"):
+        sleep_ml.derived(lambda p: p["sigma"] + 1 / 0)
     with pytest.raises(MixVcovError, match="derivative of 'fn' is not finite.*'sigma'"):
         sleep_ml.derived(lambda p: pt.sqrt(p["sigma"] - sleep_ml.params("sd")["sigma"]))
 
