@@ -627,6 +627,105 @@ class MixedFit:
         lab = self.labels(scale)
         return pd.DataFrame(V, index=lab, columns=lab)
 
+    # -- derived quantities ---------------------------------------------------------------------------
+    def derived(
+        self,
+        fn,
+        scale: str = "sd",
+        vcov: Literal["model", "CR0", "CR1", "CR3"] | pd.DataFrame | None = None,
+        *,
+        level: float | None = None,
+        information: Information = "observed",
+        cluster=None,
+        names: list[str] | None = None,
+    ) -> pd.DataFrame:
+        """Estimate and delta-method standard error of any smooth function of the parameters.
+
+        Parameters
+        ----------
+        fn : callable
+            Receives a mapping from the labels of ``scale`` (:meth:`labels`) to symbolic scalars and
+            returns the quantity built from them with arithmetic, NumPy ufuncs (``np.exp``) or
+            ``pytensor.tensor`` functions (``pt.log``, ``pt.switch``): a scalar, a list of scalars,
+            or a mapping from names to scalars (which names the rows). E.g. the share of the
+            variance at ``Days = 0``:
+            ``lambda p: p["sd_(Intercept)|Subject"]**2 / (p["sd_(Intercept)|Subject"]**2 + p["sigma"]**2)``.
+        scale : str
+            The scale whose labels ``fn`` uses (default ``"sd"``). The standard error does not
+            depend on it: the scales' covariances are related by exact Jacobians.
+        vcov : None, {"model", "CR0", "CR1", "CR3"}, or DataFrame
+            ``None``/``"model"``: :meth:`vcov`; an adjustment name: :meth:`sandwich` with it (ML fits);
+            a DataFrame: a covariance on ``scale`` labelled with its labels.
+        level : float, optional
+            Adds a Wald interval ``estimate -+ z_{(1+level)/2} se`` (columns ``lower``, ``upper``).
+        information : {"observed", "expected"}
+        cluster :
+            Passed to :meth:`sandwich`.
+        names : list of str, optional
+            Row names (default: the mapping's keys, else ``fn``'s name, ``fn`` for a lambda).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per quantity: ``estimate`` ``h(theta_hat)``, ``se`` (and ``lower``, ``upper``).
+
+        Notes
+        -----
+        Delta method with the exact gradient ``g = dh/dtheta`` (pytensor's reverse mode, no finite
+        differences): ``se = sqrt(g^T V g)``; for several quantities their covariance is
+        ``G V G^T``. A quantity that depends on a parameter held at a boundary (NaN in ``V``)
+        gets a NaN standard error. Functions that cannot be evaluated symbolically, return
+        non-scalars or integers, or whose derivative is not finite or is 0 at the estimates
+        raise a :class:`~pymc_mixvcov.errors.MixVcovError`.
+        """
+        from .derived import derived
+
+        return derived(self, fn, scale, vcov, level=level, information=information, cluster=cluster, names=names)
+
+    def icc(
+        self,
+        vcov: Literal["model", "CR0", "CR1", "CR3"] | None = None,
+        *,
+        level: float | None = None,
+        information: Information = "observed",
+        cluster=None,
+    ) -> pd.DataFrame:
+        """Intraclass correlation with its delta-method standard error (one row, ``ICC``).
+
+        ``ICC = sum_k s_k^2 / (sum_k s_k^2 + s_e^2)``, with ``s_k`` the SDs of the random
+        intercepts: for one term the correlation of two observations of a cluster, for several
+        the adjusted ICC of Nakagawa, Johnson and Schielzeth (2017, J. R. Soc. Interface 14:
+        20170213), the share of the variance (given the fixed effects) due to all random
+        effects. ``s_e^2`` is ``sigma^2`` for Gaussian models and ``pi^2 / 3``, the variance of the
+        standard logistic distribution, for binomial GLMMs with the logit link (the latent-scale
+        ICC). Models with random slopes (whose variance depends on the covariate) and other
+        families or links are refused: write the definition with :meth:`derived`.
+        ``vcov``, ``level``, ``information`` and ``cluster`` as in :meth:`derived`.
+        """
+        from .derived import icc
+
+        return icc(self, vcov, level=level, information=information, cluster=cluster)
+
+    def mor(
+        self,
+        vcov: Literal["model", "CR0", "CR1", "CR3"] | None = None,
+        *,
+        level: float | None = None,
+        information: Information = "observed",
+        cluster=None,
+    ) -> pd.DataFrame:
+        """Median odds ratio of a logit GLMM with one random intercept, with its delta-method SE.
+
+        ``MOR = exp(sqrt(2 s_u^2) Phi^{-1}(0.75))`` (Larsen and Merlo 2005, Am. J. Epidemiol.
+        161: 81-88): the median of the odds ratio between two observations with the same
+        covariates in two randomly chosen clusters, higher to lower. Binomial (or Bernoulli)
+        likelihoods with the logit link only, and one random-intercept term; anything else is
+        refused. ``vcov``, ``level``, ``information`` and ``cluster`` as in :meth:`derived`.
+        """
+        from .derived import mor
+
+        return mor(self, vcov, level=level, information=information, cluster=cluster)
+
     def _cluster_information(self, information: str) -> np.ndarray:
         if not self.spec.gaussian:
             if information == "expected":
