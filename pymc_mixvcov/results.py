@@ -88,7 +88,8 @@ class MixedFit:
     Attributes
     ----------
     loglik : float
-        The maximised log-likelihood: ML, or REML (lme4's ``logLik`` for REML fits).
+        The maximised log-likelihood: ML, or REML (lme4's ``logLik`` for REML fits); for MAP
+        fits the log-likelihood at the marginal posterior mode, priors excluded.
     converged : bool
         Whether the optimiser reached a stationary point (Newton decrement below 1e-6).
     method : {"ML", "REML", "MAP"}
