@@ -451,7 +451,9 @@ def compare(
         Coverage of all intervals, strictly between 0 and 1.
     vcov : {"CR0", "CR1", "CR3"} or None
         The sandwich of ``se_sandwich`` and the sandwich interval; ``None`` leaves these
-        columns NaN (REML and MAP fits have no sandwich).
+        columns NaN (REML fits have no sandwich). For MAP fits ``se_model`` is the Laplace
+        (posterior) SE, from the inverse negative Hessian of the log marginal posterior, and
+        ``se_sandwich`` the MAP sandwich's (see :meth:`MixedFit.sandwich`), side by side.
     ci_kind : {"eti", "hdi"}
         Posterior interval: equal-tailed (quantiles ``(1 - prob)/2`` and ``(1 + prob)/2``) or
         highest-density (ArviZ's ``hdi``).
@@ -565,7 +567,14 @@ def plot_compare(
     table = compare(fit, posterior, scale, prob, vcov, ci_kind=ci_kind, information=information, cluster=cluster)
     rows = [
         ("posterior", "posterior_lower", "posterior_upper", "posterior_mean", "C0", "o"),
-        ("Wald (model)", "wald_lower", "wald_upper", "estimate", "C1", "D"),
+        (
+            "Laplace (model)" if fit.method == "MAP" else "Wald (model)",
+            "wald_lower",
+            "wald_upper",
+            "estimate",
+            "C1",
+            "D",
+        ),
     ]
     if vcov is not None:
         rows.append((f"sandwich ({vcov})", "sandwich_lower", "sandwich_upper", "estimate", "C2", "s"))

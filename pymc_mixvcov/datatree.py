@@ -153,12 +153,12 @@ def to_datatree(
             scale (:meth:`MixedFit.vcov`); ``CR0``, ``CR1``, ``CR3``: the cluster-robust
             covariances ``A^{-1} B A^{-1}`` and their adjustments (:meth:`MixedFit.sandwich`).
             A covariance the fit does not have (expected information of a non-Gaussian model;
-            sandwiches of REML and MAP fits or of crossed designs without ``cluster``) is left
+            sandwiches of REML fits or of crossed designs without ``cluster``) is left
             out and the group's attribute ``unavailable_<name>`` says why.
         ``scores``
             ``scores_<scale>``: cluster scores (:meth:`MixedFit.scores`), dimension named after
             the grouping factor with its levels as coordinates; ``loglik``: the clusters'
-            marginal log-likelihoods (ML fits; attribute ``unavailable`` otherwise).
+            marginal log-likelihoods (ML and MAP fits; attribute ``unavailable`` otherwise).
         ``optimizer_stats``
             ``converged``, ``iterations``, ``grad_norm`` (gradient norm at the optimum),
             ``loglik``, ``min_eigenvalue`` (smallest eigenvalue of the natural-scale information,

@@ -955,6 +955,12 @@ class MAPFunctions:
     on a boundary (few clusters, a variance estimated at 0): weakly informative priors keep the
     mode inside the parameter space, and the covariance then describes the posterior, not the
     sampling distribution of an estimator.
+
+    The per-cluster pieces (:meth:`clusters`, :meth:`cluster_observed`) are the likelihood's
+    alone, priors excluded: a prior is not a sum over clusters. They are what the MAP sandwich
+    needs (bread: the negative Hessian of the whole criterion, :meth:`information`; meat: the
+    cluster scores of the log-likelihood, which at the posterior mode sum to
+    ``-grad log p(nat)``, not zero; see :meth:`pymc_mixvcov.results.MixedFit.sandwich`).
     """
 
     profiled = False
@@ -1006,8 +1012,17 @@ class MAPFunctions:
             info["expected"] = None
         return info
 
-    def clusters(self, nat):
+    def clusters(self, nat: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-cluster log-likelihoods and scores of the likelihood alone (priors excluded), with
+        the likelihood's total gradient ``grad``; their column sums are ``-grad log p(nat)`` at
+        the posterior mode."""
         return self.base.clusters(nat)
+
+    def cluster_observed(self, nat: np.ndarray) -> np.ndarray:
+        """Each cluster's observed information contribution of the likelihood alone, ``(C, P, P)``."""
+        if hasattr(self.base, "cluster_observed"):
+            return self.base.cluster_observed(nat)
+        return self.base.clusters(nat)["observed_clusters"]
 
     def scales(self, nat):
         return self.base.scales(nat)

@@ -88,7 +88,8 @@ class MixedFit:
     Attributes
     ----------
     loglik : float
-        The maximised log-likelihood: ML, or REML (lme4's ``logLik`` for REML fits).
+        The maximised log-likelihood: ML, or REML (lme4's ``logLik`` for REML fits); for MAP
+        fits the log-likelihood at the marginal posterior mode, priors excluded.
     converged : bool
         Whether the optimiser reached a stationary point (Newton decrement below 1e-6).
     method : {"ML", "REML", "MAP"}
@@ -318,6 +319,12 @@ class MixedFit:
 
     def _vcov_natural(self, information: str, reml_cross: str = "zero") -> np.ndarray:
         if self._information(information) is None:
+            if self.method == "MAP":
+                raise MixVcovError(
+                    f"{information} information is not defined for MAP fits: the criterion's prior term has no "
+                    "expectation over the data. Use information='observed' (the negative Hessian of the log "
+                    "marginal posterior)"
+                )
             raise MixVcovError(
                 f"{information} information is available for Gaussian models only; this model's "
                 f"{self.spec.family} likelihood is fitted by the Laplace approximation: use information='observed'"
@@ -386,16 +393,13 @@ class MixedFit:
         return pd.Series(np.sqrt(np.diag(V.to_numpy())), index=V.index, name="se")
 
     # -- scores and log-likelihood contributions -----------------------------------------------
-    def _require_ml(self, what: str) -> None:
-        if self.method == "MAP":
+    def _refuse_reml(self, what: str) -> None:
+        """Refuse REML fits, whose criterion is not a sum of cluster contributions (ML and MAP fits
+        have a log-likelihood that is: MAP's priors enter the bread only)."""
+        if self.method == "REML":
             raise MixVcovError(
-                f"{what} are defined for maximum-likelihood fits; a MAP fit's covariance is a posterior "
-                "approximation. Refit with method='ML'."
-            )
-        if self.method != "ML":
-            raise MixVcovError(
-                f"{what} are defined for maximum-likelihood fits: the REML criterion is not a sum of "
-                "cluster contributions. Refit with method='ML'."
+                f"{what} are defined for maximum-likelihood fits (and MAP fits): the REML criterion is not a "
+                "sum of cluster contributions. Refit with method='ML' (or 'MAP')."
             )
 
     def _pieces(self, expected: bool = False) -> dict[str, np.ndarray]:
@@ -456,7 +460,7 @@ class MixedFit:
         return np.linalg.solve(J.T, S.T).T
 
     def scores(self, level: Level = "cluster", scale: str = "var") -> pd.DataFrame:
-        """Score contributions: gradients of the log-likelihood contributions (ML fits).
+        """Score contributions: gradients of the log-likelihood contributions (ML and MAP fits).
 
         Parameters
         ----------
@@ -481,10 +485,18 @@ class MixedFit:
         MixVcovError
             For REML fits, for cluster-level scores of crossed designs, and for observation-level
             scores of models without a casewise decomposition.
+
+        Notes
+        -----
+        MAP fits: the scores are those of the log-likelihood alone, ``s_g = d l_g / d theta``,
+        priors excluded (a prior is not a sum over clusters), at the marginal posterior mode.
+        There the gradient of ``sum_g l_g + log p(theta)`` vanishes, so the columns sum to
+        ``-d log p(theta) / d theta``, not to zero; they are returned as they are, and
+        :meth:`sandwich` centres them.
         """
         check_scale(scale)
         _check_level(level)
-        self._require_ml("scores")
+        self._refuse_reml("scores")
         labels = self.labels(scale)
         if level == "cluster":
             owner, lev, group = self._cluster_rows()
@@ -509,13 +521,14 @@ class MixedFit:
         return self._cache["obs_scores"]
 
     def loglik_contributions(self, level: Literal["cluster"] = "cluster") -> pd.Series:
-        """Marginal log-likelihood of every cluster (merDeriv's ``llcont``); they sum to :attr:`loglik`."""
+        """Marginal log-likelihood of every cluster (merDeriv's ``llcont``); they sum to :attr:`loglik`
+        (for MAP fits the log-likelihood at the posterior mode, priors excluded)."""
         if level != "cluster":
             raise MixVcovError(
                 f"unknown level {level!r}; log-likelihood contributions exist per cluster only ('cluster'): "
                 "a cluster's marginal likelihood does not factor over its observations"
             )
-        self._require_ml("log-likelihood contributions")
+        self._refuse_reml("log-likelihood contributions")
         owner, lev, group = self._cluster_rows()
         return pd.Series(self._pieces()["loglik"][owner], index=pd.Index(lev, name=group), name="loglik")
 
@@ -568,19 +581,20 @@ class MixedFit:
         adjust: Adjust = "CR1",
         cluster=None,
     ) -> pd.DataFrame:
-        """Cluster-robust (sandwich) covariance of all parameters (ML fits).
+        """Cluster-robust (sandwich) covariance of all parameters (ML and MAP fits).
 
         Parameters
         ----------
         scale : str
             Reporting scale, converted with the exact Jacobian as in :meth:`vcov`.
         information : {"observed", "expected"}
-            The bread ``A``: observed (exact Hessian) or expected information.
+            The bread ``A``: observed (exact Hessian) or expected information (ML fits of
+            Gaussian models only).
         adjust : {"CR0", "CR1", "CR3"}
             ``CR0 = A^{-1} B A^{-1}`` with ``B = sum_g s_g s_g^T``; ``CR1 = G/(G-1) CR0``; ``CR3`` the
             one-step leave-one-cluster-out jackknife ``(G-1)/G sum_g d_g d_g^T`` with
             ``d_g = (A - A_g)^{-1} s_g`` and ``A_g`` cluster ``g``'s own information contribution
-            (see :mod:`pymc_mixvcov.sandwich`).
+            (see :mod:`pymc_mixvcov.sandwich`). For MAP fits see the Notes.
         cluster : None, str, array-like, or list of them
             ``None``: the clusters given to :func:`pymc_mixvcov.fit`, else the model's clusters
             (cluster-level scores). A column name of the data or an
@@ -591,11 +605,47 @@ class MixedFit:
         Returns
         -------
         pandas.DataFrame
+
+        Notes
+        -----
+        MAP fits (``theta_hat`` the marginal posterior mode, random effects integrated out) get
+        the sandwich posterior covariance of Mueller (2013) and the Bayesian sandwich of Szpiro,
+        Rice and Lumley (2010):
+
+        * bread: ``A = -d2 [l(theta) + log p(theta)] / d theta2`` at ``theta_hat``, the negative
+          Hessian of the log marginal posterior, priors included (:meth:`information`; its
+          inverse is the Laplace covariance :meth:`vcov`);
+        * meat: the cluster scores of the log-likelihood alone, ``s_g = d l_g / d theta``
+          (:meth:`scores`), which sum to ``-d log p / d theta`` at the mode, not to zero, and
+          are therefore centred: ``B = sum_g (s_g - s_bar)(s_g - s_bar)^T``,
+          ``s_bar = G^{-1} sum_g s_g``, i.e. ``G`` times their empirical covariance;
+        * ``CR1 = G/(G-1) A^{-1} B A^{-1}``; multi-way clustering centres each clustering's
+          scores at its own mean;
+        * ``CR3``: ``d_g = (A - A_g)^{-1} (s_g - s_bar)``, ``A_g`` cluster ``g``'s observed
+          information contribution of the likelihood (so ``A - A_g`` is the negative Hessian of
+          the posterior without cluster ``g``), and ``(G-1)/G sum_g d_g d_g^T``. Without the
+          centring ``d_g`` would include the prior's pull that removing any one cluster
+          strengthens equally: ``G^{-1} sum_g d_g`` is ``A^{-1} grad log p / G`` to first order, a
+          shift common to every leave-one-out estimate, which the jackknife's variance about the
+          mean of the leave-one-out estimates does not count.
+
+        Where the prior is flat (``grad log p = 0``, ``d2 log p = 0``) every one of these is the
+        ML sandwich. Expected information is not defined for MAP fits (a prior has no
+        expectation over the data).
+
+        References
+        ----------
+        Mueller, U. K. (2013). Risk of Bayesian inference in misspecified models, and the
+        sandwich covariance matrix. Econometrica 81(5), 1805-1849.
+
+        Szpiro, A. A., Rice, K. M. and Lumley, T. (2010). Model-robust regression and a
+        Bayesian "sandwich" estimator. Annals of Applied Statistics 4(4), 2099-2113.
         """
         check_scale(scale)
         _check_information(information)
         check_adjust(adjust)
-        self._require_ml("sandwich covariances")
+        self._refuse_reml("sandwich covariances")
+        centre = self.method == "MAP"  # the likelihood's scores do not sum to zero at a posterior mode
         P = self.spec.n_params
         keep = ~self.at_bound
         idx = np.ix_(keep, keep)
@@ -609,16 +659,16 @@ class MixedFit:
             owner, levels, _ = self._cluster_rows()
             S = self._pieces()["scores"][owner][:, keep]
             Ag = self._cluster_information(information)[owner][:, keep][:, :, keep] if need_ai else None
-            Vk = vcov_cluster(A, S, adjust, Ag, labels=levels)
+            Vk = vcov_cluster(A, S, adjust, Ag, labels=levels, centre=centre)
         else:
             codes = self._cluster_codes(cluster)
             S_obs = self._observation_scores()[:, keep]
             if len(codes) == 1:
                 S, labels = estfun(S_obs, codes[0])
                 Ag = self._union_information(codes[0], information)[:, keep][:, :, keep] if need_ai else None
-                Vk = vcov_cluster(A, S, adjust, Ag, labels=labels)
+                Vk = vcov_cluster(A, S, adjust, Ag, labels=labels, centre=centre)
             else:
-                Vk = vcov_multiway(A, S_obs, codes, adjust)
+                Vk = vcov_multiway(A, S_obs, codes, adjust, centre=centre)
         V = np.full((P, P), np.nan)
         V[idx] = Vk
         if scale != "natural":
@@ -767,7 +817,7 @@ class MixedFit:
         reml_cross: RemlCross = "zero",
     ) -> pd.DataFrame:
         """The model-based covariance (``vcov="model"``, :meth:`vcov`, with ``reml_cross``) or a
-        sandwich (:meth:`sandwich`, ML fits only)."""
+        sandwich (:meth:`sandwich`, ML and MAP fits)."""
         if vcov not in ("model", *ADJUSTS):
             raise MixVcovError(f"unknown vcov {vcov!r}; valid values are: {', '.join(map(repr, ('model', *ADJUSTS)))}")
         _check_reml_cross(reml_cross)

@@ -30,6 +30,15 @@ Multi-way clustering (Cameron, Gelbach and Miller, 2011) sums, over every non-em
 ``S`` of the clustering variables, ``(-1)^{|S|+1}`` times the one-way sandwich clustered on the
 intersection of the variables in ``S`` (each with its own CR1 factor ``G_S/(G_S - 1)``).
 
+Centred scores (``centre=True``): at a maximum-likelihood estimate the cluster scores sum to
+zero. At an estimate that maximises something else, e.g. the log-likelihood plus a log prior
+(a posterior mode), they sum to ``-grad log p(theta)``, not zero, and ``sum_g s_g s_g^T`` would
+count that constant offset as variability. With ``centre=True`` every clustering's cluster
+scores are replaced by ``s_g - s_bar``, ``s_bar = G^{-1} sum_g s_g``, before the meat (and
+before CR3's steps), so that the meat is ``G`` times the empirical covariance of the cluster
+scores (Szpiro, Rice and Lumley, 2010; Mueller, 2013). Where the scores sum to zero centring
+changes nothing.
+
 References
 ----------
 Liang, K.-Y. and Zeger, S. L. (1986). Longitudinal data analysis using generalized linear
@@ -38,6 +47,10 @@ Cameron, A. C., Gelbach, J. B. and Miller, D. L. (2011). Robust inference with m
 clustering. Journal of Business & Economic Statistics 29, 238-249.
 MacKinnon, J. G., Nielsen, M. O. and Webb, M. D. (2023). Cluster-robust inference: a guide to
 empirical practice. Journal of Econometrics 232, 272-299.
+Mueller, U. K. (2013). Risk of Bayesian inference in misspecified models, and the sandwich
+covariance matrix. Econometrica 81(5), 1805-1849.
+Szpiro, A. A., Rice, K. M. and Lumley, T. (2010). Model-robust regression and a Bayesian
+"sandwich" estimator. Annals of Applied Statistics 4(4), 2099-2113.
 Zeileis, A., Koell, S. and Graham, N. (2020). Various versatile variances: an object-oriented
 implementation of clustered covariances in R. Journal of Statistical Software 95(1).
 """
@@ -53,7 +66,18 @@ import numpy as np
 
 from .errors import MixVcovError, MixVcovWarning
 
-__all__ = ["Adjust", "ADJUSTS", "estfun", "bread", "meat", "sandwich", "vcov_cluster", "vcov_multiway", "check_adjust"]
+__all__ = [
+    "Adjust",
+    "ADJUSTS",
+    "estfun",
+    "bread",
+    "meat",
+    "sandwich",
+    "vcov_cluster",
+    "vcov_multiway",
+    "check_adjust",
+    "centred",
+]
 
 Adjust = Literal["CR0", "CR1", "CR3"]
 ADJUSTS: tuple[str, ...] = get_args(Adjust)
@@ -83,6 +107,12 @@ def estfun(scores: np.ndarray, cluster: np.ndarray | None = None) -> tuple[np.nd
     out = np.zeros((codes.size, scores.shape[1]))
     np.add.at(out, inv, scores)
     return out, codes
+
+
+def centred(cluster_scores: np.ndarray) -> np.ndarray:
+    """Cluster scores minus their mean over clusters, ``s_g - G^{-1} sum_h s_h`` (columnwise)."""
+    S = np.asarray(cluster_scores, float)
+    return S - S.mean(axis=0)
 
 
 def bread(information: np.ndarray) -> np.ndarray:
@@ -167,6 +197,8 @@ def vcov_cluster(
     adjust: Adjust = "CR1",
     cluster_information: np.ndarray | None = None,
     labels: Sequence[object] | None = None,
+    *,
+    centre: bool = False,
 ) -> np.ndarray:
     """One-way cluster-robust covariance.
 
@@ -182,6 +214,10 @@ def vcov_cluster(
         Each cluster's own information contribution ``A_g``; needed for ``"CR3"``.
     labels : sequence, optional
         Name of each cluster (row of ``cluster_scores``), used in error messages.
+    centre : bool
+        Replace the cluster scores by :func:`centred` ones, ``s_g - s_bar``, in the meat and in
+        CR3's steps ``delta_g = -(A - A_g)^{-1} (s_g - s_bar)`` (see the module docstring): for
+        estimates at which the scores do not sum to zero, such as a posterior mode.
 
     Warns
     -----
@@ -202,6 +238,8 @@ def vcov_cluster(
     G, P = S.shape
     if G < 2:
         raise MixVcovError(f"a cluster-robust covariance needs at least 2 clusters, got {G}")
+    if centre:
+        S = centred(S)
     _warn_rank(G, P, adjust)
     if adjust == "CR3":
         if cluster_information is None:
@@ -230,7 +268,12 @@ def vcov_cluster(
 
 
 def vcov_multiway(
-    information: np.ndarray, scores: np.ndarray, clusters: list[np.ndarray], adjust: Adjust = "CR1"
+    information: np.ndarray,
+    scores: np.ndarray,
+    clusters: list[np.ndarray],
+    adjust: Adjust = "CR1",
+    *,
+    centre: bool = False,
 ) -> np.ndarray:
     """Multi-way cluster-robust covariance by inclusion-exclusion (Cameron, Gelbach and Miller).
 
@@ -243,6 +286,10 @@ def vcov_multiway(
         Cluster codes of every observation, one array per clustering variable.
     adjust : {"CR0", "CR1"}
         CR1 applies ``G_S / (G_S - 1)`` to each term. CR3 is not defined here.
+    centre : bool
+        Centre the cluster scores of every term's clustering (the intersection of the variables
+        in ``S``) at their mean over that clustering's clusters before its meat, as
+        :func:`vcov_cluster` does with ``centre=True``.
 
     Warns
     -----
@@ -266,6 +313,8 @@ def vcov_multiway(
             codes = _intersect([clusters[i] for i in subset])
             S, labels = estfun(scores, codes)
             G = labels.size
+            if centre:
+                S = centred(S)
             smallest = G if smallest is None else min(smallest, G)
             V = sandwich(B, meat(S))
             if adjust == "CR1":
