@@ -175,6 +175,10 @@ def test_cbpp_glmm(ref):
     got = pmv.anova(g2, g1, names=["g2", "g1"])
     _check_table(got, ref["cbpp"]["anova_obs"], ["g1", "g2"], 1e-3, 1e-3, 1e-3)
     np.testing.assert_allclose(got.loc["g2", "p_boundary"], ref["cbpp"]["p_boundary_obs"], rtol=1e-3)
+    # a Laplace fit and a quadrature fit: different approximations of the likelihood
+    g0_agq = pmv.glmm(lhs + "1 + (1 | herd)", cbpp).fit(nAGQ=5)
+    with pytest.raises(pmv.MixVcovError, match=r"different likelihood approximations \(nAGQ = \[1, 5\]\)"):
+        pmv.anova(g0_agq, g1)
 
 
 # -- REML fits --------------------------------------------------------------------------------------------------
