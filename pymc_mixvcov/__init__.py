@@ -13,6 +13,7 @@ with paused_gc():
     import pymc  # noqa: F401  (every model is a pm.Model: imported with the package, see _startup)
 
     from . import datasets
+    from .anova import anova
     from .compare import compare, plot_compare, posterior_on_scale
     from .errors import (
         ConvergenceWarning,
@@ -35,6 +36,7 @@ __all__ = [
     "MixedFit",
     "MixedModel",
     "SingularFitWarning",
+    "anova",
     "compare",
     "datasets",
     "fit",

@@ -111,7 +111,18 @@ def fit(
     # graph construction records a stack trace per node unless told not to: a large share of
     # the build time of gradient graphs
     with pytensor.config.change_flags(traceback__limit=0), paused_gc():
-        return _fit(model, random, method, fixed_labels, data, cluster, noncentered, nAGQ)
+        result = _fit(model, random, method, fixed_labels, data, cluster, noncentered, nAGQ)
+    # what a refit by another method needs (pymc_mixvcov.anova refits REML fits by ML)
+    result._call = {
+        "model": model,
+        "random": list(random),
+        "fixed_labels": fixed_labels,
+        "data": data,
+        "cluster": cluster,
+        "noncentered": noncentered,
+        "nAGQ": nAGQ,
+    }
+    return result
 
 
 def _check_nagq(nagq, spec, structure) -> int:

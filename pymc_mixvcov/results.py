@@ -135,6 +135,47 @@ class MixedFit:
         self._default_cluster = cluster
         self._warn_boundary()
 
+    # -- information criteria ------------------------------------------------------------------
+    @property
+    def df(self) -> int:
+        """Number of estimated parameters, lme4's ``attr(logLik(fit), "df")``.
+
+        Every free parameter of the model counts: the fixed effects, the variance parameters
+        (for a term of ``r`` correlated effects, ``r (r + 1) / 2``), the residual SD of Gaussian
+        models and the likelihood's own parameters (a negative binomial's dispersion). Parameters
+        estimated on their boundary count too, as in lme4.
+        """
+        return self.spec.n_params
+
+    def _criterion_loglik(self, what: str) -> float:
+        if self.method == "MAP":
+            raise MixVcovError(
+                f"{what} needs the maximised likelihood, but this fit maximises the posterior (method='MAP'); "
+                "refit with method='ML' (or 'REML')"
+            )
+        return self.loglik
+
+    @property
+    def aic(self) -> float:
+        """Akaike's information criterion, ``-2 loglik + 2 df`` (lme4's ``AIC``).
+
+        For REML fits ``loglik`` is the REML criterion, as in lme4: such AICs compare only models
+        with the same fixed effects (:func:`pymc_mixvcov.anova` refits them by ML). GLMMs with
+        ``nAGQ > 1``: ``loglik`` is the full marginal log-likelihood, whereas lme4's ``logLik``
+        leaves out the saturated model's log-likelihood there. MAP fits raise
+        :class:`MixVcovError`.
+        """
+        return -2.0 * self._criterion_loglik("AIC") + 2.0 * self.df
+
+    @property
+    def bic(self) -> float:
+        """Schwarz's Bayesian information criterion, ``-2 loglik + log(n) df`` (lme4's ``BIC``).
+
+        ``n`` is the number of observations (:attr:`nobs`), for REML fits too, as in lme4. See
+        :attr:`aic` for the log-likelihood used.
+        """
+        return -2.0 * self._criterion_loglik("BIC") + np.log(self.nobs) * self.df
+
     # -- basic facts ---------------------------------------------------------------------------
     @property
     def nobs(self) -> int:
