@@ -13,6 +13,7 @@ with paused_gc():
     import pymc  # noqa: F401  (every model is a pm.Model: imported with the package, see _startup)
 
     from . import datasets
+    from .bambi import from_bambi
     from .compare import compare, plot_compare, posterior_on_scale
     from .errors import (
         ConvergenceWarning,
@@ -38,6 +39,7 @@ __all__ = [
     "compare",
     "datasets",
     "fit",
+    "from_bambi",
     "glmm",
     "lmm",
     "plot_compare",

@@ -334,6 +334,9 @@ class MixedModel:
     fixed_labels: list[str]
     blocks: list[Block] = field(repr=False)
     family: str = "gaussian"
+    #: where the model comes from: ``"formula"`` (:func:`lmm`, :func:`glmm`) or ``"bambi"``
+    #: (:func:`pymc_mixvcov.bambi.from_bambi`: the likelihood of a bambi model, this package's priors)
+    source: str = "formula"
 
     def fit(self, method: Method = "ML", nAGQ: int = 1) -> MixedFit:
         """Fit by maximum likelihood (``"ML"``) or restricted maximum likelihood (``"REML"``).
@@ -345,6 +348,11 @@ class MixedModel:
         """
         from .fit import fit
 
+        if self.source == "bambi" and method == "MAP":
+            raise MixVcovError(
+                "method='MAP' on a bambi model would use this package's priors, not bambi's; fit bambi's own "
+                "graph instead: pmv.fit(bambi_model.backend.model, random=[... '_offset' variables], method='MAP')"
+            )
         return fit(
             self.model, random=self.random, method=method, fixed_labels=self.fixed_labels, data=self.data, nAGQ=nAGQ
         )
