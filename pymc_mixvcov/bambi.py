@@ -155,6 +155,7 @@ def from_bambi(model) -> MixedModel:
         trials=trials,
     )
     data = model.data if len(model.data) == n else None
+    names = _posterior_names(comp, blocks, family, _parameters(model), parent)
     return MixedModel(
         str(getattr(model.formula, "main", model.formula)),
         data,
@@ -164,7 +165,43 @@ def from_bambi(model) -> MixedModel:
         blocks,
         family=family,
         source="bambi",
+        posterior_names=names,
     )
+
+
+def _aliased(term) -> str:
+    return str(getattr(term, "alias", None) or term.name)
+
+
+def _posterior_names(comp, blocks: list[Block], family: str, parameters: dict, parent: str) -> dict:
+    """Where each entry of the built model's parameters lies in bambi's posterior.
+
+    ``beta``: bambi's ``Intercept`` (uncentred in bambi's posterior, as here) and the common
+    terms' variables, column by column; ``sd_<block>``: the group-specific term's ``<term>_sigma``
+    (its ``j``-th entry for the ``j``-th column); ``sigma`` (gaussian), ``alpha`` (negative
+    binomial) and ``shape`` (gamma, bambi's ``alpha``): the family's auxiliary parameter.
+    """
+    beta: list[tuple[str, int]] = []
+    if comp.intercept_term is not None:
+        beta.append((_aliased(comp.intercept_term), 0))
+    for term in comp.common_terms.values():
+        width = int(np.prod(np.shape(term.data)[1:], dtype=int)) if np.ndim(term.data) > 1 else 1
+        beta += [(_aliased(term), j) for j in range(width)]
+    names: dict[str, list[tuple[str, int]]] = {"beta": beta}
+    column: dict[str, int] = {}
+    for b in blocks:
+        term = comp.group_specific_terms[b.terms[0]]
+        j = column.get(b.terms[0], 0)
+        column[b.terms[0]] = j + 1
+        sigma = term.hyperprior_alias.get("sigma", "sigma") if getattr(term, "hyperprior_alias", None) else "sigma"
+        names[f"sd_{b.name}"] = [(f"{_aliased(term)}_{sigma}", j)]
+    aux = {"gaussian": ("sigma", "sigma"), "negative_binomial": ("alpha", "alpha"), "gamma": ("shape", "alpha")}
+    if family in aux:
+        ours, theirs = aux[family]
+        other = parameters.get(theirs)
+        label = str(getattr(other, "alias", None) or theirs) if other is not None else theirs
+        names[ours] = [(label, 0)]
+    return names
 
 
 def _parameters(model) -> dict:

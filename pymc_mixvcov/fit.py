@@ -134,7 +134,7 @@ def _with_cluster(mixed, method, nagq, cluster) -> MixedFit:
     """A bambi model's fit with default clusters ``cluster`` (see :func:`fit`)."""
     if mixed.source == "bambi" and method == "MAP":
         return mixed.fit(method=method, nAGQ=nagq)  # refused there, with the reason
-    return fit(
+    result = fit(
         mixed.model,
         mixed.random,
         method=method,
@@ -143,6 +143,8 @@ def _with_cluster(mixed, method, nagq, cluster) -> MixedFit:
         data=mixed.data,
         nAGQ=nagq,
     )
+    result.posterior_names = mixed.posterior_names
+    return result
 
 
 def _check_nagq(nagq, spec, structure) -> int:

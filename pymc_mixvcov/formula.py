@@ -337,6 +337,11 @@ class MixedModel:
     #: where the model comes from: ``"formula"`` (:func:`lmm`, :func:`glmm`) or ``"bambi"``
     #: (:func:`pymc_mixvcov.bambi.from_bambi`: the likelihood of a bambi model, this package's priors)
     source: str = "formula"
+    #: ``{variable of model: [(posterior variable, entry), ...]}``: where each entry of the model's
+    #: parameter variables lies in the posterior of the model it was read from (a bambi model's
+    #: ``Intercept``, ``1|Subject_sigma``, ...; ``entry`` counts the variable's entries after the
+    #: sample dimensions, in order); :func:`pymc_mixvcov.compare` pairs the draws through it
+    posterior_names: dict[str, list[tuple[str, int]]] | None = field(default=None, repr=False)
 
     def fit(self, method: Method = "ML", nAGQ: int = 1) -> MixedFit:
         """Fit by maximum likelihood (``"ML"``) or restricted maximum likelihood (``"REML"``).
@@ -353,9 +358,12 @@ class MixedModel:
                 "method='MAP' on a bambi model would use this package's priors, not bambi's; fit bambi's own "
                 "graph instead: pmv.fit(bambi_model.backend.model, random=[... '_offset' variables], method='MAP')"
             )
-        return fit(
+        result = fit(
             self.model, random=self.random, method=method, fixed_labels=self.fixed_labels, data=self.data, nAGQ=nAGQ
         )
+        if self.posterior_names is not None:
+            result.posterior_names = self.posterior_names
+        return result
 
 
 def lmm(formula: str, data: pd.DataFrame, *, ordered_contrasts: OrderedContrasts = "poly") -> MixedModel:

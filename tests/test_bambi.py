@@ -147,3 +147,24 @@ def test_bambi_unsupported_models_refused(sleepstudy):
     distributional = _quiet(bmb.Model, bmb.Formula("Reaction ~ Days + (1 | Subject)", "sigma ~ Days"), sleepstudy)
     with pytest.raises(pmv.MixVcovError, match="own predictors"):
         pmv.fit(distributional)
+
+
+def test_compare_pairs_bambi_posterior(sleep_bambi):
+    """pmv.compare pairs bambi's posterior (Intercept, Days, 1|Subject_sigma, ...) with the fit's
+    parameters; bambi reports its Intercept uncentred after sampling, as the fit does."""
+    fit = pmv.fit(sleep_bambi)
+    idata = _quiet(sleep_bambi.fit, draws=200, tune=200, chains=2, random_seed=3, progressbar=False, cores=1)
+    table = pmv.compare(fit, idata)
+    assert list(table.index) == SD_LABELS
+    post = idata["posterior"]
+    sources = ["Intercept", "Days", "1|Subject_sigma", "Days|Subject_sigma", "sigma"]
+    for label, name in zip(SD_LABELS, sources, strict=True):
+        # the same draws: equal to rounding
+        np.testing.assert_allclose(table.loc[label, "posterior_mean"], float(post[name].mean()), rtol=1e-12)
+        np.testing.assert_allclose(table.loc[label, "posterior_sd"], float(post[name].std(ddof=1)), rtol=1e-10)
+    # the uncentred intercept on both sides: the posterior mean is near the ML estimate (251.4,
+    # posterior SD about 7), not near bambi's centred intercept (298.5)
+    row = table.loc["(Intercept)"]
+    assert abs(row["posterior_mean"] - row["estimate"]) < 2 * row["posterior_sd"]
+    with pytest.raises(pmv.MixVcovError, match="lacks the bambi model's variable"):
+        pmv.compare(fit, post.to_dataset().drop_vars("Days"))
