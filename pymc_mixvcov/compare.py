@@ -489,6 +489,8 @@ def compare(
         ``posterior`` group, or a Dataset with ``(chain, draw)`` dimensions. It must hold every
         parameter variable of the model (``[p.name for p in fit.spec.params]``); other
         variables (random effects, PyMC's derived ``*_corr`` and ``*_stds``) are ignored.
+        A fit of a bambi model (:func:`pymc_mixvcov.from_bambi`) takes the bambi model's
+        posterior (``bambi_model.fit()``), whose variables it pairs with its own.
         Entries are matched to the model's by coordinate values, never by position (a ``beta``
         stored with its ``fixed`` coordinate in another order is read correctly). Where the tree
         has an ``observed_data`` group that differs from the fit's data, a
