@@ -118,3 +118,30 @@ def test_double_bar_errors(formula, message):
     data = pd.DataFrame({"y": np.arange(6.0), "x": np.arange(6.0), "g": list("aabbcc")})
     with pytest.raises(pmv.MixVcovError, match=message):
         pmv.lmm(formula, data)
+
+
+def test_noncentred_terms_with_mean_kept_as_deterministic(sleepstudy, double_bar_ml):
+    """bambi's layout by hand: non-centred terms ``x|g = x|g_offset * x|g_sigma`` and the linear
+    predictor kept as a deterministic ``mu`` (shape n), which every random effect reaches; the
+    random effects' maps are the per-level deterministics, not ``mu``."""
+    import pymc as pm
+
+    subj = sleepstudy["Subject"].cat.codes.to_numpy()
+    days = sleepstudy["Days"].to_numpy(float)
+    coords = {"Subject__factor_dim": list(sleepstudy["Subject"].cat.categories)}
+    with pm.Model(coords=coords) as model:
+        b0 = pm.Normal("Intercept", 0, 1000)
+        b1 = pm.Normal("Days", 0, 100)
+        s0 = pm.HalfNormal("1|Subject_sigma", 50)
+        z0 = pm.Normal("1|Subject_offset", 0, 1, dims="Subject__factor_dim")
+        u0 = pm.Deterministic("1|Subject", z0 * s0, dims="Subject__factor_dim")
+        s1 = pm.HalfNormal("Days|Subject_sigma", 10)
+        z1 = pm.Normal("Days|Subject_offset", 0, 1, dims="Subject__factor_dim")
+        u1 = pm.Deterministic("Days|Subject", z1 * s1, dims="Subject__factor_dim")
+        mu = pm.Deterministic("mu", b0 + b1 * days + u0[subj] + u1[subj] * days)
+        pm.Normal("Reaction", mu, pm.HalfNormal("sigma", 100), observed=sleepstudy["Reaction"].to_numpy())
+    fit = pmv.fit(model, random=["1|Subject_offset", "Days|Subject_offset"])
+    assert [t.name for t in fit.spec.terms] == ["1|Subject", "Days|Subject"]
+    # the same model as (Days || Subject): the same optimum (Newton decrement < 1e-6)
+    np.testing.assert_allclose(fit.loglik, double_bar_ml.loglik, atol=1e-8)
+    np.testing.assert_allclose(fit.params("sd").to_numpy(), double_bar_ml.params("sd").to_numpy(), rtol=1e-5)
