@@ -10,6 +10,7 @@ generate_uncorrelated.R).
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import reference
 
@@ -123,6 +124,30 @@ def test_bambi_bernoulli_equals_glmm(cbpp):
     np.testing.assert_allclose(got.params("sd"), want.params("sd"), rtol=1e-6)
     # the same estimates as the aggregated binomial model (lme4's, tests/reference/uncorrelated.json)
     np.testing.assert_allclose(got.params("sd").iloc[2:], reference("uncorrelated")["cbpp_ml"]["sdcor"], rtol=1e-4)
+
+
+def test_bambi_factor_in_group_term_is_one_block_per_column(sleepstudy):
+    """bambi's (0 + f | g) gives each level of f its own SD and no correlation: lme4's
+    (0 + f1 | g) + (0 + f2 | g) with indicator columns."""
+    early = (sleepstudy["Days"] < 5).to_numpy()
+    d = sleepstudy.assign(
+        late=pd.Categorical(np.where(early, "early", "late")), e=early.astype(float), l=(~early).astype(float)
+    )
+    got = pmv.fit(_quiet(bmb.Model, "Reaction ~ Days + (0 + late | Subject)", d))
+    want = pmv.lmm("Reaction ~ Days + (0 + e | Subject) + (0 + l | Subject)", d).fit()
+    assert got.labels("sd")[2:4] == ["sd_lateearly|Subject", "sd_latelate|Subject"]  # lme4's names of f's columns
+    np.testing.assert_allclose(got.loglik, want.loglik, atol=1e-9)
+    np.testing.assert_allclose(got.params("sd").to_numpy(), want.params("sd").to_numpy(), rtol=1e-7)
+    assert got.posterior_names["sd_Subject.1"] == [("late|Subject_sigma", 1)]
+
+
+def test_bambi_poisson_with_offset(cbpp):
+    model = _quiet(bmb.Model, "incidence ~ period + offset(np.log(size)) + (1 | herd)", cbpp, family="poisson")
+    got = pmv.fit(model)
+    want = pmv.glmm("incidence ~ period + offset(log(size)) + (1 | herd)", cbpp, family="poisson").fit()
+    assert got.labels("sd") == want.labels("sd")
+    np.testing.assert_allclose(got.loglik, want.loglik, atol=1e-9)
+    np.testing.assert_allclose(got.params("sd").to_numpy(), want.params("sd").to_numpy(), rtol=1e-6)
 
 
 def test_bambi_map_and_arguments_refused(sleep_bambi):
