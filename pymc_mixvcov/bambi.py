@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import MixVcovError
-from .formula import Block, MixedModel, _build_model, _lme4_name, _lme4_order
+from .formula import Block, MixedModel, _build_model, _lme4_name, _lme4_order, _redundant_columns
 
 __all__ = ["from_bambi", "is_bambi_model"]
 
@@ -121,13 +121,19 @@ def from_bambi(model) -> MixedModel:
     y, trials = _response(response, family, bernoulli)
     n = y.size
     X, fixed = _common_design(comp, n)
+    if X.shape[1] and np.linalg.matrix_rank(X) < X.shape[1]:
+        redundant = [fixed[j] for j in _redundant_columns(X)]
+        raise MixVcovError(
+            f"the common terms of bambi model {_formula_text(model)!r} are rank deficient: column(s) {redundant} "
+            f"are linear combinations of the columns before them (all columns: {fixed}); remove the redundant terms"
+        )
     offset = np.zeros(n)
     for term in getattr(comp, "offset_terms", {}).values():
         offset = offset + np.asarray(term.data, float).reshape(n, -1).sum(axis=1)
     blocks = _lme4_order(_blocks(comp, n))
     if not blocks:
         raise MixVcovError(
-            f"bambi model {str(model.formula)!r} has no group-specific term such as (1 | group); "
+            f"bambi model {_formula_text(model)!r} has no group-specific term such as (1 | group); "
             "there is nothing to integrate out"
         )
     seen: dict[str, int] = {}
@@ -157,7 +163,7 @@ def from_bambi(model) -> MixedModel:
     data = model.data if len(model.data) == n else None
     names = _posterior_names(comp, blocks, family, _parameters(model), parent)
     return MixedModel(
-        str(getattr(model.formula, "main", model.formula)),
+        _formula_text(model),
         data,
         pm_model,
         [f"u_{b.name}" for b in blocks],
@@ -167,6 +173,11 @@ def from_bambi(model) -> MixedModel:
         source="bambi",
         posterior_names=names,
     )
+
+
+def _formula_text(model) -> str:
+    """The model's formula as written (``bmb.Formula.main``)."""
+    return str(getattr(model.formula, "main", model.formula))
 
 
 def _aliased(term) -> str:

@@ -169,6 +169,9 @@ def test_bambi_unsupported_models_refused(sleepstudy):
     )
     with pytest.raises(pmv.MixVcovError, match="must be Normal"):
         pmv.fit(student)
+    collinear = _quiet(bmb.Model, "Reaction ~ Days + D2 + (1 | Subject)", sleepstudy.assign(D2=2 * sleepstudy["Days"]))
+    with pytest.raises(pmv.MixVcovError, match=r"rank deficient: column\(s\) \['D2'\]"):
+        pmv.fit(collinear)
     distributional = _quiet(bmb.Model, bmb.Formula("Reaction ~ Days + (1 | Subject)", "sigma ~ Days"), sleepstudy)
     with pytest.raises(pmv.MixVcovError, match="own predictors"):
         pmv.fit(distributional)
