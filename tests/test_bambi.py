@@ -150,6 +150,16 @@ def test_bambi_poisson_with_offset(cbpp):
     np.testing.assert_allclose(got.params("sd").to_numpy(), want.params("sd").to_numpy(), rtol=1e-6)
 
 
+def test_bambi_cluster_option(sleepstudy, sleep_bambi):
+    """pmv.fit(bambi_model, cluster=...) sets the default clusters of the sandwich."""
+    by_days = pmv.fit(sleep_bambi, cluster="Days", data=sleepstudy)
+    plain = pmv.fit(sleep_bambi)
+    np.testing.assert_allclose(by_days.loglik, plain.loglik, atol=1e-12)
+    want = plain.sandwich("sd", adjust="CR0", cluster="Days").to_numpy()
+    np.testing.assert_allclose(by_days.sandwich("sd", adjust="CR0").to_numpy(), want, rtol=1e-12)
+    assert not np.allclose(want, plain.sandwich("sd", adjust="CR0").to_numpy())  # Days is not the default
+
+
 def test_bambi_map_and_arguments_refused(sleep_bambi):
     with pytest.raises(pmv.MixVcovError, match="bambi's own graph"):
         pmv.fit(sleep_bambi, method="MAP")
