@@ -14,6 +14,7 @@ with paused_gc():
 
     from . import datasets
     from .anova import anova
+    from .bambi import from_bambi
     from .compare import compare, plot_compare, posterior_on_scale
     from .errors import (
         ConvergenceWarning,
@@ -40,6 +41,7 @@ __all__ = [
     "compare",
     "datasets",
     "fit",
+    "from_bambi",
     "glmm",
     "lmm",
     "plot_compare",

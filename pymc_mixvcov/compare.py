@@ -245,6 +245,53 @@ def _check_observed(fit, posterior) -> None:
         )
 
 
+def _from_source_names(fit, ds: xr.Dataset, sample_dims: tuple[str, ...]) -> xr.Dataset:
+    """A bambi model's posterior with its variables renamed to those of the fit's model.
+
+    A fit of :func:`pymc_mixvcov.from_bambi` records where each entry of its model's parameters
+    lies in bambi's posterior (``fit.posterior_names``: bambi's ``Intercept``, which bambi reports
+    uncentred after sampling, as the fit does; ``Days``; ``1|Subject_sigma``; ...). Where the
+    posterior holds those variables and not the model's own, the draws are assembled into the
+    model's variables, with the model's coordinates. Other posteriors pass unchanged.
+    """
+    import xarray as xr
+
+    names = getattr(fit, "posterior_names", None)
+    if not names or all(p.name in ds.data_vars for p in fit.spec.params):
+        return ds
+    needed = sorted({v for entries in names.values() for v, _ in entries})
+    missing = [v for v in needed if v not in ds.data_vars]
+    if missing:
+        raise MixVcovError(
+            f"the posterior lacks the bambi model's variable(s) {_list_keys(missing)} (needed: {_list_keys(needed)}; "
+            f"the posterior has: {_list_keys(list(ds.data_vars))}). Pass the output of the bambi model's fit()"
+        )
+    flat = {}
+    for v in needed:
+        da = ds[v]
+        lacking = [d for d in sample_dims if d not in da.dims]
+        if lacking:
+            raise MixVcovError(f"posterior variable {v!r} lacks the sample dimension(s) {lacking}")
+        other = [d for d in da.dims if d not in sample_dims]
+        values = np.asarray(da.transpose(*sample_dims, *other).values, float)
+        flat[v] = values.reshape(*values.shape[: len(sample_dims)], -1)
+    out = {}
+    for p in fit.spec.params:
+        entries = names.get(p.name)
+        if entries is None or len(entries) != p.size:
+            raise MixVcovError(
+                f"internal error: the bambi model's posterior names do not cover the parameter {p.name!r}"
+            )
+        values = np.stack([flat[v][..., j] for v, j in entries], axis=-1)
+        axes = _model_axes(fit, p)
+        dims = [d if d is not None else f"{p.name}_dim_{k}" for k, (d, _) in enumerate(axes)]
+        coords = {d: c for d, (_, c) in zip(dims, axes, strict=True) if c is not None}
+        out[p.name] = xr.DataArray(
+            values.reshape(*values.shape[:-1], *p.shape), dims=[*sample_dims, *dims], coords=coords
+        )
+    return xr.Dataset(out, coords={d: ds[d].values for d in sample_dims if d in ds.coords})
+
+
 def natural_draws(fit, posterior) -> tuple[np.ndarray, tuple[str, ...], dict]:
     """The posterior's draws of the model's natural parameter vector.
 
@@ -270,6 +317,7 @@ def natural_draws(fit, posterior) -> tuple[np.ndarray, tuple[str, ...], dict]:
     ds = _posterior_dataset(posterior)
     sample_dims = _sample_dims(ds)
     params = fit.spec.params
+    ds = _from_source_names(fit, ds, sample_dims)
     missing = [p.name for p in params if p.name not in ds.data_vars]
     if missing:
         raise MixVcovError(
@@ -441,6 +489,8 @@ def compare(
         ``posterior`` group, or a Dataset with ``(chain, draw)`` dimensions. It must hold every
         parameter variable of the model (``[p.name for p in fit.spec.params]``); other
         variables (random effects, PyMC's derived ``*_corr`` and ``*_stds``) are ignored.
+        A fit of a bambi model (:func:`pymc_mixvcov.from_bambi`) takes the bambi model's
+        posterior (``bambi_model.fit()``), whose variables it pairs with its own.
         Entries are matched to the model's by coordinate values, never by position (a ``beta``
         stored with its ``fixed`` coordinate in another order is read correctly). Where the tree
         has an ``observed_data`` group that differs from the fit's data, a

@@ -48,7 +48,7 @@ class OptimResult:
 
 def fit(
     model,
-    random: list[str],
+    random: list[str] | None = None,
     *,
     method: Method = "ML",
     cluster=None,
@@ -61,10 +61,12 @@ def fit(
 
     Parameters
     ----------
-    model : pymc.Model
+    model : pymc.Model or bambi.Model
         A model with one observed Normal variable whose mean is affine in the random effects.
+        A ``bambi.Model`` is read by :func:`pymc_mixvcov.bambi.from_bambi` and fitted on its
+        original predictor scale with lme4's labels (``random`` is then not given).
     random : list of str
-        Names of the random-effect variables to integrate out.
+        Names of the random-effect variables to integrate out (required for a ``pm.Model``).
     method : {"ML", "REML", "MAP"}
         Maximum likelihood, restricted maximum likelihood (lme4's REML criterion), or the mode
         of the marginal posterior of the parameters (priors kept; see
@@ -99,9 +101,23 @@ def fit(
     """
     import pymc as pm
 
+    from .bambi import from_bambi, is_bambi_model
+
+    if is_bambi_model(model):
+        if random is not None or noncentered is not None or fixed_labels is not None:
+            raise MixVcovError(
+                "a bambi model names its own random effects and labels: pass it without random, noncentered "
+                "and fixed_labels, as pmv.fit(bambi_model, method=...)"
+            )
+        mixed = from_bambi(model)
+        if data is not None:
+            mixed.data = data
+        return mixed.fit(method=method, nAGQ=nAGQ) if cluster is None else _with_cluster(mixed, method, nAGQ, cluster)
     if not isinstance(model, pm.Model):
         hint = "; pass its .model or call its .fit()" if hasattr(model, "model") else ""
         raise MixVcovError(f"model must be a pymc.Model, got {type(model).__name__}{hint}")
+    if random is None:
+        raise MixVcovError("random is missing: name the random-effect variables to integrate out, random=['u']")
     if not isinstance(random, list | tuple) or not all(isinstance(r, str) for r in random):
         raise MixVcovError(f"random must be a list of variable names (str), got {random!r}")
     if data is not None and not isinstance(data, pd.DataFrame):
@@ -122,6 +138,23 @@ def fit(
         "noncentered": noncentered,
         "nAGQ": nAGQ,
     }
+    return result
+
+
+def _with_cluster(mixed, method, nagq, cluster) -> MixedFit:
+    """A bambi model's fit with default clusters ``cluster`` (see :func:`fit`)."""
+    if mixed.source == "bambi" and method == "MAP":
+        return mixed.fit(method=method, nAGQ=nagq)  # refused there, with the reason
+    result = fit(
+        mixed.model,
+        mixed.random,
+        method=method,
+        cluster=cluster,
+        fixed_labels=mixed.fixed_labels,
+        data=mixed.data,
+        nAGQ=nagq,
+    )
+    result.posterior_names = mixed.posterior_names
     return result
 
 

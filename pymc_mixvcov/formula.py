@@ -19,8 +19,9 @@ REML fits) are weakly informative and scaled to the data, with ``s_y`` the SD of
 * a block with several (correlated) effects: ``chol_<block> ~ LKJCholeskyCov(eta=1,
   sd_dist=HalfNormal(2.5 s_y))``, ``u_<block> ~ MvNormal(0, chol=chol_<block>)`` per level.
 
-``<block>`` is the grouping factor's name (``Subject``), suffixed ``.1``, ``.2`` when several
-blocks share a factor, as in ``(1 | g) + (0 + x | g)``.
+``<block>`` is the grouping factor's name (``Subject``), and ``Subject.1``, ``Subject.2``, ...
+for further blocks on the same factor, as lme4 prints them (``(1 | g) + (0 + x | g)``, or
+``(x || g)``, lme4's double bar for uncorrelated effects, which is the same model).
 """
 
 from __future__ import annotations
@@ -110,6 +111,91 @@ def _bars(formula: str, shown: str | None = None) -> list[tuple[list, bool]]:
 
     walk(tree)
     return bars
+
+
+def _scan(text: str, start: int, step: int):
+    """Indices of ``text`` from ``start`` in direction ``step`` with the nesting depth of
+    parentheses at each, skipping quoted strings; yields ``(index, char, depth)``."""
+    depth, quote = 0, None
+    i = start
+    while 0 <= i < len(text):
+        ch = text[i]
+        if quote is not None:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        else:
+            opening, closing = ("(", ")") if step > 0 else (")", "(")
+            if ch == closing:
+                if depth == 0:
+                    yield i, ch, -1
+                    return
+                depth -= 1
+            elif ch == opening:
+                depth += 1
+            yield i, ch, depth
+        i += step
+
+
+def _double_bar(text: str) -> int:
+    """Index of the first ``||`` of ``text`` outside quoted strings, or -1."""
+    quote = None
+    for i, ch in enumerate(text):
+        if quote is not None:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif text.startswith("||", i):
+            return i
+    return -1
+
+
+def _expand_double_bars(formula: str, shown: str | None = None) -> str:
+    """lme4's ``expandDoubleVerts``: ``(x || g)`` becomes ``(1 | g) + (0 + x | g)``.
+
+    The left-hand side of a double bar is split into its terms (R's ``terms()``: interactions
+    expanded, ordered by degree), each of which gets its own block without an intercept; an
+    intercept, explicit or implied, gets the block ``(1 | g)``. The effects of different blocks
+    are independent: ``(1 + Days || Subject)`` has two variances and no correlation. A factor
+    ``f`` in ``(f || g)`` still forms one correlated block ``(0 + f | g)`` of its indicators, as
+    in lme4.
+
+    References
+    ----------
+    Bates, D., Maechler, M., Bolker, B. and Walker, S. (2015). Fitting linear mixed-effects
+    models using lme4. *Journal of Statistical Software* 67(1), section 2.2 (Table 2).
+    """
+    from formulae import model_description
+
+    shown = formula if shown is None else shown
+    out = formula
+    while (i := _double_bar(out)) >= 0:
+        left = next((j for j, _, d in _scan(out, i - 1, -1) if d < 0), None)
+        right = next((k for k, _, d in _scan(out, i + 2, 1) if d < 0), None)
+        if left is None or right is None:
+            raise MixVcovError(
+                f"formula {shown!r}: a double bar must stand in parentheses with its grouping factor, "
+                "as in (1 + x || g)"
+            )
+        lhs, group = out[left + 1 : i].strip(), out[i + 2 : right].strip()
+        if not group or "|" in group:
+            raise MixVcovError(f"formula {shown!r}: ({lhs} || {group}) needs one grouping factor after '||'")
+        try:
+            desc = model_description(lhs) if lhs else None
+        except Exception as exc:
+            raise MixVcovError(f"cannot parse {lhs!r} in ({lhs} || {group}) of formula {shown!r}: {exc}") from exc
+        if desc is None:
+            raise MixVcovError(f"formula {shown!r}: ( || {group}) has no terms before the double bar")
+        intercept = any(not hasattr(t, "components") for t in desc.common_terms)
+        terms = sorted((t for t in desc.common_terms if hasattr(t, "components")), key=lambda t: len(t.components))
+        parts = (["1"] if intercept else []) + [f"0 + {t.name}" for t in terms]
+        if not parts:
+            raise MixVcovError(
+                f"formula {shown!r}: ({lhs} || {group}) has no term (neither an intercept nor a variable)"
+            )
+        out = out[:left] + " + ".join(f"({p} | {group})" for p in parts) + out[right + 1 :]
+    return out
 
 
 def _factor_codes(data: pd.DataFrame, cols: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
@@ -248,6 +334,14 @@ class MixedModel:
     fixed_labels: list[str]
     blocks: list[Block] = field(repr=False)
     family: str = "gaussian"
+    #: where the model comes from: ``"formula"`` (:func:`lmm`, :func:`glmm`) or ``"bambi"``
+    #: (:func:`pymc_mixvcov.bambi.from_bambi`: the likelihood of a bambi model, this package's priors)
+    source: str = "formula"
+    #: ``{variable of model: [(posterior variable, entry), ...]}``: where each entry of the model's
+    #: parameter variables lies in the posterior of the model it was read from (a bambi model's
+    #: ``Intercept``, ``1|Subject_sigma``, ...; ``entry`` counts the variable's entries after the
+    #: sample dimensions, in order); :func:`pymc_mixvcov.compare` pairs the draws through it
+    posterior_names: dict[str, list[tuple[str, int]]] | None = field(default=None, repr=False)
 
     def fit(self, method: Method = "ML", nAGQ: int = 1) -> MixedFit:
         """Fit by maximum likelihood (``"ML"``) or restricted maximum likelihood (``"REML"``).
@@ -259,9 +353,17 @@ class MixedModel:
         """
         from .fit import fit
 
-        return fit(
+        if self.source == "bambi" and method == "MAP":
+            raise MixVcovError(
+                "method='MAP' on a bambi model would use this package's priors, not bambi's; fit bambi's own "
+                "graph instead: pmv.fit(bambi_model.backend.model, random=[... '_offset' variables], method='MAP')"
+            )
+        result = fit(
             self.model, random=self.random, method=method, fixed_labels=self.fixed_labels, data=self.data, nAGQ=nAGQ
         )
+        if self.posterior_names is not None:
+            result.posterior_names = self.posterior_names
+        return result
 
 
 def lmm(formula: str, data: pd.DataFrame, *, ordered_contrasts: OrderedContrasts = "poly") -> MixedModel:
@@ -271,7 +373,7 @@ def lmm(formula: str, data: pd.DataFrame, *, ordered_contrasts: OrderedContrasts
     ----------
     formula : str
         lme4 syntax: ``y ~ x + (x | g)`` (correlated intercept and slope), ``(0 + x | g)``,
-        ``(1 | g) + (0 + x | g)`` (independent), crossed ``(1 | a) + (1 | b)``, nested
+        ``(1 | g) + (0 + x | g)`` or ``(x || g)`` (independent), crossed ``(1 | a) + (1 | b)``, nested
         ``(1 | a/b)`` or ``(1 | a:b)``; fixed effects with factors and interactions coded as
         R's ``model.matrix`` codes them (see :func:`_fixed_design`).
     data : pandas.DataFrame
@@ -333,6 +435,7 @@ def _design(
     from formulae import design_matrices
 
     shown = formula if shown is None else shown
+    formula = _expand_double_bars(formula, shown)
     _check_data(formula, data, shown)
     bars = _bars(formula, shown)
     if not bars:
@@ -385,14 +488,12 @@ def _design(
                 f"grouping factor {b.group!r} has a single level; a variance cannot be estimated "
                 "from one cluster: drop the term or use a fixed effect"
             )
-    counts: dict[str, int] = {}
-    for b in blocks:
-        counts[b.group] = counts.get(b.group, 0) + 1
+    # lme4's names of the blocks (R's make.unique, as VarCorr prints them): Subject, Subject.1, ...
     seen: dict[str, int] = {}
     for b in blocks:
-        seen[b.group] = seen.get(b.group, 0) + 1
-        name = b.group if counts[b.group] == 1 else f"{b.group}.{seen[b.group]}"
-        object.__setattr__(b, "name", name)
+        k = seen.get(b.group, 0)
+        seen[b.group] = k + 1
+        object.__setattr__(b, "name", b.group if k == 0 else f"{b.group}.{k}")
 
     name = dm.response.name if hasattr(dm.response, "name") else "y"
     return y, X, offset, fixed, blocks, str(name)

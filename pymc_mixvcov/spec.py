@@ -522,6 +522,7 @@ def _mean_target(model, u, roots, rand_rvs, name: str | None):
         if u in set(ancestors([d], blockers=others))
         and d in set(ancestors(roots, blockers=others))
         and u not in set(ancestors(roots, blockers=[*others, d]))
+        and _per_level(d, u, others)
     ]
     if not candidates:
         return u
@@ -529,6 +530,22 @@ def _mean_target(model, u, roots, rand_rvs, name: str | None):
     closest = [d for d in candidates if not any(d in set(ancestors([e])) for e in candidates if e is not d)]
     first = [d for d in closest if not any(e in set(ancestors([d])) for e in closest if e is not d)]
     return first[0] if len(first) == 1 else min(candidates, key=lambda d: len(list(ancestors([d]))))
+
+
+def _per_level(d, u, others) -> bool:
+    """Whether deterministic ``d`` can be a per-level map of random variable ``u``: the same shape
+    (levels, effects) and no other random variable among its inputs. This rules out the linear
+    predictor itself when a model keeps it as a deterministic (bambi's ``mu``, of shape ``n``,
+    which every random effect reaches)."""
+    if set(others) & set(ancestors([d])):
+        return False
+    if d.ndim != u.ndim:
+        return False
+    try:
+        d_shape, u_shape = pytensor.function([], [pt.as_tensor(d.shape), pt.as_tensor(u.shape)], mode=_FAST)()
+    except Exception:  # shapes not evaluable alone: keep the candidate, as before
+        return True
+    return bool(np.array_equal(np.asarray(d_shape), np.asarray(u_shape)))
 
 
 def _find_eta(obs, targets, roots, model, rand_rvs, init):

@@ -200,3 +200,10 @@ def test_call_with_a_literal_argument(sleepstudy):
     fit = pmv.lmm("Reaction ~ Days + I(Days**2) + (1 | Subject)", sleepstudy).fit("ML")
     np.testing.assert_allclose(fit.loglik, ref["logLik"], rtol=0, atol=1e-6)
     np.testing.assert_allclose(fit.params("var").iloc[:3], ref["estimate"], rtol=1e-5)
+
+
+def test_fit_without_random_names_it():
+    with pm.Model() as model:
+        pm.Normal("y", pm.Normal("b", 0, 1), 1, observed=np.zeros(3))
+    with pytest.raises(pmv.MixVcovError, match="random is missing"):
+        pmv.fit(model)
