@@ -534,7 +534,8 @@ def _trust_region(fns, spec, start, iterations) -> OptimResult:
         return bool(w @ w < 1e-8)
 
     # coordinates in units of the curvature at the start, so that the trust region's radius does
-    # not depend on the parameters' units (start.py); the start's pieces are computed once
+    # not depend on the parameters' units (start.py); the start's pieces are computed once. The
+    # initial radius, 100 such units, lets the first steps be full Newton steps where they succeed
     first = pieces(z0)
     hd = np.diag(first[2])
     d = np.where(np.isfinite(hd) & (hd > 0), 1.0 / np.sqrt(np.where(hd > 0, hd, 1.0)), 1.0)
@@ -543,7 +544,7 @@ def _trust_region(fns, spec, start, iterations) -> OptimResult:
         f, g, H = first if np.array_equal(w, z0 / d) else pieces(w * d)
         return f, g * d, d[:, None] * H * d[None, :]
 
-    res = trust_region_newton(pieces_scaled, lambda w: value(w * d), z0 / d, done=close_enough)
+    res = trust_region_newton(pieces_scaled, lambda w: value(w * d), z0 / d, done=close_enough, radius=100.0)
     return _newton(fns, spec, transform(res.z * d)[0], iterations + res.iterations)
 
 

@@ -87,3 +87,11 @@ def test_importing_the_package_keeps_a_disabled_collector_disabled():
     script = "import gc\ngc.disable()\nimport pymc_mixvcov\nprint(gc.isenabled())\n"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split()[-1] == "False"
+
+
+def test_importing_the_package_leaves_heavy_optional_modules_unloaded():
+    """``scipy.stats`` (about 0.4 s to import) and bambi are imported where they are used, not
+    with the package: the import time is paid once per process by every user."""
+    script = "import sys\nimport pymc_mixvcov\nprint(sorted(m for m in ('scipy.stats', 'bambi') if m in sys.modules))\n"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split("\n")[-2] == "[]"
