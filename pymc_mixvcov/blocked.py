@@ -303,13 +303,12 @@ class _Params:
     def __init__(self, d: BlockedData, theta: np.ndarray, sigma: float):
         self.d = d
         self.L = []
-        self.owner = []  # per theta entry: (layout term index, i, j)
-        for k, bt in enumerate(d.terms):
+        for bt in d.terms:
             L = np.zeros((bt.r, bt.r))
             for a, (i, j) in enumerate(bt.lower()):
                 L[i, j] = theta[bt.theta_off + a]
             self.L.append(L)
-        self.owner = [None] * d.n_theta
+        self.owner = [None] * d.n_theta  # per theta entry: (layout term index, i, j)
         for k, bt in enumerate(d.terms):
             for a, (i, j) in enumerate(bt.lower()):
                 self.owner[bt.theta_off + a] = (k, i, j)
@@ -384,7 +383,7 @@ class _State:
         d, F = self.d, self.F
         out = np.zeros(d.n_theta)
         Bc = F.B.tocsc()
-        for k, bt in enumerate(d.terms):
+        for bt in d.terms:
             # U[(l, j), (l, i)] = sum_z M^{-1}[(l, j), z] B[z, (l, i)]
             Ud = np.zeros((bt.n_levels, bt.r, bt.r))
             sub = Bc[:, bt.sl].tocoo()
@@ -607,10 +606,7 @@ def reml_derivatives(d: BlockedData, ts: np.ndarray, expected: bool = False) -> 
     m = len(Ba)
     AB = [A_inv @ B for B in Ba]
     trPP = np.array(
-        [
-            [T2[a, b] - 2.0 * np.sum(A_inv * K2[a, b]) + np.sum(AB[a] * AB[b].T) for b in range(m)]
-            for a in range(m)
-        ]
+        [[T2[a, b] - 2.0 * np.sum(A_inv * K2[a, b]) + np.sum(AB[a] * AB[b].T) for b in range(m)] for a in range(m)]
     )
     XVab = st.XVabVX()
     trPVab = st.tr_Vab() - np.einsum("pq,abqp->ab", A_inv, XVab)
