@@ -36,6 +36,7 @@ from ._startup import import_formulae
 from .errors import MixVcovError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .fit import Engine
     from .results import MixedFit
 
 __all__ = ["MixedModel", "lmm"]
@@ -249,18 +250,24 @@ class MixedModel:
     blocks: list[Block] = field(repr=False)
     family: str = "gaussian"
 
-    def fit(self, method: Method = "ML", nAGQ: int = 1) -> MixedFit:
+    def fit(self, method: Method = "ML", nAGQ: int = 1, engine: Engine = "auto") -> MixedFit:
         """Fit by maximum likelihood (``"ML"``) or restricted maximum likelihood (``"REML"``).
 
         Gaussian models: the random effects are integrated out exactly. GLMMs: by the Laplace
         approximation (``nAGQ=1``), as lme4's ``glmer``, or by adaptive Gauss-Hermite quadrature
         with ``nAGQ`` points per random effect (one grouping factor; scalar or vector random
-        effects); see :func:`pymc_mixvcov.fit.fit`.
+        effects); see :func:`pymc_mixvcov.fit.fit`, which also describes ``engine``.
         """
         from .fit import fit
 
         return fit(
-            self.model, random=self.random, method=method, fixed_labels=self.fixed_labels, data=self.data, nAGQ=nAGQ
+            self.model,
+            random=self.random,
+            method=method,
+            fixed_labels=self.fixed_labels,
+            data=self.data,
+            nAGQ=nAGQ,
+            engine=engine,
         )
 
 
