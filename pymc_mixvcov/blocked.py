@@ -240,7 +240,14 @@ class BlockedFactor:
     @property
     def Z22(self) -> np.ndarray:
         if self._Z22 is None:
-            self._Z22 = sla.cho_solve(self.cS, np.eye(self.q2)) if self.q2 else np.zeros((0, 0))
+            if self.q2:
+                # S^{-1} from its Cholesky factor (LAPACK potri: a third of the work of q2 solves)
+                inv, info = sla.lapack.dpotri(self.cS[0], lower=1)
+                if info != 0:
+                    raise np.linalg.LinAlgError(f"potri failed ({info})")
+                self._Z22 = np.tril(inv) + np.tril(inv, -1).T
+            else:
+                self._Z22 = np.zeros((0, 0))
             self._Z12 = -np.asarray(self.T @ self._Z22)
         return self._Z22
 
