@@ -127,6 +127,9 @@ class BlockedData:
     lam_rows: np.ndarray = field(repr=False)
     lam_cols: np.ndarray = field(repr=False)
     lam_theta: np.ndarray = field(repr=False)
+    Z: sp.csr_matrix = field(repr=False)  # (n, q), R nonzeros per row
+    X: np.ndarray = field(repr=False)
+    y: np.ndarray = field(repr=False)  # minus the offset
 
 
 def blocked_data(spec) -> BlockedData:
@@ -179,6 +182,9 @@ def blocked_data(spec) -> BlockedData:
         lam_rows=np.concatenate(lr),
         lam_cols=np.concatenate(lc),
         lam_theta=np.concatenate(lt),
+        Z=Z,
+        X=X,
+        y=y,
     )
 
 
@@ -459,6 +465,60 @@ class _State:
                 Y = blk.transpose(1, 3, 0, 2).reshape(bk.r * bm.r, -1)
                 G = (Y @ Y.T).reshape(bk.r, bm.r, bk.r, bm.r)  # [j, s, i, t]
                 self.Ften[k, m] = G
+
+    def observation_scores(self) -> np.ndarray:
+        """merDeriv's casewise scores (see :mod:`pymc_mixvcov.scores`) in ``phi``, shape ``(n, dim)``.
+
+        ``s_{i,beta} = r_i [V^{-1} X]_i``, ``s_{i,a} = -1/2 [V^{-1} V_a]_ii + 1/2 r_i [V^{-1} V_a e]_i``
+        with ``V^{-1} Z = Z Q``, ``Q = (I - Lambda U) / sigma^2``: for ``theta_a``
+        ``[V^{-1} V_a]_ii = z_i^T Q Gamma_a z_i`` and ``[V^{-1} V_a e]_i = z_i^T Q Gamma_a Z^T e``; for
+        ``sigma`` ``2 sigma [V^{-1}]_ii`` and ``2 sigma [V^{-1} e]_i``, ``[V^{-1}]_ii = (1 - z_i^T P z_i) / sigma^2``.
+        """
+        self.dense()
+        d, F, s2, pp = self.d, self.F, self.s2, self.pp
+        Z = d.Z
+        r = d.y - d.X @ self.beta
+        e = (r - Z @ self.h) / s2
+        ViX = (d.X - Z @ self.Hx) / s2
+        n, p, nt = d.n, d.p, d.n_theta
+        out = np.zeros((n, p + nt + 1))
+        out[:, :p] = ViX * r[:, None]
+        Minv = F.inverse()
+        Pd = np.asarray(F.Lam @ np.asarray((F.Lam @ Minv).T)).T  # Lambda M^{-1} Lambda^T (symmetric)
+        LU = np.asarray(F.Lam @ self._U)  # P C
+        # the nonzeros of each row of Z: positions and values, (n, R)
+        R = int(np.diff(Z.indptr).max()) if n else 0
+        pos = np.zeros((n, R), int)
+        val = np.zeros((n, R))
+        counts = np.diff(Z.indptr)
+        for k in range(R):
+            has = counts > k
+            idx = Z.indptr[:-1][has] + k
+            pos[has, k] = Z.indices[idx]
+            val[has, k] = Z.data[idx]
+        zPz = np.einsum("ia,ib,iab->i", val, val, Pd[pos[:, :, None], pos[:, None, :]])
+        vinv = (1.0 - zPz) / s2
+        Vie = (e - Z @ (Pd @ self.ze)) / s2
+        out[:, -1] = pp.sigma * (r * Vie - vinv)
+        for a in range(nt):
+            k = pp.owner[a][0]
+            bt = d.terms[k]
+            # obs i's block of term k: its level and its r values
+            in_k = (pos >= bt.off) & (pos < bt.off + bt.q)
+            lev = np.where(in_k, (pos - bt.off) // bt.r, -1).max(axis=1)
+            zk = np.zeros((n, bt.r))
+            rows, cols = np.nonzero(in_k)
+            zk[rows, (pos[rows, cols] - bt.off) % bt.r] = val[rows, cols]
+            gz = zk @ pp.gam[a].T  # gamma_a z_k
+            used = lev >= 0
+            wpos = bt.off + np.maximum(lev, 0)[:, None] * bt.r + np.arange(bt.r)[None, :]  # (n, r)
+            zGz = np.sum(zk * gz, axis=1)
+            zLUGz = np.einsum("ib,ibs,is->i", val, LU[pos[:, :, None], wpos[:, None, :]], gz)
+            diag = np.where(used, zGz - zLUGz, 0.0) / s2
+            Gze = pp.apply(a, self.ze)
+            quad = (Z @ Gze - Z @ (LU @ Gze)) / s2
+            out[:, p + a] = -0.5 * diag + 0.5 * r * quad
+        return out
 
     def Qt(self, v: np.ndarray) -> np.ndarray:
         """``Q^T v = (v - C P v) / sigma^2`` (so that ``Z^T V^{-1} Z v``-type products stay in q-space)."""
@@ -748,12 +808,14 @@ class BlockedLMMFunctions:
         return {"expected_clusters": E[None], "expected": E}
 
     def observation_scores(self, nat: np.ndarray) -> np.ndarray:
-        """Observation-level scores: not yet available on this engine (raises)."""
-        raise MixVcovError(
-            "observation-level scores (and the sandwiches clustered by data columns that use them) are not yet "
-            "available on the blocked engine, which fits large crossed designs; use the model-based covariance "
-            "(vcov), or fit with engine='clusters' for a model small enough for the cluster engine"
-        )
+        """Scores of every observation on the natural scale, ``(n, P)`` (merDeriv's casewise
+        decomposition; :meth:`_State.observation_scores`)."""
+        if self.method != "ML":
+            raise MixVcovError("observation-level scores are defined for ML fits")
+        phi, J, _ = self.map(np.asarray(nat, float), second=False)
+        p, nt = self.sig.p, self.data.n_theta
+        st = _State(self.data, phi[:p], phi[p : p + nt], phi[p + nt])
+        return st.observation_scores() @ J
 
     def scales(self, nat: np.ndarray) -> dict[str, np.ndarray]:
         """Values and Jacobians (with respect to the natural parameters) of every scale."""
