@@ -156,6 +156,7 @@ def test_auto_engine_choice(crossed_vector):
         pmv.lmm("y ~ 1 + (1 | a) + (1 | b)", data).fit(engine="dense")
 
 
+@pytest.mark.filterwarnings("ignore:only 6 clusters for 7 parameters")  # the simulated design's 6 h-levels
 def test_observation_scores_and_multiway_sandwich(both_engines):
     """Casewise scores (merDeriv's decomposition) agree with the cluster engine's at the same point
     to rounding, and the two-way sandwich of the separate fits to the optimiser's tolerance."""
