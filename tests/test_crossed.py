@@ -186,6 +186,30 @@ def test_per_cluster_pieces_of_several_clusters_raise(both_engines):
         blocked.scores("cluster")
 
 
+def test_handwritten_crossed_model_on_the_blocked_engine():
+    """Penicillin written by hand in PyMC (SDs as HalfNormal parameters): the blocked engine works on
+    ``phi`` and the model map carries it to the model's own parameters, as for the cluster engine."""
+    import pymc as pm
+
+    d = pmv.datasets.load("penicillin")
+    plate, sample = d["plate"].cat.codes.to_numpy(), d["sample"].cat.codes.to_numpy()
+    coords = {"plate": list(d["plate"].cat.categories), "sample": list(d["sample"].cat.categories)}
+    with pm.Model(coords=coords) as model:
+        b = pm.Normal("b", 20, 10)
+        up = pm.Normal("up", 0, pm.HalfNormal("sd_plate", 5.0), dims="plate")
+        us = pm.Normal("us", 0, pm.HalfNormal("sd_sample", 5.0), dims="sample")
+        sigma = pm.HalfNormal("sigma", 5.0)
+        pm.Normal("y", b + up[plate] + us[sample], sigma, observed=d["diameter"].to_numpy(float))
+    fit = pmv.fit(model, random=["up", "us"], engine="blocked")
+    ref = pmv.fit(model, random=["up", "us"], engine="clusters")
+    assert fit.engine == "blocked"
+    np.testing.assert_allclose(fit.loglik, ref.loglik, rtol=1e-8)
+    for scale in ("natural", "sd"):
+        for information in ("observed", "expected"):
+            want = ref.vcov(scale, information).to_numpy()
+            assert scaled_error(fit.vcov(scale, information).to_numpy(), want).max() < 1e-5
+
+
 @pytest.mark.slow
 def test_insteval_against_glmmtmb():
     """InstEval (73,421 rows, 4,128 crossed effects) against glmmTMB's logLik and vcov(full = TRUE)
