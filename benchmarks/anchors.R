@@ -14,13 +14,15 @@ workload <- args[1]
 data <- switch(workload,
   sleepstudy = lme4::sleepstudy,
   verbagg = lme4::VerbAgg,
+  insteval = lme4::InstEval,
   read.csv(args[2], stringsAsFactors = TRUE)
 )
 spec <- switch(workload,
   sleepstudy = list(f = Reaction ~ Days + (Days | Subject), family = NULL),
   lmm_100k = list(f = y ~ x + (x | g), family = NULL),
   glmm_100k = list(f = y ~ x + (x | g), family = binomial),
-  verbagg = list(f = r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item), family = binomial)
+  verbagg = list(f = r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item), family = binomial),
+  insteval = list(f = y ~ service + (1 | s) + (1 | d) + (1 | dept:service), family = NULL)
 )
 timed <- function(expr) unname(system.time(expr, gcFirst = TRUE)["elapsed"])
 if (is.null(spec$family)) {

@@ -73,6 +73,7 @@ def _attrs(fit, **extra) -> dict:
         "pymc_mixvcov_version": __version__,
         "method": fit.method,
         "nAGQ": int(fit.nagq),
+        "engine": str(fit.engine),
         "family": str(fit.spec.family),
         "nobs": int(fit.nobs),
         "n_clusters": int(fit.n_clusters),

@@ -613,6 +613,14 @@ class LMMFunctions:
         Ephi = E.sum(0) + res[nb]
         return {"expected_clusters": np.einsum("ki,ckl,lj->cij", J, E, J), "expected": J.T @ Ephi @ J}
 
+    def observation_scores(self, nat: np.ndarray) -> np.ndarray:
+        """Scores of every observation on the natural scale, ``(n, P)`` (merDeriv's casewise
+        decomposition, :func:`pymc_mixvcov.scores.casewise_scores`)."""
+        from .scores import casewise_scores
+
+        phi, J, _ = self.map(np.asarray(nat, float), second=False)
+        return casewise_scores(self.spec, self.structure, self.sig, phi) @ J
+
     def scales(self, nat: np.ndarray) -> dict[str, np.ndarray]:
         """Values and Jacobians (with respect to the natural parameters) of every scale."""
         return _scales(self.map, self._fn("scales"), nat)

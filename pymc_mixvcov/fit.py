@@ -18,6 +18,7 @@ import pytensor
 from scipy.optimize import minimize
 
 from ._startup import paused_gc
+from .blocked import BlockedLMMFunctions
 from .derivatives import LaplaceFunctions, LMMFunctions, MAPFunctions
 from .errors import MixVcovError
 from .marginal import build_structure
@@ -27,10 +28,20 @@ from .spec import inspect_model
 from .start import boundary_restarts, check_not_exact, curvature_scales, natural_start
 from .trust import trust_region_newton
 
-__all__ = ["fit", "Method"]
+__all__ = ["fit", "Method", "Engine", "BLOCKED_MIN_EFFECTS"]
 
 Method = Literal["ML", "REML", "MAP"]
 METHODS: tuple[str, ...] = get_args(Method)
+
+#: Engines of a Gaussian model: ``"clusters"`` (exact marginal likelihood cluster by cluster,
+#: pytensor graphs: :mod:`pymc_mixvcov.marginal`), ``"blocked"`` (the whole model at once with a
+#: blocked sparse factor, closed-form derivatives: :mod:`pymc_mixvcov.blocked`), or ``"auto"``.
+Engine = Literal["auto", "clusters", "blocked"]
+ENGINES: tuple[str, ...] = get_args(Engine)
+
+#: ``engine="auto"`` uses the blocked engine for a Gaussian model whose largest cluster (connected
+#: component of the random effects: a crossed design is one) has more random effects than this.
+BLOCKED_MIN_EFFECTS = 64
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,7 @@ def fit(
     fixed_labels: list[str] | None = None,
     data: pd.DataFrame | None = None,
     nAGQ: int = 1,
+    engine: Engine = "auto",
 ) -> MixedFit:
     """Fit a PyMC model by maximising its marginal likelihood over the random effects.
 
@@ -94,6 +106,13 @@ def fit(
         random effects share one grouping factor, scalar or vector. The log-likelihood is then
         the quadrature value of the true marginal log-likelihood, all constants included.
         Gaussian likelihoods are integrated exactly and take ``nAGQ=1`` only.
+    engine : {"auto", "clusters", "blocked"}
+        Gaussian models: ``"clusters"`` evaluates the exact marginal likelihood cluster by cluster
+        with dense factors (pytensor graphs, :mod:`pymc_mixvcov.marginal`); ``"blocked"`` the whole
+        model at once with the blocked sparse factor of MixedModels.jl and closed-form derivatives
+        (:mod:`pymc_mixvcov.blocked`), for crossed designs; ``"auto"`` picks ``"blocked"`` when the
+        largest cluster has more than :data:`BLOCKED_MIN_EFFECTS` random effects. The choice is
+        reported as ``fit.engine``. Non-Gaussian models use the Laplace/quadrature engine.
 
     Returns
     -------
@@ -124,10 +143,12 @@ def fit(
         raise MixVcovError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     if method not in METHODS:
         raise MixVcovError(f"unknown method {method!r}; valid methods are: {', '.join(map(repr, METHODS))}")
+    if engine not in ENGINES:
+        raise MixVcovError(f"unknown engine {engine!r}; valid engines are: {', '.join(map(repr, ENGINES))}")
     # graph construction records a stack trace per node unless told not to: a large share of
     # the build time of gradient graphs
     with pytensor.config.change_flags(traceback__limit=0), paused_gc():
-        result = _fit(model, random, method, fixed_labels, data, cluster, noncentered, nAGQ)
+        result = _fit(model, random, method, fixed_labels, data, cluster, noncentered, nAGQ, engine)
     # what a refit by another method needs (pymc_mixvcov.anova refits REML fits by ML)
     result._call = {
         "model": model,
@@ -137,6 +158,7 @@ def fit(
         "cluster": cluster,
         "noncentered": noncentered,
         "nAGQ": nAGQ,
+        "engine": engine,
     }
     return result
 
@@ -189,7 +211,21 @@ def _check_nagq(nagq, spec, structure) -> int:
     return nagq
 
 
-def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=None, nagq=1) -> MixedFit:
+def _choose_engine(spec, structure, engine: str) -> str:
+    """The engine that fits ``spec`` (see :func:`fit`'s ``engine``)."""
+    if not spec.gaussian:
+        if engine == "blocked":
+            raise MixVcovError(
+                f"engine='blocked' fits Gaussian models only; this model has a {spec.family} likelihood, "
+                "fitted by the Laplace approximation: use engine='auto'"
+            )
+        return "laplace"
+    if engine == "auto":
+        return "blocked" if structure.largest > BLOCKED_MIN_EFFECTS else "clusters"
+    return engine
+
+
+def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=None, nagq=1, engine="auto") -> MixedFit:
     if method == "REML":
         from pytensor.tensor.random.basic import NormalRV
 
@@ -202,11 +238,19 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
     if isinstance(random, str):
         random = [random]
     spec = inspect_model(model, list(random), noncentered)
-    structure = build_structure(spec)
+    structure = build_structure(spec, statistics=False)
+    engine = _choose_engine(spec, structure, engine)
+    if engine != "blocked":
+        structure = build_structure(spec)
     scales = ScaleMaps(spec, fixed_labels)
     base_method = "ML" if method == "MAP" else method
     nagq = _check_nagq(nagq, spec, structure)
-    fns = LMMFunctions(spec, structure, base_method) if spec.gaussian else LaplaceFunctions(spec, structure, nagq=nagq)
+    if engine == "blocked":
+        fns = BlockedLMMFunctions(spec, structure, base_method)
+    elif spec.gaussian:
+        fns = LMMFunctions(spec, structure, base_method)
+    else:
+        fns = LaplaceFunctions(spec, structure, nagq=nagq)
     if method == "MAP":
         fns = MAPFunctions(fns)
     opt = optimise(fns, spec) if fns.profiled else _optimise_all(fns, spec)
@@ -246,6 +290,7 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
         data=data,
         cluster=cluster,
         nagq=nagq,
+        engine=engine,
     )
 
 

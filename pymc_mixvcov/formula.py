@@ -37,6 +37,7 @@ from ._startup import import_formulae
 from .errors import MixVcovError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .fit import Engine
     from .results import MixedFit
 
 __all__ = ["MixedModel", "lmm"]
@@ -343,13 +344,13 @@ class MixedModel:
     #: sample dimensions, in order); :func:`pymc_mixvcov.compare` pairs the draws through it
     posterior_names: dict[str, list[tuple[str, int]]] | None = field(default=None, repr=False)
 
-    def fit(self, method: Method = "ML", nAGQ: int = 1) -> MixedFit:
+    def fit(self, method: Method = "ML", nAGQ: int = 1, engine: Engine = "auto") -> MixedFit:
         """Fit by maximum likelihood (``"ML"``) or restricted maximum likelihood (``"REML"``).
 
         Gaussian models: the random effects are integrated out exactly. GLMMs: by the Laplace
         approximation (``nAGQ=1``), as lme4's ``glmer``, or by adaptive Gauss-Hermite quadrature
         with ``nAGQ`` points per random effect (one grouping factor; scalar or vector random
-        effects); see :func:`pymc_mixvcov.fit.fit`.
+        effects); see :func:`pymc_mixvcov.fit.fit`, which also describes ``engine``.
         """
         from .fit import fit
 
@@ -359,7 +360,13 @@ class MixedModel:
                 "graph instead: pmv.fit(bambi_model.backend.model, random=[... '_offset' variables], method='MAP')"
             )
         result = fit(
-            self.model, random=self.random, method=method, fixed_labels=self.fixed_labels, data=self.data, nAGQ=nAGQ
+            self.model,
+            random=self.random,
+            method=method,
+            fixed_labels=self.fixed_labels,
+            data=self.data,
+            nAGQ=nAGQ,
+            engine=engine,
         )
         if self.posterior_names is not None:
             result.posterior_names = self.posterior_names

@@ -90,6 +90,12 @@ class ClusterStructure:
     p: int
     obs_pos: np.ndarray = field(repr=False)  # (n, R) position in the cluster's block, -1 if unused
     obs_val: np.ndarray = field(repr=False)  # (n, R) the design value there
+    sizes: np.ndarray | None = field(default=None, repr=False)  # (n_clusters,) random effects per cluster
+
+    @property
+    def largest(self) -> int:
+        """Random effects in the largest cluster."""
+        return int(self.sizes.max()) if self.sizes is not None and self.sizes.size else 0
 
     @property
     def n_clusters(self) -> int:
@@ -109,8 +115,12 @@ def _bincount(index: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
     return np.bincount(index, weights=weights, minlength=size)[:size]
 
 
-def build_structure(spec: GaussianSpec) -> ClusterStructure:
-    """Find the clusters of ``spec`` and compute their sufficient statistics (NumPy, once)."""
+def build_structure(spec: GaussianSpec, statistics: bool = True) -> ClusterStructure:
+    """Find the clusters of ``spec`` and compute their sufficient statistics (NumPy, once).
+
+    ``statistics=False`` finds the clusters only (no batches): for an engine that does not work
+    cluster by cluster (:mod:`pymc_mixvcov.blocked`).
+    """
     terms, n = spec.terms, spec.n
     X, y = spec.X, spec.y - spec.offset
     p = X.shape[1]
@@ -177,7 +187,7 @@ def build_structure(spec: GaussianSpec) -> ClusterStructure:
     val_m = np.stack(val_list, 1)
 
     batches = []
-    for s in np.unique(size):
+    for s in np.unique(size) if statistics else []:
         s = int(s)
         cl = np.flatnonzero(size == s)
         C = cl.size
@@ -222,7 +232,7 @@ def build_structure(spec: GaussianSpec) -> ClusterStructure:
     free_obs = obs_cluster < 0
     Xf, yf = X[free_obs], y[free_obs]
     free = (Xf.T @ Xf, Xf.T @ yf, float(yf @ yf), int(free_obs.sum()))
-    return ClusterStructure(clusters, obs_cluster, batches, free, lam_sizes, p, pos_m, val_m)
+    return ClusterStructure(clusters, obs_cluster, batches, free, lam_sizes, p, pos_m, val_m, size)
 
 
 def _logdet_pos(a: TensorVariable) -> TensorVariable:

@@ -93,6 +93,10 @@ class MixedFit:
     converged : bool
         Whether the optimiser reached a stationary point (Newton decrement below 1e-6).
     method : {"ML", "REML", "MAP"}
+    engine : {"clusters", "blocked", "laplace"}
+        The engine that evaluated the likelihood and its derivatives (see :func:`pymc_mixvcov.fit`):
+        cluster by cluster (Gaussian), the blocked sparse factor (large crossed Gaussian designs),
+        or the Laplace/quadrature engine (other likelihoods).
     nagq : int
         Quadrature points per random effect: 1 for the Laplace approximation (and for Gaussian
         models, whose marginal likelihood is exact), more for adaptive Gauss-Hermite quadrature.
@@ -115,8 +119,10 @@ class MixedFit:
         data=None,
         cluster=None,
         nagq=1,
+        engine="clusters",
     ):
         self.spec = spec
+        self.engine = str(engine)
         self.nagq = int(nagq)
         self.structure = structure
         self._scales = scales
@@ -554,11 +560,7 @@ class MixedFit:
                 "level='cluster', or cluster by columns that group whole clusters"
             )
         if "obs_scores" not in self._cache:
-            from .scores import casewise_scores
-
-            fns = self._functions
-            phi, J, _ = fns.map(self._opt["nat"])
-            self._cache["obs_scores"] = casewise_scores(self.spec, self.structure, fns.sig, phi) @ J
+            self._cache["obs_scores"] = self._functions.observation_scores(self._opt["nat"])
         return self._cache["obs_scores"]
 
     def loglik_contributions(self, level: Literal["cluster"] = "cluster") -> pd.Series:
