@@ -259,9 +259,11 @@ class MixedModel:
         """
         from .fit import fit
 
-        return fit(
+        result = fit(
             self.model, random=self.random, method=method, fixed_labels=self.fixed_labels, data=self.data, nAGQ=nAGQ
         )
+        result.fixed_terms = list(getattr(self.fixed_labels, "terms", [])) or None
+        return result
 
 
 def lmm(formula: str, data: pd.DataFrame, *, ordered_contrasts: OrderedContrasts = "poly") -> MixedModel:
@@ -484,6 +486,15 @@ def _factor_columns(comp, data, dummy: bool, ordered_contrasts: str) -> tuple[np
     return M[codes], [f"{comp.name}{s}" for s in suffix]
 
 
+class FixedLabels(list):
+    """lme4's names of the fixed-effect columns, with ``terms``: the model term of each column
+    (``"(Intercept)"``, ``"age"``, ``"age:Sex"``), R's ``assign`` attribute by name."""
+
+    def __init__(self, labels=()):
+        super().__init__(labels)
+        self.terms: list[str] = ["(Intercept)"] * len(self)
+
+
 def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
     """Fixed-effect columns, their lme4 names and the offset, built as R's ``model.matrix`` builds them.
 
@@ -533,7 +544,7 @@ def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
     terms = list(dict.fromkeys(tuple(sorted(set(t), key=order.index)) for t in terms))  # a:b and b:a: one term
     terms = sorted(terms, key=len)  # stable, as R orders terms by degree
     cols = [np.ones((n, 1))] if intercept else []
-    labels = ["(Intercept)"] if intercept else []
+    labels = FixedLabels(["(Intercept)"] if intercept else [])
     first_dummy = not intercept
     for i, term in enumerate(terms):
         dummy = {}
@@ -556,6 +567,7 @@ def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
             labs = [f"{b}:{a}" if b else a for a in zl for b in labs]
         cols.append(block)
         labels += labs
+        labels.terms += [":".join(term)] * len(labs)
     X = np.hstack(cols) if cols else np.zeros((n, 0))
     return X, labels, offset
 
