@@ -132,8 +132,7 @@ def _parse_side(text: str, labels: list[str], full: str) -> tuple[np.ndarray, fl
         label = next((lab for lab in by_length if text.startswith(lab, pos)), None)
         if label is None:
             raise MixVcovError(
-                f"hypothesis {full!r}: {text[pos:]!r} does not start with a fixed-effect label; the labels are "
-                f"{labels}"
+                f"hypothesis {full!r}: {text[pos:]!r} does not start with a fixed-effect label; the labels are {labels}"
             )
         coef[labels.index(label)] += sign * (1.0 if number is None else number)
         pos += len(label)

@@ -223,8 +223,8 @@ class MixedFit:
         Returns
         -------
         pandas.DataFrame
-            One row: ``F, ndf, ddf, p``; for a single equation also ``estimate`` (of ``L beta - r``),
-            ``se`` and ``t`` (``F = t^2``).
+            One row: ``F, ndf, ddf, p``; for a single equation also ``estimate`` (of ``L beta``),
+            ``se`` and ``t = (L beta - r) / se`` (``F = t^2``).
         """
         from .ddf import check_ddf, parse_hypothesis
 
@@ -235,7 +235,7 @@ class MixedFit:
         row = {"F": F, "ndf": ndf, "ddf": den, "p": p}
         if L.shape[0] == 1:
             est, se, _, t, _ = m.contrast_t(L[0], float(r[0]), ddf)
-            row = {"estimate": est - float(r[0]), "se": se, "t": t, **row}
+            row = {"estimate": est, "se": se, "t": t, **row}
         name = hypothesis if isinstance(hypothesis, str) else "L beta = r"
         return pd.DataFrame([row], index=[name])
 
