@@ -971,6 +971,7 @@ class MixedFit:
         cluster=None,
         *,
         reml_cross: RemlCross = "zero",
+        ddf: DDF | None = None,
     ) -> pd.DataFrame:
         """Table of estimates, standard errors, Wald tests and confidence intervals.
 
@@ -987,6 +988,12 @@ class MixedFit:
             Passed to :meth:`sandwich`.
         reml_cross : {"zero", "ml"}
             REML fits: the fixed/variance cross block of the observed information, see :meth:`vcov`.
+        ddf : {"satterthwaite", "kenward-roger"} or None
+            Gaussian ML/REML fits with ``vcov="model"``: the fixed effects get t tests with these
+            denominator degrees of freedom (:meth:`ttest`; Kenward-Roger also its adjusted standard
+            errors) and ``t``-quantile intervals ``est +- t_{df} se``; the columns are then
+            ``Estimate, Std. Error, df, t value, Pr(>|t|)`` and the variance parameters keep their
+            Wald ``z`` (``df`` infinite).
 
         Returns
         -------
@@ -1009,6 +1016,10 @@ class MixedFit:
 
         if not 0 < level < 1:
             raise MixVcovError(f"level must be between 0 and 1, got {level!r}")
+        if ddf is not None and vcov != "model":
+            raise MixVcovError(
+                f"ddf={ddf!r} gives model-based small-sample tests; it cannot be combined with vcov={vcov!r}"
+            )
         est = self.params(scale).to_numpy()
         V = self.covariance(vcov, scale, information, cluster, reml_cross=reml_cross)
         se = np.sqrt(np.where(np.diag(V.to_numpy()) >= 0, np.diag(V.to_numpy()), np.nan))
@@ -1032,12 +1043,27 @@ class MixedFit:
             lo = np.where(cor, np.tanh(zr - d), lo)
             hi = np.where(cor, np.tanh(zr + d), hi)
         a = 100 * (1 - level) / 2
+        if ddf is None:
+            return pd.DataFrame(
+                {"Estimate": est, "Std. Error": se, "z value": z, "Pr(>|z|)": p, f"{a:g} %": lo, f"{100 - a:g} %": hi},
+                index=self.labels(scale),
+            )
+        from scipy.stats import t as student
+
+        tt = self.ttest(ddf)
+        k = len(tt)
+        df = np.full(est.size, np.inf)
+        df[:k] = tt["df"].to_numpy()
+        se[:k], z[:k], p[:k] = tt["se"].to_numpy(), tt["t"].to_numpy(), tt["p"].to_numpy()
+        qt = student.ppf(0.5 + level / 2, df[:k])
+        lo[:k], hi[:k] = est[:k] - qt * se[:k], est[:k] + qt * se[:k]
         return pd.DataFrame(
             {
                 "Estimate": est,
                 "Std. Error": se,
-                "z value": z,
-                "Pr(>|z|)": p,
+                "df": df,
+                "t value": z,
+                "Pr(>|t|)": p,
                 f"{a:g} %": lo,
                 f"{100 - a:g} %": hi,
             },

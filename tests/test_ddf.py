@@ -155,3 +155,21 @@ def test_non_gaussian_refused():
     g = pmv.glmm("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp).fit()
     with pytest.raises(MixVcovError, match="Gaussian"):
         g.ttest()
+
+
+def test_summary_with_ddf(unbal_reml):
+    ref = reference("ddf_sleepstudy_unbalanced")["kenward_roger"]
+    tab = unbal_reml.summary(ddf="kenward-roger")
+    assert list(tab.columns[:5]) == ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"]
+    fixed = tab.iloc[:2]
+    assert_allclose(fixed["df"], ref["df"], rtol=1e-4)
+    assert_allclose(fixed["Std. Error"], ref["se"], rtol=1e-4)
+    from scipy.stats import t as student
+
+    q = student.ppf(0.975, fixed["df"].to_numpy())
+    assert_allclose(fixed["2.5 %"], fixed["Estimate"] - q * fixed["Std. Error"], rtol=1e-12)
+    assert np.all(np.isinf(tab["df"].iloc[2:]))
+    plain = unbal_reml.summary()
+    assert_allclose(tab["Pr(>|t|)"].iloc[2:], plain["Pr(>|z|)"].iloc[2:], rtol=1e-12)
+    with pytest.raises(MixVcovError, match="cannot be combined with vcov='CR1'"):
+        unbal_reml.summary(vcov="CR1", ddf="satterthwaite")
