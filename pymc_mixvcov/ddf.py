@@ -365,37 +365,106 @@ class DDFMethods:
         return [F, q, den, float(stats.f.sf(F, q, den)) if np.isfinite(den) else float(stats.chi2.sf(F * q, q))]
 
 
-def term_hypotheses(fit, kind: str) -> dict[str, np.ndarray]:
-    """``L`` of each model term for :meth:`MixedFit.anova`.
+def _zapsmall(x: np.ndarray, digits: int = 7) -> np.ndarray:
+    """R's ``zapsmall``: round to ``digits`` significant digits of the largest entry."""
+    mx = float(np.max(np.abs(x))) if x.size else 0.0
+    return np.round(x, max(0, digits - int(np.ceil(np.log10(mx)))) if mx > 0 else digits)
 
-    Formula models group the fixed-effect columns by the term that made them. When no term is
-    contained in another (no interaction with its own main effects), lmerTest's type II and type
-    III hypotheses of a term are both "all its coefficients are 0". Hand-written models: one
-    term per fixed effect (or per vector-valued fixed-effect variable when the labels show it).
+
+def _doolittle_lower(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """The unit lower factor ``L`` of the LU (Doolittle) factorisation of ``x`` without pivoting, as
+    lmerTest's ``doolittle`` (entries below ``eps`` set to 0, a pivot below ``eps`` gives a zero column)."""
+    n = x.shape[0]
+    L, U = np.eye(n), np.zeros((n, n))
+    for i in range(n):
+        U[i] = x[i] - L[i, :i] @ U[:i]
+        for j in range(i + 1, n):
+            v = x[j, i] - L[j, :i] @ U[:i, i]
+            L[j, i] = 0.0 if abs(U[i, i]) < eps else v / U[i, i]
+    L[np.abs(L) < eps] = 0.0
+    return L
+
+
+def _residuals(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Residuals of the least-squares fits of the columns of ``B`` on those of ``A`` (R's ``lm.fit``)."""
+    return B - A @ np.linalg.lstsq(A, B, rcond=None)[0]
+
+
+def term_hypotheses(fit, kind: str) -> dict[str, np.ndarray]:
+    """``L`` of each model term for :meth:`MixedFit.anova`, as lmerTest 3.1-3.
+
+    Formula models group the fixed-effect columns by the term that made them. A term ``A`` is
+    contained in ``B`` when ``B`` has all of ``A``'s variables and more, and the same numeric ones
+    (lmerTest's ``containment``). A term contained in none is tested by "all its coefficients are
+    0" (both types). Otherwise:
+
+    * type III (lmerTest's ``extract_contrasts_type3``): ``L = zap((X^+ X_rd)^T)``, ``X_rd`` the
+      design with every factor coded by all its indicators; terms in decreasing order, the
+      columns of ``L`` of a contained term are replaced by their residuals on the columns of the
+      terms that contain it; the term's hypothesis is the transpose of its columns of ``L`` (rows of
+      ``X_rd``'s columns named as ``X``'s), zero rows dropped. Treatment contrasts only.
+    * type II (lmerTest's ``get_contrasts_type2``): the columns of ``X`` are reordered so that the
+      term and the terms containing it come last; the term's rows of ``D^T``, ``D`` the unit lower
+      Doolittle factor of ``X^T X`` in that order.
+
+    Hand-written models: one term per fixed effect (per vector-valued fixed-effect variable when
+    the labels show it, ``b[0]``, ``b[1]``).
     """
     labels = list(fit._scales.fixed_labels)
     p = len(labels)
-    terms = getattr(fit, "fixed_terms", None)
-    if terms is None:
-        terms = [lab.split("[")[0] for lab in labels]  # a vector variable "b[0]", "b[1]": one term
+    info = getattr(fit, "fixed_terms", None)
+    terms = list(info.terms) if info is not None else [lab.split("[")[0] for lab in labels]
     groups: dict[str, list[int]] = {}
     for j, t in enumerate(terms):
         if t != "(Intercept)":
             groups.setdefault(t, []).append(j)
     if not groups:
         raise MixVcovError("this model has no fixed-effect term besides the intercept: nothing to test")
-    variables = {t: set(t.split(":")) for t in groups}
-    contained = [(a, b) for a in groups for b in groups if a != b and variables[a] < variables[b]]
-    if contained:
-        a, b = contained[0]
-        raise MixVcovError(
-            f"term {a!r} is contained in term {b!r}: lmerTest's type {kind} hypotheses for such terms depend on the "
-            "contrasts and are not implemented; test the hypotheses you mean with fit.test(L) or "
-            'fit.test("label = 0; ..."), or use sum-to-zero coding and test the coefficients'
-        )
-    out = {}
-    for t, cols in groups.items():
+
+    def marginal(cols: list[int]) -> np.ndarray:
         L = np.zeros((len(cols), p))
         L[np.arange(len(cols)), cols] = 1.0
-        out[t] = L
+        return L
+
+    if info is None or len(groups) == 1:
+        return {t: marginal(cols) for t, cols in groups.items()}
+    variables = {t: set(t.split(":")) for t in groups}
+    contained = {
+        a: [b for b in groups if variables[a] < variables[b] and info.numerics[a] == info.numerics[b]] for a in groups
+    }
+    if not any(contained.values()):
+        return {t: marginal(cols) for t, cols in groups.items()}
+    X = np.asarray(fit.spec.X, float)
+    out: dict[str, np.ndarray] = {}
+    if kind == "II":
+        for t, cols in groups.items():
+            if not contained[t]:
+                out[t] = marginal(cols)
+                continue
+            last = cols + [j for u in contained[t] for j in groups[u]]
+            order = [j for j in range(p) if j not in last] + last
+            D = _doolittle_lower(X[:, order].T @ X[:, order]).T
+            back = np.argsort(order)
+            out[t] = D[[order.index(j) for j in cols]][:, back]
+        return out
+    if not info.treatment:
+        raise MixVcovError(
+            "type III hypotheses of terms contained in others are implemented for treatment contrasts; this model "
+            "codes a factor otherwise (ordered factors: lmm(..., ordered_contrasts='treatment')). Use type='II' or "
+            "fit.test(L)"
+        )
+    blocks = ([np.ones((X.shape[0], 1))] if info.rd_labels[:1] == ["(Intercept)"] else []) + list(info.rd_blocks)
+    Xrd = np.hstack(blocks)
+    L = _zapsmall((np.linalg.pinv(X) @ Xrd).T)
+    for t in sorted(groups, key=lambda u: -len(variables[u])):  # stable: formula order within a degree
+        if contained[t]:
+            others = [j for u in contained[t] for j in groups[u]]
+            L[:, groups[t]] = _zapsmall(_residuals(L[:, others], L[:, groups[t]]))
+    missing = [lab for lab in labels if lab not in info.rd_labels]
+    if missing:
+        raise MixVcovError(f"cannot match the fixed-effect columns {missing} to the indicator design of their terms")
+    Lx = L[[info.rd_labels.index(lab) for lab in labels]]
+    for t, cols in groups.items():
+        Lt = Lx[:, cols].T
+        out[t] = Lt[np.sum(np.abs(Lt), axis=1) > 1e-8]
     return out

@@ -262,7 +262,7 @@ class MixedModel:
         result = fit(
             self.model, random=self.random, method=method, fixed_labels=self.fixed_labels, data=self.data, nAGQ=nAGQ
         )
-        result.fixed_terms = list(getattr(self.fixed_labels, "terms", [])) or None
+        result.fixed_terms = self.fixed_labels if getattr(self.fixed_labels, "terms", None) else None
         return result
 
 
@@ -487,12 +487,23 @@ def _factor_columns(comp, data, dummy: bool, ordered_contrasts: str) -> tuple[np
 
 
 class FixedLabels(list):
-    """lme4's names of the fixed-effect columns, with ``terms``: the model term of each column
-    (``"(Intercept)"``, ``"age"``, ``"age:Sex"``), R's ``assign`` attribute by name."""
+    """lme4's names of the fixed-effect columns, and what lmerTest's ``anova`` needs of the terms.
+
+    ``terms``: the model term of each column (``"(Intercept)"``, ``"age"``, ``"age:Sex"``), R's
+    ``assign`` attribute by name; ``numerics``: the numeric variables of each term;
+    ``rd_blocks``, ``rd_labels``, ``rd_terms``: each term's columns with every factor coded by all
+    its indicators (R's ``model.matrix(~ 0 + term)``, lmerTest's ``get_rdX``); ``treatment``:
+    whether every factor is coded by treatment contrasts.
+    """
 
     def __init__(self, labels=()):
         super().__init__(labels)
         self.terms: list[str] = ["(Intercept)"] * len(self)
+        self.numerics: dict[str, frozenset] = {}
+        self.rd_blocks: list[np.ndarray] = []
+        self.rd_labels: list[str] = list(self)
+        self.rd_terms: list[str] = list(self.terms)
+        self.treatment = True
 
 
 def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
@@ -556,18 +567,30 @@ def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
             dummy[next(v for v in term if v in dummy)] = True
             first_dummy = False
         block, labs = np.ones((n, 1)), [""]
+        rd_block, rd_labs = np.ones((n, 1)), [""]  # R's model.matrix(~ 0 + term): all indicators
         for v in term:
             c = comps[v]
             if factor[v]:
                 z, zl = _factor_columns(c, data, dummy[v], ordered_contrasts)
+                rz, rzl = _factor_columns(c, data, True, ordered_contrasts)
+                _, _, ordered, encoding = _categorical(c, data)
+                labels.treatment &= encoding is None and not (ordered and ordered_contrasts == "poly")
             else:
                 z = np.asarray(c.value, dtype=float).reshape(n, -1)
                 zl = [_lme4_name(lab) for lab in c.labels] if z.shape[1] > 1 else [c.name]
+                rz, rzl = z, zl
             block = (z[:, :, None] * block[:, None, :]).reshape(n, -1)  # the earlier variables vary fastest
             labs = [f"{b}:{a}" if b else a for a in zl for b in labs]
+            rd_block = (rz[:, :, None] * rd_block[:, None, :]).reshape(n, -1)
+            rd_labs = [f"{b}:{a}" if b else a for a in rzl for b in rd_labs]
         cols.append(block)
         labels += labs
-        labels.terms += [":".join(term)] * len(labs)
+        name = ":".join(term)
+        labels.terms += [name] * len(labs)
+        labels.numerics[name] = frozenset(v for v in term if not factor[v])
+        labels.rd_blocks.append(rd_block)
+        labels.rd_labels += rd_labs
+        labels.rd_terms += [name] * len(rd_labs)
     X = np.hstack(cols) if cols else np.zeros((n, 0))
     return X, labels, offset
 

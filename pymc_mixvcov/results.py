@@ -242,10 +242,10 @@ class MixedFit:
     def anova(self, ddf: DDF | None = "satterthwaite", type: AnovaType = "III") -> pd.DataFrame:  # noqa: A002
         """F-test of each model term (lmerTest's ``anova``) with small-sample denominator df.
 
-        Formula models: one row per term, testing that all its fixed-effect columns are 0 (lmerTest's
-        type II and III hypotheses when no term is contained in another; models with such terms,
-        e.g. ``x * f`` with treatment contrasts, are refused with advice to use :meth:`test`).
-        Hand-written models: one row per fixed effect (per vector-valued fixed-effect variable).
+        Formula models: one row per term, with lmerTest's type III or II hypotheses (see
+        :func:`pymc_mixvcov.ddf.term_hypotheses`; type III of a term contained in another needs
+        treatment contrasts). Hand-written models: one row per fixed effect (per vector-valued
+        fixed-effect variable), testing that it is 0.
 
         Parameters
         ----------

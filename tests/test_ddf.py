@@ -106,8 +106,43 @@ def test_orthodont(orthodont):
         for label, k in (("SexFemale", 1), ("age:SexFemale", 2)):
             got = orthodont.test(f"{label} = 0", ddf=ddf).iloc[0]
             assert_allclose([got["F"], got["ddf"]], [ref[key]["F"][k], ref[key]["ddf"][k]], rtol=1e-3)
-    with pytest.raises(MixVcovError, match="contained in term 'age:Sex'"):
-        orthodont.anova()
+    # lmerTest's type III and II tables (age is contained in age:Sex; Sex is not: Sex has no numeric variable)
+    types = reference("ddf_anova_types")["orthodont"]
+    for ddf, tag in (("satterthwaite", "satt"), ("kenward-roger", "kr")):
+        for kind in ("III", "II"):
+            got, want = orthodont.anova(ddf=ddf, type=kind), types[f"{kind}_{tag}"]
+            assert list(got.index) == want["terms"] and list(got["ndf"]) == want["ndf"]
+            assert_allclose(got[["F", "ddf"]].to_numpy().T, [want["F"], want["ddf"]], rtol=1e-3)
+            assert_allclose(got["p"], want["p"], rtol=2e-2)
+
+
+@pytest.fixture(scope="module")
+def phase(unbalanced):
+    d = unbalanced.assign(
+        phase=pd.Categorical(
+            np.where(unbalanced["Days"] <= 2, "early", np.where(unbalanced["Days"] <= 5, "mid", "late")),
+            categories=["early", "mid", "late"],
+        )
+    )
+    return pmv.lmm("Reaction ~ Days * phase + (Days | Subject)", d).fit("REML")
+
+
+@pytest.mark.parametrize("ddf", ["satterthwaite", "kenward-roger"])
+@pytest.mark.parametrize("kind", ["III", "II"])
+def test_anova_types_with_contained_terms(phase, ddf, kind):
+    """Unbalanced sleepstudy with a 3-level factor: 2-df F tests, Days contained in Days:phase."""
+    ref = reference("ddf_anova_types")["phase"]
+    want = ref[f"{kind}_{'satt' if ddf == 'satterthwaite' else 'kr'}"]
+    got = phase.anova(ddf=ddf, type=kind)
+    assert list(got.index) == want["terms"] and list(got["ndf"]) == want["ndf"]
+    assert_allclose(got[["F", "ddf", "p"]].to_numpy().T, [want["F"], want["ddf"], want["p"]], rtol=1e-4)
+
+
+def test_string_contrast_between_levels(phase):
+    ref = reference("ddf_anova_types")["phase"]
+    for ddf, key in (("satterthwaite", "mid_vs_late_satt"), ("kenward-roger", "mid_vs_late_kr")):
+        got = phase.test("phasemid = phaselate", ddf=ddf).iloc[0]
+        assert_allclose([got["t"], got["ddf"], got["p"]], [ref[key]["t"], ref[key]["df"], ref[key]["p"]], rtol=1e-4)
 
 
 def test_no_correction_is_the_wald_test(sleep_reml):

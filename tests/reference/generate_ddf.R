@@ -21,3 +21,21 @@ save(list(case="sleepstudy_unbalanced_reml", rows_dropped="every 7th row (7, 14,
 m <- lmerTest::lmer(Reaction ~ Days + (Days | Subject), d, REML=FALSE)
 save(list(case="sleepstudy_unbalanced_ml", satterthwaite=coefs(m, "Satterthwaite")), "ddf_sleepstudy_unbalanced_ml")
 cat("done\n")
+# anova type III and II (lmerTest) with terms contained in others: Orthodont, and the unbalanced
+# sleepstudy with a three-level phase factor (Days 0-2 early, 3-5 mid, 6-9 late)
+an <- function(fit, type, ddf) { a <- anova(fit, type=type, ddf=ddf); list(terms=rownames(a), F=a[["F value"]], ndf=a$NumDF, ddf=a$DenDF, p=a[["Pr(>F)"]]) }
+data(Orthodont, package="nlme"); o <- as.data.frame(Orthodont); o$Sex <- factor(as.character(o$Sex), levels=c("Male", "Female"))
+o$Subject <- factor(as.character(o$Subject))
+fo <- lmerTest::lmer(distance ~ age * Sex + (age | Subject), o, REML=TRUE)
+d$phase <- factor(ifelse(d$Days <= 2, "early", ifelse(d$Days <= 5, "mid", "late")), levels=c("early", "mid", "late"))
+fp <- lmerTest::lmer(Reaction ~ Days * phase + (Days | Subject), d, REML=TRUE)
+cp <- contest(fp, c(0, 0, 1, -1, 0, 0), joint=FALSE, ddf="Satterthwaite"); ckp <- contest(fp, c(0, 0, 1, -1, 0, 0), joint=FALSE, ddf="Kenward-Roger")
+save(list(case="anova_types", versions=list(lmerTest=as.character(packageVersion("lmerTest")), pbkrtest=as.character(packageVersion("pbkrtest"))),
+          orthodont=list(III_satt=an(fo, "III", "Satterthwaite"), III_kr=an(fo, "III", "Kenward-Roger"),
+                         II_satt=an(fo, "II", "Satterthwaite"), II_kr=an(fo, "II", "Kenward-Roger")),
+          phase=list(names=names(fixef(fp)), III_satt=an(fp, "III", "Satterthwaite"), III_kr=an(fp, "III", "Kenward-Roger"),
+                     II_satt=an(fp, "II", "Satterthwaite"), II_kr=an(fp, "II", "Kenward-Roger"),
+                     mid_vs_late_satt=list(t=cp[["t value"]], df=cp$df, p=cp[["Pr(>|t|)"]]),
+                     mid_vs_late_kr=list(t=ckp[["t value"]], df=ckp$df, p=ckp[["Pr(>|t|)"]]))),
+     "ddf_anova_types")
+cat("done anova\n")
