@@ -303,8 +303,8 @@ def _build_scales_laplace(sig, method: str):
     return _build_scales(sig, method, tail="psi")
 
 
-def _xtvx_derivatives(XtVX: TensorVariable, wrt: TensorVariable, p: int, second: bool):
-    """``d XtVX / d wrt_i`` (and ``d2 XtVX / d wrt_i d wrt_j``) with ``k + k^2`` reverse passes.
+def _xtvx_derivatives(XtVX: TensorVariable, wrt: TensorVariable, p: int):
+    """``d XtVX / d wrt_i`` with one reverse pass per entry of ``wrt``.
 
     ``g(U) = d tr(U^T XtVX) / d wrt`` is linear in the ``p x p`` matrix ``U``, so its Jacobian in
     ``U`` is ``d XtVX / d wrt`` whatever ``U`` (an input, fed zeros): one pass per entry of
@@ -312,12 +312,7 @@ def _xtvx_derivatives(XtVX: TensorVariable, wrt: TensorVariable, p: int, second:
     """
     U = pt.matrix("U", shape=(p, p))
     g = grad(pt.sum(U * XtVX), wrt)
-    out = [jacobian_of(g, U)]
-    if second:
-        k = wrt.type.shape[0]
-        Hs = jacobian_of(g, wrt)
-        out.append(pt.reshape(jacobian_of(pt.reshape(Hs, (k * k,)), U), (k, k, p, p)))
-    return U, out
+    return U, [jacobian_of(g, U)]
 
 
 def _build_xtvx_theta(sig: Signature, _method: str):
@@ -325,40 +320,12 @@ def _build_xtvx_theta(sig: Signature, _method: str):
     core = CoreGraph(sig)
     ts = pt.vector("ts", shape=(sig.n_theta + 1,))
     _, XtVX = core.gls(ts[:-1], ts[-1])
-    U, derivs = _xtvx_derivatives(XtVX, ts, sig.p, second=False)
+    U, derivs = _xtvx_derivatives(XtVX, ts, sig.p)
     return [ts, U, *core.data_inputs], [XtVX, *derivs]
-
-
-def _build_xtvx_var(sig: Signature, _method: str):
-    """``X^T V^{-1} X`` and its first and second derivatives on the var scale.
-
-    The input ``vs`` holds the lower triangles (column-major) of the covariance matrices ``G_k``
-    of the terms and ``sigma^2`` (the var scale's variance parameters, in its order). ``V`` is
-    linear in them; the graph goes through the (unrolled) Cholesky factors of the ``G_k``, so
-    every ``G_k`` must be positive definite.
-    """
-    core = CoreGraph(sig)
-    vs = pt.vector("vs", shape=(sig.n_theta + 1,))
-    parts, off = [], 0
-    for r in sig.r:
-        idx = _lower_colmajor(r)
-        G = {(i, j): vs[off + n] for n, (i, j) in enumerate(idx)}
-        off += len(idx)
-        L: dict[tuple[int, int], TensorVariable] = {}
-        for j in range(r):
-            L[j, j] = pt.sqrt(G[j, j] - sum((L[j, m] ** 2 for m in range(j)), pt.constant(0.0)))
-            for i in range(j + 1, r):
-                L[i, j] = (G[i, j] - sum((L[i, m] * L[j, m] for m in range(j)), pt.constant(0.0))) / L[j, j]
-        parts.append(pt.stack([L[i, j] for i, j in idx]))
-    theta = pt.concatenate(parts) if parts else pt.zeros((0,))
-    _, XtVX = core.gls(theta, pt.sqrt(vs[-1]))
-    U, derivs = _xtvx_derivatives(XtVX, vs, sig.p, second=True)
-    return [vs, U, *core.data_inputs], [XtVX, *derivs]
 
 
 _BUILDERS: dict[str, Callable] = {
     "xtvx_theta": _build_xtvx_theta,
-    "xtvx_var": _build_xtvx_var,
     "profile": _build_profile,
     "cluster_observed": _build_cluster_observed,
     "cluster_expected": _build_cluster_expected,
