@@ -242,3 +242,40 @@ def test_closed_forms_against_the_symbolic_derivative(unbal_reml):
         down[i] -= h
         fd = (pieces_at(up)[1] - pieces_at(down)[1]) / (2 * h)
         assert_allclose(H[i], fd, rtol=1e-6, atol=1e-6 * np.abs(H[i]).max())
+
+
+@pytest.mark.parametrize("case", ["penicillin", "uncorrelated"])
+def test_several_random_terms(case, unbalanced):
+    """Crossed terms (one cluster holding both factors) and two terms on one factor."""
+    if case == "penicillin":
+        fit = pmv.lmm("diameter ~ 1 + (1 | plate) + (1 | sample)", pmv.datasets.load("penicillin")).fit("REML")
+    else:
+        fit = pmv.lmm("Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", unbalanced).fit("REML")
+    ref = reference("ddf_several_terms")[case]
+    for ddf, key in (("satterthwaite", "satterthwaite"), ("kenward-roger", "kenward_roger")):
+        want = {k: list(np.atleast_1d(v)) for k, v in ref[key].items()}
+        _check(fit.ttest(ddf), want, p_rtol=[5e-3, 5e-4][: len(want["p"])])
+
+
+def test_hand_written_model_is_parameterisation_invariant(sleep_reml):
+    """The LKJ-parameterised sleepstudy model: the same df, t and p as the formula model (whose
+    parameters differ), and one anova row for the fixed-effect vector."""
+    import pymc as pm
+
+    d = pmv.datasets.load("sleepstudy")
+    subj, days = d["Subject"].cat.codes.to_numpy(), d["Days"].to_numpy(float)
+    coords = {"Subject": list(d["Subject"].cat.categories), "effect": ["a", "b"], "fixed": ["(Intercept)", "Days"]}
+    with pm.Model(coords=coords) as model:
+        beta = pm.Normal("beta", 0, 100, dims="fixed")
+        chol, _, _ = pm.LKJCholeskyCov("chol", n=2, eta=1.0, sd_dist=pm.HalfNormal.dist(50.0, shape=2))
+        u = pm.MvNormal("u", mu=np.zeros(2), chol=chol, dims=("Subject", "effect"))
+        sigma = pm.HalfNormal("sigma", 50.0)
+        pm.Normal("y", beta[0] + beta[1] * days + u[subj, 0] + u[subj, 1] * days, sigma, observed=d["Reaction"])
+    fit = pmv.fit(model, random=["u"], method="REML")
+    assert fit.labels("natural") != sleep_reml.labels("natural")
+    for ddf in ("satterthwaite", "kenward-roger"):
+        got, want = fit.ttest(ddf), sleep_reml.ttest(ddf)
+        assert_allclose(got[["se", "df", "t"]].to_numpy(), want[["se", "df", "t"]].to_numpy(), rtol=1e-5)
+    a = fit.anova()
+    assert len(a) == 1 and a["ndf"].iloc[0] == 2
+    assert_allclose(a["F"].iloc[0], fit.test(np.eye(2)).iloc[0]["F"], rtol=1e-12)

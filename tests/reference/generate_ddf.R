@@ -39,3 +39,10 @@ save(list(case="anova_types", versions=list(lmerTest=as.character(packageVersion
                      mid_vs_late_kr=list(t=ckp[["t value"]], df=ckp$df, p=ckp[["Pr(>|t|)"]]))),
      "ddf_anova_types")
 cat("done anova\n")
+# several random-effect terms: crossed (Penicillin) and two terms on one grouping factor (unbalanced sleepstudy)
+fpen <- lmerTest::lmer(diameter ~ 1 + (1 | plate) + (1 | sample), Penicillin, REML=TRUE)
+fun <- lmerTest::lmer(Reaction ~ Days + (1 | Subject) + (0 + Days | Subject), d, REML=TRUE)
+save(list(penicillin=list(satterthwaite=coefs(fpen, "Satterthwaite"), kenward_roger=coefs(fpen, "Kenward-Roger")),
+          uncorrelated=list(satterthwaite=coefs(fun, "Satterthwaite"), kenward_roger=coefs(fun, "Kenward-Roger"))),
+     "ddf_several_terms")
+cat("done several terms\n")
