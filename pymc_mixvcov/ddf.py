@@ -466,7 +466,9 @@ def term_hypotheses(fit, kind: str) -> dict[str, np.ndarray]:
       design with every factor coded by all its indicators; terms in decreasing order, the
       columns of ``L`` of a contained term are replaced by their residuals on the columns of the
       terms that contain it; the term's hypothesis is the transpose of its columns of ``L`` (rows of
-      ``X_rd``'s columns named as ``X``'s), zero rows dropped. Treatment contrasts only.
+      ``X_rd``'s columns named as ``X``'s), zero rows dropped. When a factor is coded otherwise
+      (``contr.poly``, an explicit encoding), ``X`` is first the treatment-coded design ``X_t`` and
+      the hypotheses are mapped back by ``zap(X_t^+ X)``.
     * type II (lmerTest's ``get_contrasts_type2``): the columns of ``X`` are reordered so that the
       term and the terms containing it come last; the term's rows of ``D^T``, ``D`` the unit lower
       Doolittle factor of ``X^T X`` in that order.
@@ -511,24 +513,28 @@ def term_hypotheses(fit, kind: str) -> dict[str, np.ndarray]:
             back = np.argsort(order)
             out[t] = D[[order.index(j) for j in cols]][:, back]
         return out
-    if not info.treatment:
-        raise MixVcovError(
-            "type III hypotheses of terms contained in others are implemented for treatment contrasts; this model "
-            "codes a factor otherwise (ordered factors: lmm(..., ordered_contrasts='treatment')). Use type='II' or "
-            "fit.test(L)"
-        )
-    blocks = ([np.ones((X.shape[0], 1))] if info.rd_labels[:1] == ["(Intercept)"] else []) + list(info.rd_blocks)
-    Xrd = np.hstack(blocks)
+    intercept = [np.ones((X.shape[0], 1))] if info.rd_labels[:1] == ["(Intercept)"] else []
+    Xrd = np.hstack(intercept + list(info.rd_blocks))
+    Xorig = X
+    if not info.treatment:  # lmerTest: the hypotheses of the treatment-coded design, mapped back
+        X = np.hstack(intercept + list(info.tr_blocks))
+        if np.linalg.matrix_rank(X) < X.shape[1]:
+            raise MixVcovError(
+                "the treatment-coded design of this model is rank deficient; lmerTest's type III hypotheses are "
+                "not available: use type='II' or fit.test(L)"
+            )
     L = _zapsmall((np.linalg.pinv(X) @ Xrd).T)
     for t in sorted(groups, key=lambda u: -len(variables[u])):  # stable: formula order within a degree
         if contained[t]:
             others = [j for u in contained[t] for j in groups[u]]
             L[:, groups[t]] = _zapsmall(_residuals(L[:, others], L[:, groups[t]]))
-    missing = [lab for lab in labels if lab not in info.rd_labels]
+    names = labels if info.treatment else info.tr_labels
+    missing = [lab for lab in names if lab not in info.rd_labels]
     if missing:
         raise MixVcovError(f"cannot match the fixed-effect columns {missing} to the indicator design of their terms")
-    Lx = L[[info.rd_labels.index(lab) for lab in labels]]
+    Lx = L[[info.rd_labels.index(lab) for lab in names]]
+    back = np.eye(p) if info.treatment else _zapsmall(np.linalg.pinv(X) @ Xorig)
     for t, cols in groups.items():
-        Lt = Lx[:, cols].T
+        Lt = Lx[:, cols].T @ back
         out[t] = Lt[np.sum(np.abs(Lt), axis=1) > 1e-8]
     return out

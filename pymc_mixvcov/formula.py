@@ -493,7 +493,8 @@ class FixedLabels(list):
     ``assign`` attribute by name; ``numerics``: the numeric variables of each term;
     ``rd_blocks``, ``rd_labels``, ``rd_terms``: each term's columns with every factor coded by all
     its indicators (R's ``model.matrix(~ 0 + term)``, lmerTest's ``get_rdX``); ``treatment``:
-    whether every factor is coded by treatment contrasts.
+    whether every factor is coded by treatment contrasts; ``tr_blocks``, ``tr_labels``: each
+    term's columns and their names as treatment contrasts would make them.
     """
 
     def __init__(self, labels=()):
@@ -504,6 +505,8 @@ class FixedLabels(list):
         self.rd_labels: list[str] = list(self)
         self.rd_terms: list[str] = list(self.terms)
         self.treatment = True
+        self.tr_blocks: list[np.ndarray] = []
+        self.tr_labels: list[str] = list(self)
 
 
 def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
@@ -568,21 +571,27 @@ def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
             first_dummy = False
         block, labs = np.ones((n, 1)), [""]
         rd_block, rd_labs = np.ones((n, 1)), [""]  # R's model.matrix(~ 0 + term): all indicators
+        tr_block, tr_labs = np.ones((n, 1)), [""]  # the term's columns with treatment contrasts
         for v in term:
             c = comps[v]
             if factor[v]:
                 z, zl = _factor_columns(c, data, dummy[v], ordered_contrasts)
-                rz, rzl = _factor_columns(c, data, True, ordered_contrasts)
-                _, _, ordered, encoding = _categorical(c, data)
+                codes, levels, ordered, encoding = _categorical(c, data)
                 labels.treatment &= encoding is None and not (ordered and ordered_contrasts == "poly")
+                rz, rzl = np.eye(len(levels))[codes], [f"{c.name}{lev}" for lev in levels]
+                tz, tzl = (rz, rzl) if dummy[v] else (rz[:, 1:], rzl[1:])
             else:
                 z = np.asarray(c.value, dtype=float).reshape(n, -1)
                 zl = [_lme4_name(lab) for lab in c.labels] if z.shape[1] > 1 else [c.name]
-                rz, rzl = z, zl
+                rz, rzl, tz, tzl = z, zl, z, zl
             block = (z[:, :, None] * block[:, None, :]).reshape(n, -1)  # the earlier variables vary fastest
             labs = [f"{b}:{a}" if b else a for a in zl for b in labs]
             rd_block = (rz[:, :, None] * rd_block[:, None, :]).reshape(n, -1)
             rd_labs = [f"{b}:{a}" if b else a for a in rzl for b in rd_labs]
+            tr_block = (tz[:, :, None] * tr_block[:, None, :]).reshape(n, -1)
+            tr_labs = [f"{b}:{a}" if b else a for a in tzl for b in tr_labs]
+        labels.tr_blocks.append(tr_block)
+        labels.tr_labels += tr_labs
         cols.append(block)
         labels += labs
         name = ":".join(term)

@@ -243,9 +243,8 @@ class MixedFit:
         """F-test of each model term (lmerTest's ``anova``) with small-sample denominator df.
 
         Formula models: one row per term, with lmerTest's type III or II hypotheses (see
-        :func:`pymc_mixvcov.ddf.term_hypotheses`; type III of a term contained in another needs
-        treatment contrasts). Hand-written models: one row per fixed effect (per vector-valued
-        fixed-effect variable), testing that it is 0.
+        :func:`pymc_mixvcov.ddf.term_hypotheses`). Hand-written models: one row per fixed effect
+        (per vector-valued fixed-effect variable), testing that it is 0.
 
         Parameters
         ----------

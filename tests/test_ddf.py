@@ -279,3 +279,17 @@ def test_hand_written_model_is_parameterisation_invariant(sleep_reml):
     a = fit.anova()
     assert len(a) == 1 and a["ndf"].iloc[0] == 2
     assert_allclose(a["F"].iloc[0], fit.test(np.eye(2)).iloc[0]["F"], rtol=1e-12)
+
+
+def test_anova_with_polynomial_contrasts():
+    """lme4's cake (ordered temperature, contr.poly; recipe contained in recipe:temperature): lmerTest
+    maps the type III hypotheses of the treatment-coded design back to the fitted one. 2-, 5- and
+    10-df F tests; the p of temperature (~1e-16) moves with F by ``d log p / d F ~ 1.6``: 1e-3."""
+    fit = pmv.lmm("angle ~ recipe * temperature + (1 | recipe:replicate)", pmv.datasets.load("cake")).fit("REML")
+    ref = reference("ddf_cake")["cake"]
+    for kind in ("III", "II"):
+        for ddf, tag in (("satterthwaite", "satt"), ("kenward-roger", "kr")):
+            got, want = fit.anova(ddf=ddf, type=kind), ref[f"{kind}_{tag}"]
+            assert list(got.index) == want["terms"] and list(got["ndf"]) == want["ndf"]
+            assert_allclose(got[["F", "ddf"]].to_numpy().T, [want["F"], want["ddf"]], rtol=1e-4)
+            assert_allclose(got["p"], want["p"], rtol=1e-3)

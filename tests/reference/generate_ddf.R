@@ -46,3 +46,8 @@ save(list(penicillin=list(satterthwaite=coefs(fpen, "Satterthwaite"), kenward_ro
           uncorrelated=list(satterthwaite=coefs(fun, "Satterthwaite"), kenward_roger=coefs(fun, "Kenward-Roger"))),
      "ddf_several_terms")
 cat("done several terms\n")
+# type III with a non-treatment coding (ordered temperature: contr.poly) and two contained factors: lme4's cake
+fc <- lmerTest::lmer(angle ~ recipe * temperature + (1 | recipe:replicate), cake, REML=TRUE)
+save(list(cake=list(III_satt=an(fc, "III", "Satterthwaite"), III_kr=an(fc, "III", "Kenward-Roger"),
+                    II_satt=an(fc, "II", "Satterthwaite"), II_kr=an(fc, "II", "Kenward-Roger"))), "ddf_cake")
+cat("done cake\n")
