@@ -293,3 +293,23 @@ def test_anova_with_polynomial_contrasts():
             assert list(got.index) == want["terms"] and list(got["ndf"]) == want["ndf"]
             assert_allclose(got[["F", "ddf"]].to_numpy().T, [want["F"], want["ddf"]], rtol=1e-4)
             assert_allclose(got["p"], want["p"], rtol=1e-3)
+
+
+def test_kenward_roger_refuses_a_singular_fit():
+    """A correlation estimated at +1 (tests/reference/boundary_cor.csv): V is not an interior point of
+    the var scale, and Kenward-Roger refuses; Satterthwaite, with the boundary parameter known, answers."""
+    import warnings
+
+    from conftest import REF
+
+    from pymc_mixvcov.errors import SingularFitWarning
+
+    data = pd.read_csv(REF / "boundary_cor.csv")
+    data["g"] = pd.Categorical(data["g"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFitWarning)
+        fit = pmv.lmm("y_pos ~ x + (x | g)", data).fit("REML")
+    assert fit.singular
+    with pytest.raises(MixVcovError, match="singular"):
+        fit.ttest("kenward-roger")
+    assert np.all(np.isfinite(fit.ttest("satterthwaite")[["df", "p"]].to_numpy()))
