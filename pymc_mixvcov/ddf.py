@@ -75,7 +75,7 @@ from scipy import stats
 from .derivatives import core_function
 from .errors import MixVcovError
 
-__all__ = ["DDF", "AnovaType", "DDFMethods", "parse_hypothesis"]
+__all__ = ["DDF", "AnovaType", "DDFMethods", "parse_hypothesis", "term_hypotheses", "var_scale_pieces"]
 
 #: Denominator degrees of freedom: ``None`` gives the large-sample (normal / chi-square) tests.
 DDF = Literal["satterthwaite", "kenward-roger"]
@@ -86,6 +86,7 @@ ANOVA_TYPES: tuple[str, ...] = get_args(AnovaType)
 
 
 def check_ddf(ddf) -> str | None:
+    """``ddf`` if it is one of :data:`DDF` or ``None``, else a :class:`MixVcovError` listing them."""
     if ddf is None or ddf in DDFS:
         return ddf
     raise MixVcovError(f"unknown ddf {ddf!r}; valid values are: {', '.join(map(repr, DDFS))} or None")
@@ -398,6 +399,7 @@ class DDFMethods:
 
     # -- the tables -----------------------------------------------------------------------------
     def ttest(self, ddf: str | None) -> pd.DataFrame:
+        """One t-test per fixed effect (see :meth:`MixedFit.ttest`)."""
         rows = []
         for j in range(self.p):
             c = np.zeros(self.p)
@@ -406,6 +408,7 @@ class DDFMethods:
         return pd.DataFrame(rows, index=self.fixed_labels, columns=["estimate", "se", "df", "t", "p"])
 
     def contrast_t(self, c: np.ndarray, r: float, ddf: str | None) -> list[float]:
+        """``[c^T beta, se, df, t, p]`` of ``c^T beta = r``; ``t = (c^T beta - r) / se``, two-sided ``p``."""
         est = float(c @ self.beta)
         if ddf == "kenward-roger":
             v, df = float(c @ self.kr_vcov() @ c), self.kr_ddf(c[None, :])[0]
@@ -418,6 +421,7 @@ class DDFMethods:
         return [est, se, df, t, float(2 * stats.t.sf(abs(t), df))]
 
     def ftest(self, L: np.ndarray, r: np.ndarray, ddf: str | None) -> list[float]:
+        """``[F, ndf, ddf, p]`` of ``L beta = r``; ``ddf=None``: the Wald chi-square over ``q`` (``ddf`` infinite)."""
         if ddf == "kenward-roger":
             F, q, den = self.kr_f(L, r)
         elif ddf == "satterthwaite":
