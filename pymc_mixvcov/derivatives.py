@@ -303,7 +303,29 @@ def _build_scales_laplace(sig, method: str):
     return _build_scales(sig, method, tail="psi")
 
 
+def _xtvx_derivatives(XtVX: TensorVariable, wrt: TensorVariable, p: int):
+    """``d XtVX / d wrt_i`` with one reverse pass per entry of ``wrt``.
+
+    ``g(U) = d tr(U^T XtVX) / d wrt`` is linear in the ``p x p`` matrix ``U``, so its Jacobian in
+    ``U`` is ``d XtVX / d wrt`` whatever ``U`` (an input, fed zeros): one pass per entry of
+    ``wrt`` rather than one per entry of ``XtVX``.
+    """
+    U = pt.matrix("U", shape=(p, p))
+    g = grad(pt.sum(U * XtVX), wrt)
+    return U, [jacobian_of(g, U)]
+
+
+def _build_xtvx_theta(sig: Signature, _method: str):
+    """``X^T V^{-1} X`` and its first derivatives in the core variance parameters ``(theta, sigma)``."""
+    core = CoreGraph(sig)
+    ts = pt.vector("ts", shape=(sig.n_theta + 1,))
+    _, XtVX = core.gls(ts[:-1], ts[-1])
+    U, derivs = _xtvx_derivatives(XtVX, ts, sig.p)
+    return [ts, U, *core.data_inputs], [XtVX, *derivs]
+
+
 _BUILDERS: dict[str, Callable] = {
+    "xtvx_theta": _build_xtvx_theta,
     "profile": _build_profile,
     "cluster_observed": _build_cluster_observed,
     "cluster_expected": _build_cluster_expected,

@@ -370,6 +370,7 @@ class MixedModel:
         )
         if self.posterior_names is not None:
             result.posterior_names = self.posterior_names
+        result.fixed_terms = self.fixed_labels if getattr(self.fixed_labels, "terms", None) else None
         return result
 
 
@@ -592,6 +593,29 @@ def _factor_columns(comp, data, dummy: bool, ordered_contrasts: str) -> tuple[np
     return M[codes], [f"{comp.name}{s}" for s in suffix]
 
 
+class FixedLabels(list):
+    """lme4's names of the fixed-effect columns, and what lmerTest's ``anova`` needs of the terms.
+
+    ``terms``: the model term of each column (``"(Intercept)"``, ``"age"``, ``"age:Sex"``), R's
+    ``assign`` attribute by name; ``numerics``: the numeric variables of each term;
+    ``rd_blocks``, ``rd_labels``, ``rd_terms``: each term's columns with every factor coded by all
+    its indicators (R's ``model.matrix(~ 0 + term)``, lmerTest's ``get_rdX``); ``treatment``:
+    whether every factor is coded by treatment contrasts; ``tr_blocks``, ``tr_labels``: each
+    term's columns and their names as treatment contrasts would make them.
+    """
+
+    def __init__(self, labels=()):
+        super().__init__(labels)
+        self.terms: list[str] = ["(Intercept)"] * len(self)
+        self.numerics: dict[str, frozenset] = {}
+        self.rd_blocks: list[np.ndarray] = []
+        self.rd_labels: list[str] = list(self)
+        self.rd_terms: list[str] = list(self.terms)
+        self.treatment = True
+        self.tr_blocks: list[np.ndarray] = []
+        self.tr_labels: list[str] = list(self)
+
+
 def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
     """Fixed-effect columns, their lme4 names and the offset, built as R's ``model.matrix`` builds them.
 
@@ -641,7 +665,7 @@ def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
     terms = list(dict.fromkeys(tuple(sorted(set(t), key=order.index)) for t in terms))  # a:b and b:a: one term
     terms = sorted(terms, key=len)  # stable, as R orders terms by degree
     cols = [np.ones((n, 1))] if intercept else []
-    labels = ["(Intercept)"] if intercept else []
+    labels = FixedLabels(["(Intercept)"] if intercept else [])
     first_dummy = not intercept
     for i, term in enumerate(terms):
         dummy = {}
@@ -653,17 +677,36 @@ def _fixed_design(formula: str, dm, data: pd.DataFrame, ordered_contrasts: str):
             dummy[next(v for v in term if v in dummy)] = True
             first_dummy = False
         block, labs = np.ones((n, 1)), [""]
+        rd_block, rd_labs = np.ones((n, 1)), [""]  # R's model.matrix(~ 0 + term): all indicators
+        tr_block, tr_labs = np.ones((n, 1)), [""]  # the term's columns with treatment contrasts
         for v in term:
             c = comps[v]
             if factor[v]:
                 z, zl = _factor_columns(c, data, dummy[v], ordered_contrasts)
+                codes, levels, ordered, encoding = _categorical(c, data)
+                labels.treatment &= encoding is None and not (ordered and ordered_contrasts == "poly")
+                rz, rzl = np.eye(len(levels))[codes], [f"{c.name}{lev}" for lev in levels]
+                tz, tzl = (rz, rzl) if dummy[v] else (rz[:, 1:], rzl[1:])
             else:
                 z = np.asarray(c.value, dtype=float).reshape(n, -1)
                 zl = [_lme4_name(lab) for lab in c.labels] if z.shape[1] > 1 else [c.name]
+                rz, rzl, tz, tzl = z, zl, z, zl
             block = (z[:, :, None] * block[:, None, :]).reshape(n, -1)  # the earlier variables vary fastest
             labs = [f"{b}:{a}" if b else a for a in zl for b in labs]
+            rd_block = (rz[:, :, None] * rd_block[:, None, :]).reshape(n, -1)
+            rd_labs = [f"{b}:{a}" if b else a for a in rzl for b in rd_labs]
+            tr_block = (tz[:, :, None] * tr_block[:, None, :]).reshape(n, -1)
+            tr_labs = [f"{b}:{a}" if b else a for a in tzl for b in tr_labs]
+        labels.tr_blocks.append(tr_block)
+        labels.tr_labels += tr_labs
         cols.append(block)
         labels += labs
+        name = ":".join(term)
+        labels.terms += [name] * len(labs)
+        labels.numerics[name] = frozenset(v for v in term if not factor[v])
+        labels.rd_blocks.append(rd_block)
+        labels.rd_labels += rd_labs
+        labels.rd_terms += [name] * len(rd_labs)
     X = np.hstack(cols) if cols else np.zeros((n, 0))
     return X, labels, offset
 

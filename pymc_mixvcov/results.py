@@ -8,6 +8,7 @@ from typing import Literal, get_args
 import numpy as np
 import pandas as pd
 
+from .ddf import DDF, AnovaType
 from .errors import MixVcovError, SingularFitWarning
 from .sandwich import ADJUSTS, Adjust, check_adjust, estfun, vcov_cluster, vcov_multiway
 from .scales import check_scale, delta_method
@@ -181,6 +182,99 @@ class MixedFit:
         :attr:`aic` for the log-likelihood used.
         """
         return -2.0 * self._criterion_loglik("BIC") + np.log(self.nobs) * self.df
+
+    # -- small-sample tests of the fixed effects (Satterthwaite, Kenward-Roger) ----------------
+    def _ddf_methods(self):
+        from .ddf import DDFMethods
+
+        if "ddf" not in self._cache:
+            self._cache["ddf"] = DDFMethods(self)
+        return self._cache["ddf"]
+
+    def ttest(self, ddf: DDF | None = "satterthwaite") -> pd.DataFrame:
+        """t-test of each fixed effect with small-sample degrees of freedom (lmerTest's ``summary``).
+
+        Parameters
+        ----------
+        ddf : {"satterthwaite", "kenward-roger"} or None
+            Satterthwaite's approximation (ML and REML fits), Kenward and Roger's (REML fits; the
+            standard error is then from the adjusted covariance :meth:`vcov_kr`), or ``None`` for
+            the large-sample z test (``df = inf``). Formulas in :mod:`pymc_mixvcov.ddf`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per fixed effect: ``estimate, se, df, t, p`` (two-sided).
+
+        Raises
+        ------
+        MixVcovError
+            Non-Gaussian models, MAP fits; Kenward-Roger on an ML or singular fit.
+        """
+        from .ddf import check_ddf
+
+        return self._ddf_methods().ttest(check_ddf(ddf))
+
+    def test(self, hypothesis, ddf: DDF | None = "satterthwaite") -> pd.DataFrame:
+        """Test the linear hypothesis ``L beta = r`` (lmerTest's ``contest``, pbkrtest's ``KRmodcomp``).
+
+        Parameters
+        ----------
+        hypothesis : str, list of str, array_like or pandas.DataFrame
+            ``"Days = 0"``, ``"phasemid = phaselate"``, ``"(Intercept) + 5 Days = 300"``, several
+            equations separated by ``;`` (a joint test), or the matrix ``L`` (``r = 0``); see
+            :func:`pymc_mixvcov.ddf.parse_hypothesis`.
+        ddf : {"satterthwaite", "kenward-roger"} or None
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row: ``F, ndf, ddf, p``; for a single equation also ``estimate`` (of ``L beta``),
+            ``se`` and ``t = (L beta - r) / se`` (``F = t^2``).
+        """
+        from .ddf import check_ddf, parse_hypothesis
+
+        ddf = check_ddf(ddf)
+        m = self._ddf_methods()
+        L, r = parse_hypothesis(hypothesis, m.fixed_labels)
+        F, ndf, den, p = m.ftest(L, r, ddf)
+        row = {"F": F, "ndf": ndf, "ddf": den, "p": p}
+        if L.shape[0] == 1:
+            est, se, _, t, _ = m.contrast_t(L[0], float(r[0]), ddf)
+            row = {"estimate": est, "se": se, "t": t, **row}
+        name = hypothesis if isinstance(hypothesis, str) else "L beta = r"
+        return pd.DataFrame([row], index=[name])
+
+    def anova(self, ddf: DDF | None = "satterthwaite", type: AnovaType = "III") -> pd.DataFrame:  # noqa: A002
+        """F-test of each model term (lmerTest's ``anova``) with small-sample denominator df.
+
+        Formula models: one row per term, with lmerTest's type III or II hypotheses (see
+        :func:`pymc_mixvcov.ddf.term_hypotheses`). Hand-written models: one row per fixed effect
+        (per vector-valued fixed-effect variable), testing that it is 0.
+
+        Parameters
+        ----------
+        ddf : {"satterthwaite", "kenward-roger"} or None
+        type : {"III", "II"}
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``F, ndf, ddf, p``, one row per term.
+        """
+        from .ddf import ANOVA_TYPES, check_ddf, term_hypotheses
+
+        ddf = check_ddf(ddf)
+        if type not in ANOVA_TYPES:
+            raise MixVcovError(f"unknown type {type!r}; valid values are: {', '.join(map(repr, ANOVA_TYPES))}")
+        m = self._ddf_methods()
+        rows = {t: m.ftest(L, np.zeros(L.shape[0]), ddf) for t, L in term_hypotheses(self, type).items()}
+        return pd.DataFrame.from_dict(rows, orient="index", columns=["F", "ndf", "ddf", "p"])
+
+    def vcov_kr(self) -> pd.DataFrame:
+        """Kenward and Roger's adjusted covariance of the fixed effects (pbkrtest's ``vcovAdj``), REML fits."""
+        m = self._ddf_methods()
+        return pd.DataFrame(m.kr_vcov(), index=m.fixed_labels, columns=m.fixed_labels)
 
     # -- basic facts ---------------------------------------------------------------------------
     @property
@@ -878,6 +972,7 @@ class MixedFit:
         cluster=None,
         *,
         reml_cross: RemlCross = "zero",
+        ddf: DDF | None = None,
     ) -> pd.DataFrame:
         """Table of estimates, standard errors, Wald tests and confidence intervals.
 
@@ -894,6 +989,12 @@ class MixedFit:
             Passed to :meth:`sandwich`.
         reml_cross : {"zero", "ml"}
             REML fits: the fixed/variance cross block of the observed information, see :meth:`vcov`.
+        ddf : {"satterthwaite", "kenward-roger"} or None
+            Gaussian ML/REML fits with ``vcov="model"``: the fixed effects get t tests with these
+            denominator degrees of freedom (:meth:`ttest`; Kenward-Roger also its adjusted standard
+            errors) and ``t``-quantile intervals ``est +- t_{df} se``; the columns are then
+            ``Estimate, Std. Error, df, t value, Pr(>|t|)`` and the variance parameters keep their
+            Wald ``z`` (``df`` infinite).
 
         Returns
         -------
@@ -916,6 +1017,10 @@ class MixedFit:
 
         if not 0 < level < 1:
             raise MixVcovError(f"level must be between 0 and 1, got {level!r}")
+        if ddf is not None and vcov != "model":
+            raise MixVcovError(
+                f"ddf={ddf!r} gives model-based small-sample tests; it cannot be combined with vcov={vcov!r}"
+            )
         est = self.params(scale).to_numpy()
         V = self.covariance(vcov, scale, information, cluster, reml_cross=reml_cross)
         se = np.sqrt(np.where(np.diag(V.to_numpy()) >= 0, np.diag(V.to_numpy()), np.nan))
@@ -939,12 +1044,27 @@ class MixedFit:
             lo = np.where(cor, np.tanh(zr - d), lo)
             hi = np.where(cor, np.tanh(zr + d), hi)
         a = 100 * (1 - level) / 2
+        if ddf is None:
+            return pd.DataFrame(
+                {"Estimate": est, "Std. Error": se, "z value": z, "Pr(>|z|)": p, f"{a:g} %": lo, f"{100 - a:g} %": hi},
+                index=self.labels(scale),
+            )
+        from scipy.stats import t as student
+
+        tt = self.ttest(ddf)
+        k = len(tt)
+        df = np.full(est.size, np.inf)
+        df[:k] = tt["df"].to_numpy()
+        se[:k], z[:k], p[:k] = tt["se"].to_numpy(), tt["t"].to_numpy(), tt["p"].to_numpy()
+        qt = student.ppf(0.5 + level / 2, df[:k])
+        lo[:k], hi[:k] = est[:k] - qt * se[:k], est[:k] + qt * se[:k]
         return pd.DataFrame(
             {
                 "Estimate": est,
                 "Std. Error": se,
-                "z value": z,
-                "Pr(>|z|)": p,
+                "df": df,
+                "t value": z,
+                "Pr(>|t|)": p,
                 f"{a:g} %": lo,
                 f"{100 - a:g} %": hi,
             },
