@@ -824,12 +824,11 @@ class BlockedLMMFunctions:
         return _scales(self.map, core_function("scales", self.sig), nat)
 
     def _embed(self, gv: np.ndarray) -> np.ndarray:
-        out = np.zeros(self.P)
-        out[self.vi] = gv
-        return out
+        from .derivatives import reml_gradient
+
+        return reml_gradient(self.P, self.vi, gv)
 
     def _blockdiag(self, XtVX: np.ndarray, Hv: np.ndarray) -> np.ndarray:
-        out = np.zeros((self.P, self.P))
-        out[np.ix_(self.fi, self.fi)] = XtVX
-        out[np.ix_(self.vi, self.vi)] = Hv
-        return out
+        from .derivatives import reml_information
+
+        return reml_information(self.P, self.fi, self.vi, XtVX, Hv)

@@ -648,15 +648,27 @@ class LMMFunctions:
         return _scales(self.map, self._fn("scales"), nat)
 
     def _embed_vector(self, gv: np.ndarray) -> np.ndarray:
-        out = np.zeros(self.P)
-        out[self.vi] = gv
-        return out
+        return reml_gradient(self.P, self.vi, gv)
 
     def _blockdiag(self, XtVX: np.ndarray, Hv: np.ndarray) -> np.ndarray:
-        out = np.zeros((self.P, self.P))
-        out[np.ix_(self.fi, self.fi)] = XtVX
-        out[np.ix_(self.vi, self.vi)] = Hv
-        return out
+        return reml_information(self.P, self.fi, self.vi, XtVX, Hv)
+
+
+def reml_gradient(P: int, vi: np.ndarray, gv: np.ndarray) -> np.ndarray:
+    """The REML gradient in all ``P`` natural parameters: ``gv`` on the variance parameters ``vi``, 0 on
+    the fixed effects (the REML criterion does not involve them)."""
+    out = np.zeros(P)
+    out[vi] = gv
+    return out
+
+
+def reml_information(P: int, fi: np.ndarray, vi: np.ndarray, XtVX: np.ndarray, Hv: np.ndarray) -> np.ndarray:
+    """The REML information in all ``P`` natural parameters: ``X^T V^{-1} X`` for the fixed effects
+    ``fi``, ``Hv`` for the variance parameters ``vi``, a zero cross block (docs/design.md)."""
+    out = np.zeros((P, P))
+    out[np.ix_(fi, fi)] = XtVX
+    out[np.ix_(vi, vi)] = Hv
+    return out
 
 
 # -- non-Gaussian likelihoods: the Laplace engine ----------------------------------------------------
