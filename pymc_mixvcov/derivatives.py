@@ -1066,5 +1066,10 @@ class MAPFunctions:
             return self.base.cluster_observed(nat)
         return self.base.clusters(nat)["observed_clusters"]
 
+    def observation_scores(self, nat: np.ndarray) -> np.ndarray:
+        """Scores of every observation of the likelihood alone (priors excluded), ``(n, P)``: the
+        base engine's (Gaussian models only)."""
+        return self.base.observation_scores(nat)
+
     def scales(self, nat):
         return self.base.scales(nat)
