@@ -36,7 +36,20 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module", params=[(c, m) for c in CASES for m in ("ML", "REML")], ids=lambda p: f"{p[0]}-{p[1]}")
+#: the cases every run compares; the others compile the dense engine's graphs of 30- to 50-effect
+#: clusters (20-40 s each on a first run) and run with -m slow
+DEFAULT_CASES = {("pastes", "ML"), ("pastes", "REML"), ("crossed_vector", "ML")}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        (c, m) if (c, m) in DEFAULT_CASES else pytest.param((c, m), marks=pytest.mark.slow)
+        for c in CASES
+        for m in ("ML", "REML")
+    ],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
 def both_engines(request, crossed_vector):
     case, method = request.param
     formula, load = CASES[case]

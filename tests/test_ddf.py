@@ -244,7 +244,8 @@ def test_closed_forms_against_the_symbolic_derivative(unbal_reml):
         assert_allclose(H[i], fd, rtol=1e-6, atol=1e-6 * np.abs(H[i]).max())
 
 
-@pytest.mark.parametrize("case", ["penicillin", "uncorrelated"])
+# penicillin compiles the dense graphs of a 30-effect cluster (over a minute on a first run): slow
+@pytest.mark.parametrize("case", [pytest.param("penicillin", marks=pytest.mark.slow), "uncorrelated"])
 def test_several_random_terms(case, unbalanced):
     """Crossed terms (one cluster holding both factors) and two terms on one factor."""
     if case == "penicillin":
