@@ -62,3 +62,14 @@ def poisson_slope_data():
     u = rng.normal(size=(G, 2)) @ np.array([[0.6, 0.0], [0.2, 0.4]]).T
     y = rng.poisson(np.exp(0.3 + 0.5 * x + u[g, 0] + u[g, 1] * x))
     return pd.DataFrame({"y": y, "x": x, "g": pd.Categorical(g), "h": pd.Categorical(np.arange(G * m) % 5)})
+
+
+@pytest.fixture(scope="session")
+def cbpp():
+    return pmv.datasets.load("cbpp")
+
+
+@pytest.fixture(scope="session")
+def cbpp_fit(cbpp):
+    """lme4's cbpp binomial GLMM, Laplace (tests/reference/cbpp_binomial.json)."""
+    return pmv.glmm("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial").fit()

@@ -34,16 +34,6 @@ def sleep_ri(sleepstudy):
     return pmv.lmm("Reaction ~ Days + (1 | Subject)", sleepstudy).fit("ML")
 
 
-@pytest.fixture(scope="module")
-def cbpp():
-    return pmv.datasets.load("cbpp")
-
-
-@pytest.fixture(scope="module")
-def cbpp_fit(cbpp):
-    return pmv.glmm("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial").fit()
-
-
 # -- anchors ------------------------------------------------------------------------------------------
 def test_icc_sleepstudy_matches_glmmtmb(sleep_ri):
     ref = reference("inference_icc")

@@ -14,16 +14,6 @@ from conftest import reference, scaled_error
 import pymc_mixvcov as pmv
 
 
-@pytest.fixture(scope="module")
-def cbpp():
-    return pmv.datasets.load("cbpp")
-
-
-@pytest.fixture(scope="module")
-def cbpp_fit(cbpp):
-    return pmv.glmm("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial").fit()
-
-
 def test_cbpp_matches_lme4(cbpp_fit):
     ref = reference("cbpp_binomial")
     assert cbpp_fit.converged
