@@ -13,9 +13,6 @@ with paused_gc():
     import pymc  # noqa: F401  (every model is a pm.Model: imported with the package, see _startup)
 
     from . import datasets
-    from .anova import anova
-    from .bambi import from_bambi
-    from .compare import compare, plot_compare, posterior_on_scale
     from .errors import (
         ConvergenceWarning,
         DataWarning,
@@ -23,9 +20,12 @@ with paused_gc():
         MixVcovWarning,
         SingularFitWarning,
     )
-    from .fit import fit
-    from .formula import MixedModel, glmm, lmm
-    from .results import MixedFit
+    from .inference.anova import anova
+    from .inference.results import MixedFit
+    from .model.bambi import from_bambi
+    from .model.formula import MixedModel, glmm, lmm
+    from .optimise.fit import fit
+    from .output.compare import compare, plot_compare, posterior_on_scale
 
 __version__ = "0.1.0"
 

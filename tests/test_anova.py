@@ -22,7 +22,7 @@ from conftest import reference
 from scipy.stats import chi2
 
 import pymc_mixvcov as pmv
-from pymc_mixvcov.anova import boundary_pvalue
+from pymc_mixvcov.inference.anova import boundary_pvalue
 
 COLUMNS = ["npar", "loglik", "aic", "bic", "deviance", "chisq", "chi_df", "p", "p_boundary", "null_dist"]
 

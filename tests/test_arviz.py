@@ -17,7 +17,7 @@ import xarray as xr
 from arviz_base import from_dict
 
 import pymc_mixvcov as pmv
-from pymc_mixvcov.datatree import GROUPS
+from pymc_mixvcov.output.datatree import GROUPS
 
 #: Round-off of the maps from simulated draws to a scale (square roots and products of a few
 #: floating-point numbers): the mapped statistics agree with the simulated ones to ~1e-15

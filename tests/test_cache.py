@@ -9,10 +9,10 @@ import pytensor.tensor as pt
 import pytest
 
 import pymc_mixvcov as pmv
-from pymc_mixvcov import cache, derivatives
-from pymc_mixvcov.evaluator import GraphFunction
-from pymc_mixvcov.marginal import build_structure, signature_of
-from pymc_mixvcov.spec import inspect_model
+from pymc_mixvcov.compilation import cache, derivatives
+from pymc_mixvcov.compilation.evaluator import GraphFunction
+from pymc_mixvcov.engines.marginal import build_structure, signature_of
+from pymc_mixvcov.model.spec import inspect_model
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from conftest import ref_matrix, reference, scaled_error
 
 import pymc_mixvcov as pmv
-from pymc_mixvcov.blocked import BlockedLMMFunctions, blocked_data, ml_derivatives, profile, reml_derivatives
+from pymc_mixvcov.engines.blocked import BlockedLMMFunctions, blocked_data, ml_derivatives, profile, reml_derivatives
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def _central(f, x, h):
 @pytest.fixture(scope="module")
 def vector_data(crossed_vector):
     model = pmv.lmm("y ~ x + (1 + x | g) + (1 | h)", crossed_vector)
-    from pymc_mixvcov.spec import inspect_model
+    from pymc_mixvcov.model.spec import inspect_model
 
     spec = inspect_model(model.model, model.random)
     return blocked_data(spec)

@@ -27,8 +27,8 @@ from conftest import reference
 from numpy.testing import assert_allclose
 
 import pymc_mixvcov as pmv
-from pymc_mixvcov.ddf import parse_hypothesis
 from pymc_mixvcov.errors import MixVcovError
+from pymc_mixvcov.inference.ddf import parse_hypothesis
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +215,8 @@ def test_closed_forms_against_the_symbolic_derivative(unbal_reml):
     GLS graph (carried to the model's parameters by each scale's Jacobian), to rounding; its second
     derivatives agree with central differences of its first ones (step 1e-4 relative: truncation
     ~1e-8, rounding ~1e-12 relative)."""
-    from pymc_mixvcov.ddf import var_scale_pieces
-    from pymc_mixvcov.derivatives import core_function
+    from pymc_mixvcov.compilation.derivatives import core_function
+    from pymc_mixvcov.inference.ddf import var_scale_pieces
 
     fns = unbal_reml._functions
     p = fns.sig.p

@@ -13,7 +13,7 @@ import pytensor.tensor as pt
 import pytest
 from pytensor.graph.fg import FunctionGraph
 
-from pymc_mixvcov.evaluator import GraphFunction, thunk_of
+from pymc_mixvcov.compilation.evaluator import GraphFunction, thunk_of
 
 RNG = np.random.default_rng(7)
 

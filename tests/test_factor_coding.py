@@ -10,7 +10,7 @@ import pytest
 from conftest import reference
 
 import pymc_mixvcov as pmv
-from pymc_mixvcov.formula import _design
+from pymc_mixvcov.model.formula import _design
 
 REF = reference("factor_coding")
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import pymc_mixvcov as pmv
-from pymc_mixvcov.derivatives import LaplaceFunctions
-from pymc_mixvcov.marginal import build_structure
-from pymc_mixvcov.spec import inspect_model
+from pymc_mixvcov.compilation.derivatives import LaplaceFunctions
+from pymc_mixvcov.engines.marginal import build_structure
+from pymc_mixvcov.model.spec import inspect_model
 
 
 def _functions(model):

@@ -14,7 +14,7 @@ Sources of the expected values:
   NumPy computation does the same arithmetic in another order (``np.linalg.solve`` instead of
   a Cholesky factor): ``1e-9`` relative to the standard errors (the correlation-scaled
   information has a condition number below ``1e3``, so round-off stays near ``1e-13``).
-* Simulated posteriors for :func:`pymc_mixvcov.compare`, as in test_arviz.py: every posterior
+* Simulated posteriors for :func:`pymc_mixvcov.output.compare`, as in test_arviz.py: every posterior
   column is a statistic of NumPy draws, to round-off (``1e-10``).
 """
 

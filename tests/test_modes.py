@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import reference, scaled_error
 
-from pymc_mixvcov import derivatives
+from pymc_mixvcov.compilation import derivatives
 from pymc_mixvcov.errors import MixVcovError
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
@@ -30,7 +30,7 @@ SMALL = """
 import json
 import numpy as np
 import pytensor.tensor as pt
-from pymc_mixvcov import derivatives as d
+from pymc_mixvcov.compilation import derivatives as d
 
 x = pt.vector("x", shape=(3,))
 f = x[0] ** 2 * x[1] + pt.exp(x[2]) * x[0]
@@ -44,7 +44,7 @@ print(json.dumps({"v": float(v), "g": np.asarray(g).tolist(), "H": np.asarray(H)
 FIT = """
 import json
 import pymc_mixvcov as pmv
-from pymc_mixvcov import derivatives as d
+from pymc_mixvcov.compilation import derivatives as d
 
 fit = pmv.lmm("Reaction ~ Days + (Days | Subject)", pmv.datasets.load("sleepstudy")).fit(method="ML")
 linkers = sorted({type(f.maker.linker).__name__ for f in d._COMPILED.values() if hasattr(f, "maker")})

@@ -1,9 +1,9 @@
-"""The trust-region subproblem and method of pymc_mixvcov.trust, against their optimality conditions."""
+"""The trust-region subproblem and method of pymc_mixvcov.optimise.trust, against their optimality conditions."""
 
 import numpy as np
 import pytest
 
-from pymc_mixvcov.trust import subproblem_step, trust_region_newton
+from pymc_mixvcov.optimise.trust import subproblem_step, trust_region_newton
 
 
 def _kkt(g, H, p, radius):

@@ -13,7 +13,7 @@ import pytest
 from conftest import reference
 
 import pymc_mixvcov as pmv
-from pymc_mixvcov.formula import _expand_double_bars
+from pymc_mixvcov.model.formula import _expand_double_bars
 
 SD_LABELS = ["(Intercept)", "Days", "sd_(Intercept)|Subject", "sd_Days|Subject", "sigma"]
 

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .errors import MixVcovError
-from .sandwich import ADJUSTS, check_adjust
-from .scales import SCALES, check_scale
+from ..errors import MixVcovError
+from ..inference.sandwich import ADJUSTS, check_adjust
+from ..inference.scales import SCALES, check_scale
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -52,7 +52,7 @@ def variable_name(label: str) -> str:
 
 
 def _check_information(information: str) -> str:
-    from .results import INFORMATIONS
+    from ..inference.results import INFORMATIONS
 
     if information not in INFORMATIONS:
         raise MixVcovError(
@@ -65,7 +65,7 @@ def _attrs(fit, **extra) -> dict:
     """Attributes written on every group: ArviZ's standard ones plus what identifies the fit."""
     from arviz_base import make_attrs
 
-    from . import __version__
+    from .. import __version__
 
     attrs = {
         "inference_library": "pymc_mixvcov",
@@ -183,7 +183,7 @@ def to_datatree(
     """
     import xarray as xr
 
-    from .results import INFORMATIONS
+    from ..inference.results import INFORMATIONS
 
     _check_information(information)
     adjust = [check_adjust(a) for a in ([adjust] if isinstance(adjust, str) else adjust)]

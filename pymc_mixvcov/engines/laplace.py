@@ -71,7 +71,7 @@ class LaplaceSignature(Signature):
 
 
 def laplace_signature(spec, structure: ClusterStructure, nagq: int = 1) -> LaplaceSignature:
-    from .cache import dumps_graph
+    from ..compilation.cache import dumps_graph
 
     eta, y, lp = spec.logp
     blob = dumps_graph([eta, y, spec.nat], [lp])

@@ -26,8 +26,8 @@ from pytensor.graph.traversal import ancestors
 from pytensor.tensor import TensorVariable
 from pytensor.tensor.random.basic import MvNormalRV, NormalRV
 
-from .errors import MixVcovError
-from .evaluator import light_function
+from ..compilation.evaluator import light_function
+from ..errors import MixVcovError
 
 __all__ = ["FreeParam", "RandomTerm", "GaussianSpec", "inspect_model"]
 
@@ -38,7 +38,7 @@ _FAST = pytensor.compile.mode.Mode(linker="py", optimizer="fast_compile")
 
 def _light(inputs: list, outputs):
     """A function of ``outputs`` for graphs whose free variables are all replaced by inputs:
-    only ``OpFromGraph`` inlining and merging (:func:`pymc_mixvcov.evaluator.light_function`),
+    only ``OpFromGraph`` inlining and merging (:func:`pymc_mixvcov.compilation.evaluator.light_function`),
     a fraction of ``fast_compile``'s time. A single output (not a list) gives a function
     returning that output alone, as ``pytensor.function`` does."""
     if isinstance(outputs, list | tuple):

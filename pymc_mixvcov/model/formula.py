@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 import pandas as pd
 
-from ._startup import import_formulae
-from .errors import MixVcovError
+from .._startup import import_formulae
+from ..errors import MixVcovError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .fit import Engine
-    from .results import MixedFit
+    from ..inference.results import MixedFit
+    from ..optimise.fit import Engine
 
 __all__ = ["MixedModel", "lmm"]
 
@@ -336,12 +336,12 @@ class MixedModel:
     blocks: list[Block] = field(repr=False)
     family: str = "gaussian"
     #: where the model comes from: ``"formula"`` (:func:`lmm`, :func:`glmm`) or ``"bambi"``
-    #: (:func:`pymc_mixvcov.bambi.from_bambi`: the likelihood of a bambi model, this package's priors)
+    #: (:func:`pymc_mixvcov.model.bambi.from_bambi`: the likelihood of a bambi model, this package's priors)
     source: str = "formula"
     #: ``{variable of model: [(posterior variable, entry), ...]}``: where each entry of the model's
     #: parameter variables lies in the posterior of the model it was read from (a bambi model's
     #: ``Intercept``, ``1|Subject_sigma``, ...; ``entry`` counts the variable's entries after the
-    #: sample dimensions, in order); :func:`pymc_mixvcov.compare` pairs the draws through it
+    #: sample dimensions, in order); :func:`pymc_mixvcov.output.compare` pairs the draws through it
     posterior_names: dict[str, list[tuple[str, int]]] | None = field(default=None, repr=False)
 
     def fit(self, method: Method = "ML", nAGQ: int = 1, engine: Engine = "auto") -> MixedFit:
@@ -350,9 +350,9 @@ class MixedModel:
         Gaussian models: the random effects are integrated out exactly. GLMMs: by the Laplace
         approximation (``nAGQ=1``), as lme4's ``glmer``, or by adaptive Gauss-Hermite quadrature
         with ``nAGQ`` points per random effect (one grouping factor; scalar or vector random
-        effects); see :func:`pymc_mixvcov.fit.fit`, which also describes ``engine``.
+        effects); see :func:`pymc_mixvcov.optimise.fit.fit`, which also describes ``engine``.
         """
-        from .fit import fit
+        from ..optimise.fit import fit
 
         if self.source == "bambi" and method == "MAP":
             raise MixVcovError(

@@ -1,7 +1,7 @@
 """Reporting scales, their labels, and the delta method.
 
 Every scale is a symbolic map of the natural parameters (the model's free variables on
-their constrained scale), compiled in :mod:`pymc_mixvcov.derivatives`; covariances move between
+their constrained scale), compiled in :mod:`pymc_mixvcov.compilation.derivatives`; covariances move between
 scales with the exact Jacobian ``J`` of the map: ``V_scale = J V_natural J^T``. At the
 maximum-likelihood estimate this equals re-parameterising the information matrix.
 
@@ -27,8 +27,8 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from .errors import MixVcovError
-from .spec import GaussianSpec
+from ..errors import MixVcovError
+from ..model.spec import GaussianSpec
 
 __all__ = ["Scale", "SCALES", "ScaleMaps", "check_scale", "delta_method"]
 

@@ -1,7 +1,7 @@
 """Derived quantities and their delta-method standard errors, from exact gradients.
 
 A derived quantity is a smooth function ``h(theta)`` of the parameters on one reporting scale
-(see :mod:`pymc_mixvcov.scales`). Its estimate is ``h(theta_hat)`` and, with ``V`` the
+(see :mod:`pymc_mixvcov.inference.scales`). Its estimate is ``h(theta_hat)`` and, with ``V`` the
 covariance of ``theta_hat`` on that scale (model-based or a sandwich) and ``g = dh/dtheta`` at
 ``theta_hat``, its delta-method standard error is
 
@@ -32,7 +32,7 @@ import pytensor.tensor as pt
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor import TensorVariable
 
-from .errors import MixVcovError
+from ..errors import MixVcovError
 from .scales import check_scale, delta_method
 
 if TYPE_CHECKING:
@@ -258,7 +258,7 @@ def derived(
         for i, var in used.items():
             depends[k, i] = var in anc
     values = pt.stack(outs)
-    from .derivatives import compile_fn, jacobian_of
+    from ..compilation.derivatives import compile_fn, jacobian_of
 
     try:
         G = jacobian_of(values, x)
@@ -348,7 +348,7 @@ def _logit_binomial(fit: MixedFit) -> bool:
     from pytensor.gradient import grad
     from scipy.special import expit
 
-    from .derivatives import compile_fn
+    from ..compilation.derivatives import compile_fn
 
     eta_in, y_in, lp = spec.logp
     score = compile_fn([eta_in, y_in, spec.nat], [grad(pt.sum(lp), eta_in)])

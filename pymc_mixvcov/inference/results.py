@@ -8,8 +8,8 @@ from typing import Literal, get_args
 import numpy as np
 import pandas as pd
 
+from ..errors import MixVcovError, SingularFitWarning
 from .ddf import DDF, AnovaType
-from .errors import MixVcovError, SingularFitWarning
 from .sandwich import ADJUSTS, Adjust, check_adjust, estfun, vcov_cluster, vcov_multiway
 from .scales import check_scale, delta_method
 
@@ -95,7 +95,7 @@ class MixedFit:
         Whether the optimiser reached a stationary point (Newton decrement below 1e-6).
     method : {"ML", "REML", "MAP"}
     engine : {"clusters", "blocked", "laplace"}
-        The engine that evaluated the likelihood and its derivatives (see :func:`pymc_mixvcov.fit`):
+        The engine that evaluated the likelihood and its derivatives (see :func:`pymc_mixvcov.optimise.fit`):
         cluster by cluster (Gaussian), the blocked sparse factor (large crossed Gaussian designs),
         or the Laplace/quadrature engine (other likelihoods).
     nagq : int
@@ -167,7 +167,7 @@ class MixedFit:
         """Akaike's information criterion, ``-2 loglik + 2 df`` (lme4's ``AIC``).
 
         For REML fits ``loglik`` is the REML criterion, as in lme4: such AICs compare only models
-        with the same fixed effects (:func:`pymc_mixvcov.anova` refits them by ML). GLMMs with
+        with the same fixed effects (:func:`pymc_mixvcov.inference.anova` refits them by ML). GLMMs with
         ``nAGQ > 1``: ``loglik`` is the full marginal log-likelihood, whereas lme4's ``logLik``
         leaves out the saturated model's log-likelihood there. MAP fits raise
         :class:`MixVcovError`.
@@ -199,7 +199,7 @@ class MixedFit:
         ddf : {"satterthwaite", "kenward-roger"} or None
             Satterthwaite's approximation (ML and REML fits), Kenward and Roger's (REML fits; the
             standard error is then from the adjusted covariance :meth:`vcov_kr`), or ``None`` for
-            the large-sample z test (``df = inf``). Formulas in :mod:`pymc_mixvcov.ddf`.
+            the large-sample z test (``df = inf``). Formulas in :mod:`pymc_mixvcov.inference.ddf`.
 
         Returns
         -------
@@ -223,7 +223,7 @@ class MixedFit:
         hypothesis : str, list of str, array_like or pandas.DataFrame
             ``"Days = 0"``, ``"phasemid = phaselate"``, ``"(Intercept) + 5 Days = 300"``, several
             equations separated by ``;`` (a joint test), or the matrix ``L`` (``r = 0``); see
-            :func:`pymc_mixvcov.ddf.parse_hypothesis`.
+            :func:`pymc_mixvcov.inference.ddf.parse_hypothesis`.
         ddf : {"satterthwaite", "kenward-roger"} or None
 
         Returns
@@ -249,7 +249,7 @@ class MixedFit:
         """F-test of each model term (lmerTest's ``anova``) with small-sample denominator df.
 
         Formula models: one row per term, with lmerTest's type III or II hypotheses (see
-        :func:`pymc_mixvcov.ddf.term_hypotheses`). Hand-written models: one row per fixed effect
+        :func:`pymc_mixvcov.inference.ddf.term_hypotheses`). Hand-written models: one row per fixed effect
         (per vector-valued fixed-effect variable), testing that it is 0.
 
         Parameters
@@ -301,7 +301,7 @@ class MixedFit:
         units (``theta_jj rms(z_j)`` is the random effect's share of the linear predictor, relative
         to the residual SD).
         """
-        from .start import rms_columns
+        from ..optimise.start import rms_columns
 
         vals = self._opt["value_cholesky"]
         diag = np.zeros(vals.size, bool)
@@ -329,7 +329,7 @@ class MixedFit:
         ``L`` is first multiplied by the root mean square of design column ``z_j``, so that none of
         these tests depends on the predictors' units.
         """
-        from .start import rms_columns
+        from ..optimise.start import rms_columns
 
         values = np.asarray(self._opt["value_cholesky"], float)
         sd_values = np.asarray(self._opt["value_sd"], float)
@@ -494,7 +494,7 @@ class MixedFit:
         Parameters
         ----------
         scale : {"var", "sd", "cholesky", "natural", "unconstrained"}
-            Reporting scale (see :mod:`pymc_mixvcov.scales`); converted with the exact Jacobian.
+            Reporting scale (see :mod:`pymc_mixvcov.inference.scales`); converted with the exact Jacobian.
         information : {"observed", "expected"}
             Inverse observed information (exact Hessian) or inverse expected (Fisher)
             information (closed form, zero fixed/variance cross block).
@@ -610,7 +610,7 @@ class MixedFit:
             nested design), in its level order; row ``j`` is the gradient of cluster ``j``'s
             marginal log-likelihood (symbolic, exact). ``"observation"``: one row per data row,
             in data order, from merDeriv's casewise decomposition (see
-            :mod:`pymc_mixvcov.scores`); rows sum within clusters to the cluster scores.
+            :mod:`pymc_mixvcov.inference.scores`); rows sum within clusters to the cluster scores.
         scale : str
             Parameterisation (``"var"``, ``"sd"``, ``"cholesky"``, ``"natural"``,
             ``"unconstrained"``): scores are ``s_natural J^{-1}`` with ``J`` the exact Jacobian of
@@ -731,9 +731,9 @@ class MixedFit:
             ``CR0 = A^{-1} B A^{-1}`` with ``B = sum_g s_g s_g^T``; ``CR1 = G/(G-1) CR0``; ``CR3`` the
             one-step leave-one-cluster-out jackknife ``(G-1)/G sum_g d_g d_g^T`` with
             ``d_g = (A - A_g)^{-1} s_g`` and ``A_g`` cluster ``g``'s own information contribution
-            (see :mod:`pymc_mixvcov.sandwich`). For MAP fits see the Notes.
+            (see :mod:`pymc_mixvcov.inference.sandwich`). For MAP fits see the Notes.
         cluster : None, str, array-like, or list of them
-            ``None``: the clusters given to :func:`pymc_mixvcov.fit`, else the model's clusters
+            ``None``: the clusters given to :func:`pymc_mixvcov.optimise.fit`, else the model's clusters
             (cluster-level scores). A column name of the data or an
             array of labels (one per observation): observation-level scores summed within those
             clusters. A list: multi-way clustering by inclusion-exclusion (Cameron, Gelbach and
@@ -1075,10 +1075,10 @@ class MixedFit:
     def to_datatree(self, *, information: Information = "observed", cluster=None, adjust=ADJUSTS):
         """Estimates, covariances, scores, diagnostics and data as an ArviZ ``xarray.DataTree``.
 
-        See :func:`pymc_mixvcov.datatree.to_datatree` for the groups. Next to MCMC draws of the
+        See :func:`pymc_mixvcov.output.datatree.to_datatree` for the groups. Next to MCMC draws of the
         same model: ``idata = pm.sample(model=model); idata.update(fit.to_datatree())``.
         """
-        from .datatree import to_datatree
+        from ..output.datatree import to_datatree
 
         return to_datatree(self, information=information, cluster=cluster, adjust=adjust)
 
@@ -1095,10 +1095,10 @@ class MixedFit:
     ):
         """Draws from the normal approximation ``N(estimate, V)`` as a DataTree with ``(chain, draw)`` dims.
 
-        See :func:`pymc_mixvcov.datatree.sample_normal`; ``az.summary`` and ArviZ's plots work on
+        See :func:`pymc_mixvcov.output.datatree.sample_normal`; ``az.summary`` and ArviZ's plots work on
         the result directly.
         """
-        from .datatree import sample_normal
+        from ..output.datatree import sample_normal
 
         return sample_normal(
             self,

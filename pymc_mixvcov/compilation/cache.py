@@ -1,6 +1,6 @@
 """Compiled functions kept in memory and on disk, keyed by what fixes their graph.
 
-The core functions of :mod:`pymc_mixvcov.derivatives` depend only on a model's signature
+The core functions of :mod:`pymc_mixvcov.compilation.derivatives` depend only on a model's signature
 (number of fixed effects, random-effect term sizes, cluster block sizes) and take the data as
 inputs, so a compiled function serves every later fit with the same signature: in this process
 from memory, in later processes from a pickle in the cache directory. A model's own map to the
@@ -36,7 +36,7 @@ from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.basic import Apply, Constant, Variable
 from pytensor.graph.traversal import io_toposort
 
-from .errors import MixVcovWarning
+from ..errors import MixVcovWarning
 
 __all__ = ["cache_dir", "load_graph", "clear", "dumps_graph", "loads_graph"]
 
@@ -54,7 +54,7 @@ def _versions() -> str:
     """What the stored graphs depend on besides their key: the on-disk format, the evaluation mode
     (``PYMC_MIXVCOV_MODE``, whose rewrites they hold), the versions of this package, pytensor and
     numpy, and the source of the modules that write them."""
-    from . import __version__
+    from .. import __version__
     from .derivatives import compile_mode
 
     mode = compile_mode()
@@ -72,10 +72,17 @@ def _file(key: str) -> Path | None:
 @functools.cache
 def _source_hash() -> str:
     """Hash of the modules that write the cached graphs: an edit invalidates the cache."""
-    here = Path(__file__).parent
+    package = Path(__file__).parent.parent
     h = hashlib.sha256()
-    for name in ("marginal.py", "laplace.py", "jets.py", "derivatives.py", "linalg.py", "cache.py"):
-        h.update((here / name).read_bytes())
+    for name in (
+        "engines/marginal.py",
+        "engines/laplace.py",
+        "engines/jets.py",
+        "engines/linalg.py",
+        "compilation/derivatives.py",
+        "compilation/cache.py",
+    ):
+        h.update((package / name).read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -86,7 +86,7 @@ def check_not_exact(spec) -> None:
     Then every residual of the least-squares fit is 0 to rounding, and the likelihood grows
     without bound as ``sigma -> 0``: there is no maximum likelihood estimate.
     """
-    from .errors import MixVcovError
+    from ..errors import MixVcovError
 
     y = np.asarray(spec.y - spec.offset, float)
     X = np.asarray(spec.X, float)

@@ -1,6 +1,6 @@
 """Laplace log-likelihood with its exact gradient and Hessian in closed form.
 
-The same approximation as :mod:`pymc_mixvcov.laplace` (lme4's ``glmer`` Laplace), evaluated
+The same approximation as :mod:`pymc_mixvcov.engines.laplace` (lme4's ``glmer`` Laplace), evaluated
 from per-observation derivatives of the log-density instead of differentiating a graph of the
 whole model. Per cluster ``c`` (the index is dropped below), with the spherical random effects
 ``v`` (``u = Lambda v``), the linear predictor ``eta_i = o_i + x_i^T beta + t_i^T v`` with
@@ -36,7 +36,7 @@ of third or fourth derivatives. The per-observation derivatives of ``ell`` with 
 Cost per evaluation: ``O(n R^2 P^2)`` for ``n`` observations using ``R`` random effects each and
 ``P`` parameters, plus ``O(sum_c s_c^3 P)`` for the clusters' ``s_c x s_c`` matrices.
 
-Checked against the graph-differentiated :class:`pymc_mixvcov.laplace.LaplaceGraph` (which
+Checked against the graph-differentiated :class:`pymc_mixvcov.engines.laplace.LaplaceGraph` (which
 takes two symbolic Newton steps from the mode) in ``tests/test_jets.py``.
 """
 
@@ -396,7 +396,7 @@ class JetLaplace:
 
     # -- the inner problem ---------------------------------------------------------------------
     def modes(self, phi, v0s, tol: float = 1e-10, iterations: int = 100):
-        """Modes of every cluster's ``h`` (:func:`pymc_mixvcov.laplace.damped_newton`); returns
+        """Modes of every cluster's ``h`` (:func:`pymc_mixvcov.engines.laplace.damped_newton`); returns
         ``(vs, converged)``."""
         beta, flat, slots = self._at(phi)
 
@@ -419,7 +419,7 @@ class JetLaplace:
         Rows whose log-density is numerically 0 and flat in ``eta`` (``ell_i > -1e-8`` and
         ``ell_i'' > -1e-10``): a fitted probability of 0 or 1, or a Poisson mean of 0 for a zero
         count. Under (quasi-)complete separation the estimates drift until every such row
-        is fitted exactly; see :meth:`pymc_mixvcov.derivatives.LaplaceFunctions.diagnose`.
+        is fitted exactly; see :meth:`pymc_mixvcov.compilation.derivatives.LaplaceFunctions.diagnose`.
         """
         beta, flat, slots = self._at(phi)
         eta = self._eta(beta, flat, vs, slots)
@@ -434,7 +434,7 @@ class JetLaplace:
 
         Returns a dict with lists over batches: ``loglik`` (``(C,)``), ``grad`` (``(C, P)``) and
         ``hess`` (``(C, P, P)``). Every observation belongs to a cluster (checked by
-        :class:`pymc_mixvcov.derivatives.LaplaceFunctions`).
+        :class:`pymc_mixvcov.compilation.derivatives.LaplaceFunctions`).
         """
         beta, flat, slots = self._at(phi)
         eta = self._eta(beta, flat, vs, slots)

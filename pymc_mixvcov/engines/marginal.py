@@ -49,8 +49,8 @@ from pytensor.tensor import TensorVariable
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from ..model.spec import GaussianSpec
 from .linalg import UNROLL_MAX, BatchedCholesky, bmm, bmv, bquad, bT, gram, spd_solve
-from .spec import GaussianSpec
 
 __all__ = ["ClusterStructure", "Batch", "build_structure", "Signature", "signature_of", "data_values", "CoreGraph"]
 
@@ -119,7 +119,7 @@ def build_structure(spec: GaussianSpec, statistics: bool = True) -> ClusterStruc
     """Find the clusters of ``spec`` and compute their sufficient statistics (NumPy, once).
 
     ``statistics=False`` finds the clusters only (no batches): for an engine that does not work
-    cluster by cluster (:mod:`pymc_mixvcov.blocked`).
+    cluster by cluster (:mod:`pymc_mixvcov.engines.blocked`).
     """
     terms, n = spec.terms, spec.n
     X, y = spec.X, spec.y - spec.offset

@@ -5,10 +5,10 @@ none is a finite difference. The work is split in two so that almost nothing is 
 model:
 
 * **core functions** of the core parameters ``phi = (beta, theta, sigma)`` (see
-  :class:`pymc_mixvcov.marginal.CoreGraph`) with the cluster statistics as *inputs*: their graphs
-  depend only on the :class:`~pymc_mixvcov.marginal.Signature` (number of fixed effects, term
+  :class:`pymc_mixvcov.engines.marginal.CoreGraph`) with the cluster statistics as *inputs*: their graphs
+  depend only on the :class:`~pymc_mixvcov.engines.marginal.Signature` (number of fixed effects, term
   sizes, block sizes), so they are compiled once per signature and kept in memory and in an
-  on-disk cache (:mod:`pymc_mixvcov.cache`) that later processes load;
+  on-disk cache (:mod:`pymc_mixvcov.compilation.cache`) that later processes load;
 * a small **model map** ``nat -> phi`` read off the ``pm.Model`` (the covariance factors and
   the residual SD as expressions of the model's parameters) with its exact Jacobian ``J`` and
   second derivatives ``T_k = d^2 phi_k / d nat^2``.
@@ -42,15 +42,15 @@ from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 from pytensor.tensor import TensorVariable
 from pytensor.tensor.elemwise import Elemwise
 
+from ..engines.marginal import ClusterStructure, CoreGraph, Signature, data_values, signature_of
+from ..errors import MixVcovError
 from . import cache
-from .errors import MixVcovError
 from .evaluator import GraphFunction, freeze_shared, inline_op_from_graph, light_function
-from .marginal import ClusterStructure, CoreGraph, Signature, data_values, signature_of
 
 __all__ = ["Mode", "compile_mode", "compile_fn", "hessian", "jacobian_of", "core_function", "ModelMap", "LMMFunctions"]
 
 #: The compilation modes ``PYMC_MIXVCOV_MODE`` may name. ``"PY"`` (the default) evaluates the
-#: graphs with NumPy, node by node (:mod:`pymc_mixvcov.evaluator`), after pytensor's
+#: graphs with NumPy, node by node (:mod:`pymc_mixvcov.compilation.evaluator`), after pytensor's
 #: ``canonicalize`` rewrites: no JIT and no C compiler, so a first fit costs seconds. ``"NUMBA"``
 #: compiles them with pytensor's numba backend and its full ``fast_run`` rewrites (``"FAST_RUN"``
 #: is pytensor's name for the same mode); ``"JAX"`` with its JAX backend (needs ``jax``). The
@@ -637,8 +637,8 @@ class LMMFunctions:
 
     def observation_scores(self, nat: np.ndarray) -> np.ndarray:
         """Scores of every observation on the natural scale, ``(n, P)`` (merDeriv's casewise
-        decomposition, :func:`pymc_mixvcov.scores.casewise_scores`)."""
-        from .scores import casewise_scores
+        decomposition, :func:`pymc_mixvcov.inference.scores.casewise_scores`)."""
+        from ..inference.scores import casewise_scores
 
         phi, J, _ = self.map(np.asarray(nat, float), second=False)
         return casewise_scores(self.spec, self.structure, self.sig, phi) @ J
@@ -675,7 +675,7 @@ def reml_information(P: int, fi: np.ndarray, vi: np.ndarray, XtVX: np.ndarray, H
 def _laplace_builders(spec):
     from pytensor.gradient import pushforward
 
-    from .laplace import LaplaceGraph
+    from ..engines.laplace import LaplaceGraph
 
     def inputs(sig):
         g = LaplaceGraph(sig, spec)
@@ -734,12 +734,12 @@ class LaplaceFunctions:
     profiled = False
 
     def __init__(self, spec, structure: ClusterStructure, method: str = "ML", nagq: int = 1):
-        from .laplace import laplace_data, laplace_signature
+        from ..engines.laplace import laplace_data, laplace_signature
 
         self.spec, self.structure, self.method = spec, structure, method
         free = int(np.sum(structure.obs_cluster < 0))
         if free:
-            from .errors import MixVcovError
+            from ..errors import MixVcovError
 
             raise MixVcovError(
                 f"{free} observation(s) of {spec.observed_name!r} use none of the random effects; the Laplace engine "
@@ -755,7 +755,7 @@ class LaplaceFunctions:
         self._modes = [np.zeros((bt.clusters.size, bt.s)) for bt in structure.batches]
         self.modes_converged = True
         # Laplace: closed-form derivatives from per-observation jets; quadrature: graph derivatives
-        from .jets import JetLaplace
+        from ..engines.jets import JetLaplace
 
         # per-observation pieces: the Laplace derivatives (nAGQ = 1) and the fit diagnostics
         self._jet_pieces = JetLaplace(spec, structure, self.sig, self._jets)
@@ -765,13 +765,13 @@ class LaplaceFunctions:
         return laplace_function(name, self.sig, self.spec)
 
     def _jets(self, order: int):
-        from .jets import observation_jets
+        from ..engines.jets import observation_jets
 
         return _cached_function(f"jets{order}-{self.sig.likelihood}", lambda: observation_jets(self.spec, order))
 
     def modes(self, phi: np.ndarray) -> list[np.ndarray]:
         """Modes of the random effects (standardised) at ``phi``, warm-started from the last ones."""
-        from .laplace import find_modes
+        from ..engines.laplace import find_modes
 
         key = np.asarray(phi, float).tobytes()
         if getattr(self, "_modes_at", None) == key:  # asked again at the same point
@@ -1002,7 +1002,7 @@ class MAPFunctions:
     alone, priors excluded: a prior is not a sum over clusters. They are what the MAP sandwich
     needs (bread: the negative Hessian of the whole criterion, :meth:`information`; meat: the
     cluster scores of the log-likelihood, which at the posterior mode sum to
-    ``-grad log p(nat)``, not zero; see :meth:`pymc_mixvcov.results.MixedFit.sandwich`).
+    ``-grad log p(nat)``, not zero; see :meth:`pymc_mixvcov.inference.results.MixedFit.sandwich`).
     """
 
     profiled = False

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import chdtrc  # chi-square survival function (scipy.stats costs 0.4 s to import)
 
-from .errors import MixVcovError, MixVcovWarning
+from ..errors import MixVcovError, MixVcovWarning
 from .results import MixedFit
 
 __all__ = ["anova", "boundary_pvalue"]
@@ -251,9 +251,9 @@ def _refit_ml(fit: MixedFit, name: str) -> MixedFit:
     if call is None:
         raise MixVcovError(
             f"model {name!r} is a REML fit that cannot be refitted by ML here (it was not made by "
-            "pymc_mixvcov.fit or MixedModel.fit); fit it with method='ML' and pass that fit"
+            "pymc_mixvcov.optimise.fit or MixedModel.fit); fit it with method='ML' and pass that fit"
         )
-    from .fit import fit as fit_model
+    from ..optimise.fit import fit as fit_model
 
     return fit_model(method="ML", **call)
 

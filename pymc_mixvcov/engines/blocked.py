@@ -1,13 +1,13 @@
 """The blocked engine: exact Gaussian marginal likelihood of crossed designs, in closed form.
 
-The cluster engine (:mod:`pymc_mixvcov.marginal`) factorises every connected component of the
+The cluster engine (:mod:`pymc_mixvcov.engines.marginal`) factorises every connected component of the
 random effects densely inside a pytensor graph; a crossed design is one component of all its
 ``q`` effects (InstEval: 4,128), which that path cannot afford. This engine works on the whole
 model at once with sparse matrices and the block structure of MixedModels.jl (Bates et al.):
 
 Model ``y = X beta + Z u + e``, ``u ~ N(0, G)``, ``G = Lambda Lambda^T`` block diagonal with one
 ``r_k x r_k`` block ``L_k`` per level of term ``k`` (``theta``: the lower triangles of the
-*absolute* factors ``L_k``, as in :mod:`pymc_mixvcov.marginal`), ``e ~ N(0, sigma^2 I)``,
+*absolute* factors ``L_k``, as in :mod:`pymc_mixvcov.engines.marginal`), ``e ~ N(0, sigma^2 I)``,
 ``V = Z G Z^T + sigma^2 I``. With ``C = Z^T Z`` and
 
 .. math::
@@ -75,7 +75,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from .errors import MixVcovError
+from ..errors import MixVcovError
 from .marginal import LOG2PI, ClusterStructure, Signature
 
 __all__ = ["BlockedData", "BlockedFactor", "BlockedLMMFunctions", "blocked_data"]
@@ -467,7 +467,7 @@ class _State:
                 self.Ften[k, m] = G
 
     def observation_scores(self) -> np.ndarray:
-        """merDeriv's casewise scores (see :mod:`pymc_mixvcov.scores`) in ``phi``, shape ``(n, dim)``.
+        """merDeriv's casewise scores (see :mod:`pymc_mixvcov.inference.scores`) in ``phi``, shape ``(n, dim)``.
 
         ``s_{i,beta} = r_i [V^{-1} X]_i``, ``s_{i,a} = -1/2 [V^{-1} V_a]_ii + 1/2 r_i [V^{-1} V_a e]_i``
         with ``V^{-1} Z = Z Q``, ``Q = (I - Lambda U) / sigma^2``: for ``theta_a``
@@ -689,7 +689,7 @@ def reml_derivatives(d: BlockedData, ts: np.ndarray, expected: bool = False) -> 
 # -- the engine's functions on the natural parameters ----------------------------------------------------
 class BlockedLMMFunctions:
     """Criterion, derivatives and information of a Gaussian LMM on its natural parameters, by the
-    blocked engine (same interface as :class:`pymc_mixvcov.derivatives.LMMFunctions`).
+    blocked engine (same interface as :class:`pymc_mixvcov.compilation.derivatives.LMMFunctions`).
 
     ``beta`` is profiled out of the optimiser's criterion. The engine sees the whole model at
     once: per-cluster pieces exist only when the model is one cluster (a crossed design), where
@@ -700,7 +700,7 @@ class BlockedLMMFunctions:
     engine = "blocked"
 
     def __init__(self, spec, structure: ClusterStructure, method: str):
-        from .derivatives import ModelMap
+        from ..compilation.derivatives import ModelMap
 
         self.spec, self.structure, self.method = spec, structure, method
         self.data = blocked_data(spec)
@@ -723,7 +723,7 @@ class BlockedLMMFunctions:
 
     def information(self, nat: np.ndarray, expected: bool = False) -> dict[str, np.ndarray]:
         """Criterion, gradient and observed (optionally expected) information on the natural scale
-        (see :meth:`pymc_mixvcov.derivatives.LMMFunctions.information`)."""
+        (see :meth:`pymc_mixvcov.compilation.derivatives.LMMFunctions.information`)."""
         nat = np.asarray(nat, float)
         phi, J, T = self.map(nat)
         if self.method == "ML":
@@ -766,7 +766,7 @@ class BlockedLMMFunctions:
 
     def reml_observed_ml_cross(self, nat: np.ndarray, observed: np.ndarray) -> np.ndarray:
         """The REML observed information with merDeriv's fixed/variance cross block (see
-        :meth:`pymc_mixvcov.derivatives.LMMFunctions.reml_observed_ml_cross`)."""
+        :meth:`pymc_mixvcov.compilation.derivatives.LMMFunctions.reml_observed_ml_cross`)."""
         nat = np.asarray(nat, float)
         phi, J, T = self.map(nat)
         ml = self._ml(nat, phi, J, T, False)["observed"]
@@ -819,16 +819,16 @@ class BlockedLMMFunctions:
 
     def scales(self, nat: np.ndarray) -> dict[str, np.ndarray]:
         """Values and Jacobians (with respect to the natural parameters) of every scale."""
-        from .derivatives import _scales, core_function
+        from ..compilation.derivatives import _scales, core_function
 
         return _scales(self.map, core_function("scales", self.sig), nat)
 
     def _embed(self, gv: np.ndarray) -> np.ndarray:
-        from .derivatives import reml_gradient
+        from ..compilation.derivatives import reml_gradient
 
         return reml_gradient(self.P, self.vi, gv)
 
     def _blockdiag(self, XtVX: np.ndarray, Hv: np.ndarray) -> np.ndarray:
-        from .derivatives import reml_information
+        from ..compilation.derivatives import reml_information
 
         return reml_information(self.P, self.fi, self.vi, XtVX, Hv)

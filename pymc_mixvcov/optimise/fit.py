@@ -17,14 +17,14 @@ import pandas as pd
 import pytensor
 from scipy.optimize import minimize
 
-from ._startup import paused_gc
-from .blocked import BlockedLMMFunctions
-from .derivatives import LaplaceFunctions, LMMFunctions, MAPFunctions
-from .errors import MixVcovError
-from .marginal import build_structure
-from .results import MixedFit
-from .scales import ScaleMaps
-from .spec import inspect_model
+from .._startup import paused_gc
+from ..compilation.derivatives import LaplaceFunctions, LMMFunctions, MAPFunctions
+from ..engines.blocked import BlockedLMMFunctions
+from ..engines.marginal import build_structure
+from ..errors import MixVcovError
+from ..inference.results import MixedFit
+from ..inference.scales import ScaleMaps
+from ..model.spec import inspect_model
 from .start import boundary_restarts, check_not_exact, curvature_scales, natural_start
 from .trust import trust_region_newton
 
@@ -34,8 +34,8 @@ Method = Literal["ML", "REML", "MAP"]
 METHODS: tuple[str, ...] = get_args(Method)
 
 #: Engines of a Gaussian model: ``"clusters"`` (exact marginal likelihood cluster by cluster,
-#: pytensor graphs: :mod:`pymc_mixvcov.marginal`), ``"blocked"`` (the whole model at once with a
-#: blocked sparse factor, closed-form derivatives: :mod:`pymc_mixvcov.blocked`), or ``"auto"``.
+#: pytensor graphs: :mod:`pymc_mixvcov.engines.marginal`), ``"blocked"`` (the whole model at once with a
+#: blocked sparse factor, closed-form derivatives: :mod:`pymc_mixvcov.engines.blocked`), or ``"auto"``.
 Engine = Literal["auto", "clusters", "blocked"]
 ENGINES: tuple[str, ...] = get_args(Engine)
 
@@ -75,14 +75,14 @@ def fit(
     ----------
     model : pymc.Model or bambi.Model
         A model with one observed Normal variable whose mean is affine in the random effects.
-        A ``bambi.Model`` is read by :func:`pymc_mixvcov.bambi.from_bambi` and fitted on its
+        A ``bambi.Model`` is read by :func:`pymc_mixvcov.model.bambi.from_bambi` and fitted on its
         original predictor scale with lme4's labels (``random`` is then not given).
     random : list of str
         Names of the random-effect variables to integrate out (required for a ``pm.Model``).
     method : {"ML", "REML", "MAP"}
         Maximum likelihood, restricted maximum likelihood (lme4's REML criterion), or the mode
         of the marginal posterior of the parameters (priors kept; see
-        :class:`pymc_mixvcov.derivatives.MAPFunctions`): its covariance is the Laplace
+        :class:`pymc_mixvcov.compilation.derivatives.MAPFunctions`): its covariance is the Laplace
         approximation of the posterior covariance.
     cluster : str, array-like or list, optional
         Default clusters of :meth:`MixedFit.sandwich` (a column of ``data``, labels with one
@@ -108,9 +108,9 @@ def fit(
         Gaussian likelihoods are integrated exactly and take ``nAGQ=1`` only.
     engine : {"auto", "clusters", "blocked"}
         Gaussian models: ``"clusters"`` evaluates the exact marginal likelihood cluster by cluster
-        with dense factors (pytensor graphs, :mod:`pymc_mixvcov.marginal`); ``"blocked"`` the whole
+        with dense factors (pytensor graphs, :mod:`pymc_mixvcov.engines.marginal`); ``"blocked"`` the whole
         model at once with the blocked sparse factor of MixedModels.jl and closed-form derivatives
-        (:mod:`pymc_mixvcov.blocked`), for crossed designs; ``"auto"`` picks ``"blocked"`` when the
+        (:mod:`pymc_mixvcov.engines.blocked`), for crossed designs; ``"auto"`` picks ``"blocked"`` when the
         largest cluster has more than :data:`BLOCKED_MIN_EFFECTS` random effects. The choice is
         reported as ``fit.engine``. Non-Gaussian models use the Laplace/quadrature engine.
 
@@ -120,7 +120,7 @@ def fit(
     """
     import pymc as pm
 
-    from .bambi import from_bambi, is_bambi_model
+    from ..model.bambi import from_bambi, is_bambi_model
 
     if is_bambi_model(model):
         if random is not None or noncentered is not None or fixed_labels is not None:
@@ -149,7 +149,7 @@ def fit(
     # the build time of gradient graphs
     with pytensor.config.change_flags(traceback__limit=0), paused_gc():
         result = _fit(model, random, method, fixed_labels, data, cluster, noncentered, nAGQ, engine)
-    # what a refit by another method needs (pymc_mixvcov.anova refits REML fits by ML)
+    # what a refit by another method needs (pymc_mixvcov.inference.anova refits REML fits by ML)
     result._call = {
         "model": model,
         "random": list(random),
@@ -257,7 +257,7 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
     if not spec.gaussian:
         import warnings
 
-        from .errors import ConvergenceWarning
+        from ..errors import ConvergenceWarning
 
         base = fns.base if method == "MAP" else fns
         problems = base.diagnose(opt.nat, scales.labels("sd")[: spec.fixed_index.size])
@@ -596,7 +596,7 @@ def _trust_region(fns, spec, start, iterations) -> OptimResult:
 def _warn_not_converged(message: str) -> None:
     import warnings
 
-    from .errors import ConvergenceWarning
+    from ..errors import ConvergenceWarning
 
     warnings.warn(
         f"the optimiser did not converge ({message}); estimates and covariances may be unreliable",

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .marginal import ClusterStructure, Signature
+from ..engines.marginal import ClusterStructure, Signature
 
 __all__ = ["casewise_scores"]
 

@@ -18,7 +18,7 @@ criterion (REML or ML, ``beta`` profiled out). ``nu`` does not depend on how ``p
 parameterised: under ``psi = psi(phi)`` with Jacobian ``J``, ``g_phi = J^T g_psi`` and, at the
 optimum (zero gradient), ``A_phi = J^T A_psi J``, so ``g^T A^{-1} g`` is unchanged. Here ``psi``
 are the model's own variance parameters; ``d(X^T V^{-1} X)/d psi`` is the symbolic derivative
-(pytensor) of the cluster-statistics graph of :class:`pymc_mixvcov.marginal.CoreGraph` in its
+(pytensor) of the cluster-statistics graph of :class:`pymc_mixvcov.engines.marginal.CoreGraph` in its
 core parameters, times the exact Jacobian of the model map. For ``q > 1`` (Fai and Cornelius
 1996, as lmerTest): with ``L C L^T = P diag(d) P^T``, the ``q`` rotated contrasts
 ``P^T L`` (eigenvalues ``d_m`` above ``sqrt(eps) d_1``) are independent,
@@ -72,8 +72,8 @@ import numpy as np
 import pandas as pd
 from scipy import special  # t, F and chi-square tails (scipy.stats costs 0.4 s to import)
 
-from .derivatives import core_function
-from .errors import MixVcovError
+from ..compilation.derivatives import core_function
+from ..errors import MixVcovError
 
 __all__ = ["DDF", "AnovaType", "DDFMethods", "parse_hypothesis", "term_hypotheses", "var_scale_pieces"]
 

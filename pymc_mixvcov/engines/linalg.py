@@ -81,7 +81,7 @@ def bmm(a: TensorVariable, b: TensorVariable) -> TensorVariable:
     """Batched matrix product ``a @ b`` over the leading axis: pytensor's ``matmul``.
 
     One node, whatever the block sizes; the evaluator computes products of small blocks entry
-    by entry over the batch (:func:`pymc_mixvcov.evaluator.thunk_of`), and ``np.matmul``
+    by entry over the batch (:func:`pymc_mixvcov.compilation.evaluator.thunk_of`), and ``np.matmul``
     the others. A broadcast product and a sum would take two nodes and, on blocks of 2 to 6,
     5 to 25 times as long, because NumPy's inner loops would run along the short axes.
     """

@@ -64,7 +64,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from .errors import MixVcovError, MixVcovWarning
+from ..errors import MixVcovError, MixVcovWarning
 
 __all__ = [
     "Adjust",

@@ -20,7 +20,7 @@ lme4's labels: ``(Intercept)``, ``period2`` (bambi's ``period[2]``), ``sd_(Inter
 ``Subject.1``).
 
 ML and REML depend on the likelihood alone, so they equal the fits of bambi's own graph (up to
-the centring of the intercept; see :func:`pymc_mixvcov.fit.fit` with
+the centring of the intercept; see :func:`pymc_mixvcov.optimise.fit.fit` with
 ``random=["1|Subject_offset", ...]`` for that graph). ``method="MAP"`` is refused: the model
 built here carries this package's priors, not bambi's.
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import MixVcovError
+from ..errors import MixVcovError
 from .formula import Block, MixedModel, _build_model, _lme4_name, _lme4_order, _redundant_columns
 
 __all__ = ["from_bambi", "is_bambi_model"]
@@ -46,7 +46,7 @@ _FAMILIES = {
     "negativebinomial": ("negative_binomial", False),
     "gamma": ("gamma", False),
 }
-#: links of each family (as in pymc_mixvcov.formula.LINKS, gaussian: identity only)
+#: links of each family (as in pymc_mixvcov.model.formula.LINKS, gaussian: identity only)
 _LINKS = {
     "gaussian": ("identity",),
     "binomial": ("logit", "probit", "cloglog"),

@@ -4,7 +4,7 @@ The posterior holds draws of the model's free variables. Each draw is assembled 
 model's natural parameter vector ``nat`` (the variables of ``fit.spec.params``, in their order)
 and mapped to the reporting scale by the very map that gives the fit's estimates,
 ``h(nat) = params(scale)``: the model map ``nat -> phi = (beta, theta, sigma)`` read off the
-``pm.Model`` and the core map ``phi -> scale`` (both from :mod:`pymc_mixvcov.derivatives`),
+``pm.Model`` and the core map ``phi -> scale`` (both from :mod:`pymc_mixvcov.compilation.derivatives`),
 evaluated for all draws at once. Posterior draws and estimates therefore land on the same
 labelled parameters: an LKJ Cholesky factor becomes SDs and a correlation, a HalfNormal SD a
 variance on the ``"var"`` scale, a residual SD ``sigma`` the ``residual`` variance.
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 import pandas as pd
 
+from ..errors import MixVcovError, MixVcovWarning
+from ..inference.sandwich import ADJUSTS
+from ..inference.scales import check_scale
 from .datatree import _check_information, variable_name
-from .errors import MixVcovError, MixVcovWarning
-from .sandwich import ADJUSTS
-from .scales import check_scale
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -355,7 +355,7 @@ def _batch_map(fit):
         import pytensor.tensor as pt
         from pytensor.graph.replace import graph_replace, vectorize_graph
 
-        from .derivatives import _scale_parts, compile_fn
+        from ..compilation.derivatives import _scale_parts, compile_fn
 
         spec, model_map = fit.spec, fit._functions.map
         sig = model_map.sig
