@@ -147,6 +147,10 @@ class GaussianSpec:
     #: graph of the linear predictor ``eta``, the data ``y`` and ``nat`` (its ``psi`` entries)
     logp: tuple | None = field(default=None, repr=False)
     psi_index: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    #: non-Gaussian observed likelihoods: ``(eta, draw, shape)``, the observed random variable as a
+    #: graph of the linear predictor ``eta`` and ``nat`` (what simulating from the model draws)
+    #: and the observed data's shape; ``None`` for Gaussian models and likelihood Potentials
+    draw: tuple | None = field(default=None, repr=False)
 
     @property
     def gaussian(self) -> bool:
@@ -430,6 +434,7 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
     mu_g = graph_replace(eta, {**repl, **urepl}, strict=False)
     mu_g = pt.broadcast_to(mu_g, (y.size,)) if mu_g.ndim == 0 else pt.flatten(mu_g)
     mu_fn = _light([nat, uvec], mu_g)
+    draw = None
     if gaussian:
         sigma_g = graph_replace(sigma, repl, strict=False)
         sigma_val = np.asarray(_light([nat], sigma_g)(nat0))
@@ -447,6 +452,7 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
         else:
             obs_shape = tuple(np.shape(_value(model.rvs_to_values[obs])))
             logp = _observation_logp(obs, eta, repl, targets, y, obs_shape)
+            draw = (*_observation_draw(obs, eta, repl, y.size), obs_shape)
 
     fixed_index = np.concatenate(
         [np.arange(p.start, p.start + p.size) for p in params if p.role == "fixed"] or [np.zeros(0, int)]
@@ -490,6 +496,7 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
         family="gaussian" if gaussian else type(obs.owner.op).__name__.removesuffix("RV"),
         logp=logp,
         psi_index=psi_index,
+        draw=draw,
     )
 
 
@@ -652,6 +659,13 @@ def _observation_logp(obs, eta, repl, targets, y, obs_shape):
             "Laplace engine needs them inside one linear predictor"
         )
     return eta_in, y_in, lp
+
+
+def _observation_draw(obs, eta, repl, n: int):
+    """The observed random variable as a graph of ``eta`` and ``nat`` (see GaussianSpec.draw)."""
+    eta_in = pt.vector("eta", shape=(n,))
+    eta_rep = eta_in if eta.ndim == 1 else eta_in[0]
+    return eta_in, graph_replace(graph_replace(obs, {eta: eta_rep}, strict=False), repl, strict=False)
 
 
 def _likelihood_potential(model):

@@ -294,12 +294,13 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
     )
 
 
-def optimise(fns: LMMFunctions, spec) -> OptimResult:
+def optimise(fns: LMMFunctions, spec, warn: bool = True) -> OptimResult:
     """Maximise the criterion (see the module docstring).
 
     L-BFGS-B on the profiled criterion within the supports, then Newton steps with the exact
     Hessian of the full criterion on the parameters not held at a bound. Converged when the
     Newton decrement ``g^T A^{-1} g`` (``A`` the observed information) is below ``1e-6``.
+    ``warn=False`` reports non-convergence in the result only (no ``ConvergenceWarning``).
     """
     vi = spec.variance_index
     lower, upper = spec.lower, spec.upper
@@ -385,8 +386,8 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
     out = _newton(fns, spec, nat, iterations, warn=False)
     if not out.converged and fns.method == "ML":
         # L-BFGS stalled (e.g. at the wall of a singular covariance): exact-Hessian trust region
-        out = _trust_region(fns, spec, out.nat, out.iterations)
-    elif not out.converged:
+        out = _trust_region(fns, spec, out.nat, out.iterations, warn=warn)
+    elif not out.converged and warn:
         _warn_not_converged(out.message)
     return out
 
@@ -452,7 +453,7 @@ def _search_space(start, lower, upper, logged):
     return x0, natural, bounds
 
 
-def _optimise_all(fns, spec) -> OptimResult:
+def _optimise_all(fns, spec, warn: bool = True) -> OptimResult:
     """L-BFGS-B over all natural parameters (no profiling), then Newton steps: the Laplace engine.
 
     Parameters with support ``(0, inf)`` are optimised on the log scale.
@@ -512,10 +513,10 @@ def _optimise_all(fns, spec) -> OptimResult:
         )
         x0 = x0.copy()
         x0[free0] = res0.x * ds
-    return _trust_region(fns, spec, natural(x0), 0)
+    return _trust_region(fns, spec, natural(x0), 0, warn=warn)
 
 
-def _trust_region(fns, spec, start, iterations) -> OptimResult:
+def _trust_region(fns, spec, start, iterations, warn: bool = True) -> OptimResult:
     """A trust-region Newton method with the exact Hessian, then Newton steps.
 
     Robust in the curved valleys of variance parameters that L-BFGS crawls along. It runs in
@@ -590,7 +591,7 @@ def _trust_region(fns, spec, start, iterations) -> OptimResult:
         return f, g * d, d[:, None] * H * d[None, :]
 
     res = trust_region_newton(pieces_scaled, lambda w: value(w * d), z0 / d, done=close_enough, radius=100.0)
-    return _newton(fns, spec, transform(res.z * d)[0], iterations + res.iterations)
+    return _newton(fns, spec, transform(res.z * d)[0], iterations + res.iterations, warn=warn)
 
 
 def _warn_not_converged(message: str) -> None:
