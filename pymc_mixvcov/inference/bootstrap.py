@@ -48,7 +48,7 @@ import pandas as pd
 
 from ..errors import ConvergenceWarning, MixVcovError
 
-__all__ = ["bootstrap", "BootstrapResult", "Simulator", "percentile_interval", "sd_values"]
+__all__ = ["bootstrap", "simulate", "BootstrapResult", "Simulator", "percentile_interval", "sd_values"]
 
 #: Seconds after which a run shows its progress bar (shorter runs stay silent).
 PROGRESS_DELAY = 2.0
@@ -420,7 +420,28 @@ def _check_jobs(n_jobs, client):
     return int(n_jobs)
 
 
-# -- the entry point ---------------------------------------------------------------------------------
+# -- the entry points --------------------------------------------------------------------------------
+def simulate(fit, n: int, *, seed=None) -> np.ndarray:
+    """``n`` responses simulated from a fit, ``(n, nobs)``: replicate ``b`` is the response that
+    :func:`bootstrap` with the same ``seed`` refits as its replicate ``b`` (lme4's ``simulate``)."""
+    n = _check_n(n)
+    ss = _seed_sequence(seed)
+    simulator = _simulator(fit)
+    return np.stack([simulator(np.random.default_rng(s)) for s in ss.spawn(n)])
+
+
+def _simulator(fit) -> Simulator:
+    simulator = Simulator(fit._functions, np.asarray(fit._opt["nat"], float))
+    try:  # a first draw here: a likelihood without a sampler fails now, with its reason
+        simulator(np.random.default_rng(0))
+    except NotImplementedError as err:
+        raise MixVcovError(
+            f"cannot simulate from the likelihood of {fit.spec.observed_name!r}: {err}. A parametric bootstrap "
+            "needs a sampler (pm.CustomDist(..., random=...), or a built-in distribution)"
+        ) from err
+    return simulator
+
+
 def bootstrap(fit, n: int, *, seed=None, n_jobs: int | None = None, client=None, progress: bool = True):
     """Parametric bootstrap of a fit; see :meth:`pymc_mixvcov.inference.results.MixedFit.bootstrap`."""
     from ..engines.response import ResponseSwap, StackedResponses, affine_map
@@ -432,14 +453,7 @@ def bootstrap(fit, n: int, *, seed=None, n_jobs: int | None = None, client=None,
         raise MixVcovError(f"progress must be True or False, got {progress!r}")
     nat = np.asarray(fit._opt["nat"], float)
     fns = fit._functions
-    simulator = Simulator(fns, nat)
-    try:  # a first draw here: a likelihood without a sampler fails now, with its reason
-        simulator(np.random.default_rng(0))
-    except NotImplementedError as err:
-        raise MixVcovError(
-            f"cannot simulate from the likelihood of {fit.spec.observed_name!r}: {err}. A parametric bootstrap "
-            "needs a sampler (pm.CustomDist(..., random=...), or a built-in distribution)"
-        ) from err
+    simulator = _simulator(fit)
     labels = fit.labels("sd")
     fallback = fit._opt.get("observed")
     spec = fit.spec

@@ -955,6 +955,17 @@ class MixedFit:
 
         return bootstrap(self, n, seed=seed, n_jobs=n_jobs, client=client, progress=progress)
 
+    def simulate(self, n: int, *, seed=None) -> np.ndarray:
+        """``n`` responses simulated from the fitted model, shape ``(n, nobs)`` (lme4's ``simulate``).
+
+        Random effects are drawn from their fitted distribution, then the response given the linear
+        predictor. With the same ``seed``, row ``b`` is the response that :meth:`bootstrap` refits as
+        its replicate ``b``.
+        """
+        from .bootstrap import simulate
+
+        return simulate(self, n, seed=seed)
+
     def _cluster_information(self, information: str) -> np.ndarray:
         if not self.spec.gaussian:
             if information == "expected":
