@@ -127,7 +127,8 @@ def test_gaussian_simulation_has_the_marginal_moments(sleep_ml, sleepstudy):
     sample covariance sqrt((v1 v2 + c^2) / N), normal data)."""
     p = sleep_ml.params("sd")
     b0, b1 = p["(Intercept)"], p["Days"]
-    s0, s1, rho, sigma = p["sd_(Intercept)|Subject"], p["sd_Days|Subject"], p["cor_Days.(Intercept)|Subject"], p["sigma"]
+    s0, s1, sigma = p["sd_(Intercept)|Subject"], p["sd_Days|Subject"], p["sigma"]
+    rho = p["cor_Days.(Intercept)|Subject"]
     G = np.array([[s0**2, rho * s0 * s1], [rho * s0 * s1, s1**2]])
     days = sleepstudy["Days"].to_numpy(float)
     Z = np.stack([np.ones_like(days), days], 1)
