@@ -1,7 +1,8 @@
 # R anchors of the benchmarks: in-process seconds (system.time, elapsed) of
 #   lme4:    fit + vcov (fixed effects only: lme4 has no covariance of the variance components)
 #   glmmTMB: fit + vcov(full = TRUE) (fixed effects and variance components, as our workflow)
-# for one workload, on the same rows as the Python scripts (series.py writes the simulated ones).
+# for one workload, on the same rows as the Python scripts (series.py writes the simulated ones);
+# for bootstrap_sleepstudy / bootstrap_cbpp, lme4::bootMer (serial and on 2 processes) instead.
 # Usage: Rscript benchmarks/anchors.R <workload> [csv]
 # Prints one line per anchor: "<anchor> <seconds>".
 suppressPackageStartupMessages({
@@ -11,6 +12,24 @@ suppressPackageStartupMessages({
 })
 args <- commandArgs(trailingOnly = TRUE)
 workload <- args[1]
+if (startsWith(workload, "bootstrap_")) {
+  # parametric bootstrap (benchmarks/bootstrap.py): bootMer(type = "parametric", use.u = FALSE) of the
+  # fitted model, the estimates on the sd scale (fixed effects, SDs, correlations, sigma) per replicate;
+  # serially (bootMer's default) and on 2 forked processes; the fit is not timed
+  sdcor <- function(m) c(fixef(m), as.data.frame(VarCorr(m))$sdcor)
+  if (workload == "bootstrap_sleepstudy") {
+    m <- lmer(Reaction ~ Days + (Days | Subject), sleepstudy, REML = FALSE)
+    nsim <- 1000
+  } else {
+    m <- glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), cbpp, family = binomial)
+    nsim <- 500
+  }
+  timed <- function(expr) unname(system.time(expr, gcFirst = TRUE)["elapsed"])
+  cat("bootMer", timed(b <- bootMer(m, sdcor, nsim = nsim, seed = 1, type = "parametric", use.u = FALSE)), "\n")
+  cat("bootMer_2cores", timed(b <- bootMer(m, sdcor, nsim = nsim, seed = 1, type = "parametric", use.u = FALSE,
+                                            parallel = "multicore", ncpus = 2)), "\n")
+  quit(save = "no")
+}
 data <- switch(workload,
   sleepstudy = lme4::sleepstudy,
   verbagg = lme4::VerbAgg,

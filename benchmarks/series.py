@@ -11,6 +11,8 @@ Usage, from the repository root::
     python benchmarks/series.py [--rounds 5] [--workloads sleepstudy lmm_100k ...]
                                 [--baseline PATH] [--no-r]
 
+``--workloads bootstrap_sleepstudy bootstrap_cbpp`` times the parametric bootstraps of
+``benchmarks/bootstrap.py`` (in-process: the bootstrap call) against lme4's ``bootMer``.
 ``--baseline PATH`` also runs each script with ``PYTHONPATH=PATH`` (another checkout of the
 package) in the same rounds, so that two revisions are compared on the same machine state.
 Our figures are the scripts' own lines: *in-process* (the data in memory to the covariance,
@@ -32,6 +34,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 WORKLOADS = ("sleepstudy", "lmm_100k", "glmm_100k", "verbagg", "insteval")
+#: parametric bootstraps (``benchmarks/bootstrap.py --once``; anchor: lme4's bootMer): named with
+#: ``--workloads``, not run by default
+BOOTSTRAP_WORKLOADS = ("bootstrap_sleepstudy", "bootstrap_cbpp")
 
 
 def run_script(workload: str, pythonpath: str | None) -> dict[str, float]:
@@ -40,10 +45,12 @@ def run_script(workload: str, pythonpath: str | None) -> dict[str, float]:
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
+    if workload in BOOTSTRAP_WORKLOADS:
+        cmd = [sys.executable, str(HERE / "bootstrap.py"), "--once", workload.removeprefix("bootstrap_")]
+    else:
+        cmd = [sys.executable, str(HERE / f"{workload}.py")]
     t = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, str(HERE / f"{workload}.py")], env=env, capture_output=True, text=True, check=False
-    )
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t
     if out.returncode != 0:
         raise RuntimeError(f"{workload} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
@@ -80,7 +87,7 @@ def write_data(workdir: Path, workloads: list[str]) -> dict[str, Path | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS + BOOTSTRAP_WORKLOADS)
     parser.add_argument("--baseline", help="PYTHONPATH of a second revision of the package to time alongside")
     parser.add_argument("--no-r", action="store_true", help="skip the R anchors")
     args = parser.parse_args(argv)
@@ -112,7 +119,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r + 1} of {args.rounds} done", file=sys.stderr, flush=True)
 
     print(f"{args.rounds} interleaved rounds; medians (min-max), seconds")
-    keys = ["in-process", "import", "process", "baseline in-process", "baseline process", "lme4", "glmmTMB"]
+    keys = [
+        "in-process",
+        "import",
+        "process",
+        "baseline in-process",
+        "baseline process",
+        "lme4",
+        "glmmTMB",
+        "bootMer",
+        "bootMer_2cores",
+    ]
     for w in args.workloads:
         print(f"\n{w}")
         for key in keys:
@@ -120,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             if vals:
                 print(f"  {key:<20} {statistics.median(vals):8.3f}  ({min(vals):.3f}-{max(vals):.3f})")
         med = {k: statistics.median(results[(w, k)]) for k in keys if (w, k) in results}
-        for a, b in (("in-process", "baseline in-process"), ("in-process", "lme4"), ("in-process", "glmmTMB")):
+        pairs = [("in-process", b) for b in ("baseline in-process", "lme4", "glmmTMB", "bootMer", "bootMer_2cores")]
+        for a, b in pairs:
             if a in med and b in med and med[b] > 0:
                 print(f"  ratio {a} / {b}: {med[a] / med[b]:.2f}")
     return 0
