@@ -341,24 +341,42 @@ def test_dask_client(sleep_ml, sleep_boot):
 
 
 # -- against lme4's bootMer (slow) -------------------------------------------------------------------
-def _against_bootmer(res, ref, sd_tol: float):
-    """Two independent bootstraps of the same fitted model: means agree within 4 Monte Carlo SEs of
-    their difference, sqrt(sd1^2 / R1 + sd2^2 / R2); SDs within ``sd_tol`` relative."""
+def _against_bootmer(res, ref, sd_tol: float, heavy: tuple[str, ...] = ()):
+    """Two independent bootstraps of the same fitted model (other random numbers):
+
+    - means within 4 Monte Carlo SEs of their difference, sqrt(sd1^2 / R1 + sd2^2 / R2);
+    - SDs within ``sd_tol`` relative (parameters in ``heavy``, whose long tails make an SD's Monte
+      Carlo error much larger than the normal one, excepted);
+    - percentile endpoints (a = 0.025, 0.975) within 4 Monte Carlo SEs of their difference: a sample
+      a-quantile's SE is sqrt(a (1 - a) / R) / f(q_a), with the density at q_a taken as normal with the
+      replicates' robust scale (IQR / 1.349): sqrt(a (1 - a)) / phi(z_a) s sqrt(1 / R1 + 1 / R2).
+    """
+    from scipy.special import ndtri
+
     est = res.estimates()[ref["labels"]]
     R1, R2 = len(est), ref["R"]
     sd2 = np.asarray(ref["sd"])
     se_diff = np.sqrt(est.std().to_numpy() ** 2 / R1 + sd2**2 / R2)
     assert np.all(np.abs(est.mean().to_numpy() - np.asarray(ref["mean"])) < 4 * se_diff)
-    np.testing.assert_allclose(est.std().to_numpy(), sd2, rtol=sd_tol)
+    light = [k for k, lab in enumerate(ref["labels"]) if lab not in heavy]
+    np.testing.assert_allclose(est.std().to_numpy()[light], sd2[light], rtol=sd_tol)
+    ci = res.confint(0.95).loc[ref["labels"]]
+    q = est.quantile([0.25, 0.75]).to_numpy()
+    s = (q[1] - q[0]) / 1.349
+    a = 0.025
+    phi = np.exp(-0.5 * ndtri(a) ** 2) / np.sqrt(2 * np.pi)
+    tol = 4 * np.sqrt(a * (1 - a)) / phi * s * np.sqrt(1 / R1 + 1 / R2)
+    assert np.all(np.abs(ci["lower"].to_numpy() - np.asarray(ref["lower"])) <= tol)
+    assert np.all(np.abs(ci["upper"].to_numpy() - np.asarray(ref["upper"])) <= tol)
 
 
 @pytest.mark.slow
 def test_sleepstudy_against_bootmer(sleep_ml):
     """1,000 replicates each. The SD of R = 1,000 normal replicates has relative MC SE 2.2%; the
-    difference of two such, 3.2%: 4 of those, 13%, for the SDs (heavier tails for the correlation
-    make its SE larger, still well inside)."""
+    difference of two such, 3.2%: 4 of those, 13%, for the SDs. The fits agree to lme4's optimiser
+    tolerance (3e-5 relative on the intercept's SD; its logLik is 1e-8 lower), hence rtol 1e-4."""
     ref = reference("bootstrap")["sleepstudy_ml"]
-    np.testing.assert_allclose(sleep_ml.params("sd")[ref["labels"]].to_numpy(), ref["t0"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sleep_ml.params("sd")[ref["labels"]].to_numpy(), ref["t0"], rtol=1e-4)
     res = sleep_ml.bootstrap(1000, seed=2026, n_jobs=2, progress=False)
     assert res.converged.mean() > 0.99
     _against_bootmer(res, ref, 0.13)
@@ -367,9 +385,11 @@ def test_sleepstudy_against_bootmer(sleep_ml):
 @pytest.mark.slow
 def test_cbpp_against_bootmer(cbpp_fit):
     """500 replicates here against bootMer's 1,000: SDs' relative MC SE of the difference
-    sqrt(1 / 998 + 1 / 2000) = 3.9%, tolerance 4 of them, 16%."""
+    sqrt(1 / 998 + 1 / 2000) = 3.9%, tolerance 4 of them, 16%. period4 (few cases: a replicate with
+    almost none pushes its estimate far down, quasi-separation) has a long left tail, bootMer's SD
+    0.66 for a 95% interval of width 1.6: its SD is not compared, its mean and interval are."""
     ref = reference("bootstrap")["cbpp"]
     np.testing.assert_allclose(cbpp_fit.params("sd")[ref["labels"]].to_numpy(), ref["t0"], rtol=1e-3)
     res = cbpp_fit.bootstrap(500, seed=2026, n_jobs=2, progress=False)
     assert res.converged.mean() > 0.98
-    _against_bootmer(res, ref, 0.16)
+    _against_bootmer(res, ref, 0.16, heavy=("period4",))
