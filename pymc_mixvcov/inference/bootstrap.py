@@ -53,8 +53,9 @@ __all__ = ["bootstrap", "simulate", "BootstrapResult", "Simulator", "percentile_
 #: Seconds after which a run shows its progress bar (shorter runs stay silent).
 PROGRESS_DELAY = 2.0
 
-#: Most replicates per task sent to a worker: the progress bar moves at least this often.
-MAX_CHUNK = 50
+#: Most replicates per task sent to a worker (iterated 25 at a time, :func:`newton_lockstep`): the
+#: progress bar moves at least this often.
+MAX_CHUNK = 100
 
 
 # -- simulation --------------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ def _run_chunk(kit: _Kit, seeds: list, first: int) -> tuple:
     does not converge so goes through :func:`pymc_mixvcov.optimise.warm.warm_refit`'s fallbacks.
     """
     from ..engines.response import StackedResponses
-    from ..optimise.warm import newton_lockstep, warm_refit
+    from ..optimise.warm import LINE_TRIALS, newton_lockstep, warm_refit
 
     m = len(seeds)
     values = np.full((m, kit.n_out), np.nan)
@@ -271,7 +272,9 @@ def _run_chunk(kit: _Kit, seeds: list, first: int) -> tuple:
         steps = [None] * len(ok)
         if not kit.cold:
             starts = np.broadcast_to(kit.start, (len(ok), kit.start.size))
-            steps = newton_lockstep(evaluate, spec0, fns[0][0].method, starts, kit.fallback)
+            steps = newton_lockstep(
+                evaluate, spec0, fns[0][0].method, starts, kit.fallback, line_trials=LINE_TRIALS if stack else 1
+            )
         for j, i in enumerate(ok):
             f, spec = fns[j]
             lock = steps[j]

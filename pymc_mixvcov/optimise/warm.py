@@ -24,7 +24,10 @@ import numpy as np
 
 from .fit import OptimResult, _boundary_saddles, _newton, _optimise_all, _trust_region, optimise
 
-__all__ = ["warm_refit", "newton_lockstep"]
+__all__ = ["warm_refit", "newton_lockstep", "LINE_TRIALS"]
+
+#: Step halvings tried in one evaluation by :func:`newton_lockstep` once a full step has failed.
+LINE_TRIALS = 4
 
 
 def warm_refit(fns, spec, start: np.ndarray, first: OptimResult | None = None, cold: bool = False) -> OptimResult:
@@ -85,7 +88,14 @@ def warm_refit(fns, spec, start: np.ndarray, first: OptimResult | None = None, c
 
 
 def newton_lockstep(
-    evaluate, spec, method: str, starts: np.ndarray, fallback: np.ndarray | None = None, max_iter: int = 20
+    evaluate,
+    spec,
+    method: str,
+    starts: np.ndarray,
+    fallback: np.ndarray | None = None,
+    max_iter: int = 20,
+    pool: int = 25,
+    line_trials: int = LINE_TRIALS,
 ) -> list[OptimResult]:
     """Newton steps for ``K`` data sets of one model at once, as :func:`pymc_mixvcov.optimise.fit._newton`.
 
@@ -94,98 +104,133 @@ def newton_lockstep(
     evaluate : callable
         ``evaluate(rows, nats)`` returns, for data set ``rows[i]`` at natural parameters ``nats[i]``,
         a dict with the criterion ``"loglik"``, its gradient ``"grad"`` and the observed information
-        ``"observed"`` (what ``functions.information`` returns); all rows in one call.
+        ``"observed"`` (what ``functions.information`` returns); all rows in one call (a data set
+        may appear in several rows).
     spec : GaussianSpec
         The model (bounds, which parameters are variance parameters).
     method : {"ML", "REML"}
         REML criteria do not involve the fixed effects: they are not stepped.
     starts : numpy.ndarray
-        ``(K, P)`` starting points.
+        ``(K, P)`` starting points, inside the supports.
     fallback : numpy.ndarray, optional
         A positive definite information used for a step where the data set's own is not
         (typically the fit's, at its estimate): the step then still ascends, and the point is not
         taken as converged.
     max_iter : int
         Most steps per data set.
+    line_trials : int
+        Step halvings evaluated at once after a failed step (1 where evaluations are one by one).
+    pool : int
+        Data sets iterated at a time: one that finishes makes room for the next, so that each
+        evaluation holds about ``pool`` of them until the last few (the evaluations' fixed cost is
+        shared, and slow data sets do not hold the others back).
 
     Returns
     -------
     list of OptimResult
         Per data set; converged where the last Newton decrement ``g^T A^{-1} g`` is below ``1e-6``
-        (iterations stop below ``1e-12``). Each step halves until the criterion does not decrease.
-        Iterates stay strictly inside the supports (``starts`` must be inside): a data set whose
-        maximum is on a bound is left unconverged, for the full search.
+        (iterations stop below ``1e-12``). Where the full step does not increase the criterion, the
+        next ``line_trials`` halvings are evaluated at once and the longest that does is taken
+        (down to ``1e-6``). A step is accepted when the criterion does not fall by more than its
+        rounding, ``1e-12 (1 + |l|)``; once the decrement is below ``1e-6``, a step that fails ends
+        the iterations. Iterates stay strictly inside the supports: a step that would cross a bound
+        goes 99% of the way (a bound reached by clipping can be a saddle, a covariance factor's
+        diagonal entry at 0), so a data set whose maximum is on a bound is left unconverged here,
+        for the full search.
     """
+    from collections import deque
+
     lower, upper = spec.lower, spec.upper
+    starts = np.asarray(starts, float)
     K, P = starts.shape
-    active = np.ones(P, bool) if method == "ML" else np.isin(np.arange(P), spec.variance_index)
-    nat = np.asarray(starts, float).copy()
-    if np.any((nat <= lower) | (nat >= upper)):
+    if np.any((starts <= lower) | (starts >= upper)):
         raise ValueError("newton_lockstep needs starting points inside the supports")
-    info = evaluate(np.arange(K), nat)
+    active_params = np.ones(P, bool) if method == "ML" else np.isin(np.arange(P), spec.variance_index)
+    nat = starts.copy()
+    info: list[dict | None] = [None] * K
     decrement = np.full(K, np.inf)
-    done = np.zeros(K, bool)
     iterations = np.zeros(K, int)
+    steps = np.zeros((K, P))
+    t = np.ones(K)
 
     def held_of(x, g):
         return (np.isfinite(lower) & (x <= lower) & (g <= 0)) | (np.isfinite(upper) & (x >= upper) & (g >= 0))
 
-    for _ in range(max_iter):
-        steps = np.zeros((K, P))
-        for i in np.flatnonzero(~done):
-            g, A = info[i]["grad"], info[i]["observed"]
-            free = active & ~held_of(nat[i], g)
-            blocks = [A] if fallback is None else [A, fallback]
-            for k, M in enumerate(blocks):
-                try:
-                    L = np.linalg.cholesky(M[np.ix_(free, free)])
-                except np.linalg.LinAlgError:
-                    continue
-                steps[i, free] = np.linalg.solve(L.T, np.linalg.solve(L, g[free]))
-                # a step with the fallback information is no Newton step: never a sign of convergence
-                decrement[i] = float(g[free] @ steps[i, free]) if k == 0 else np.inf
-                break
+    def plan(i: int) -> np.ndarray | None:
+        """The full Newton step from data set ``i``'s current point (its trial point), or None: done."""
+        g, A = info[i]["grad"], info[i]["observed"]
+        if iterations[i] >= max_iter:
+            return None
+        free = active_params & ~held_of(nat[i], g)
+        steps[i] = 0.0
+        try:
+            L = np.linalg.cholesky(A[np.ix_(free, free)])
+            steps[i, free] = np.linalg.solve(L.T, np.linalg.solve(L, g[free]))
+            decrement[i] = float(g[free] @ steps[i, free])
+        except np.linalg.LinAlgError:
+            # not positive definite: its eigenvalues made positive (|lambda|, floored at 1e-3 of the
+            # largest) on the correlation scale, an ascent direction with the local curvature; no
+            # Newton step, so never a sign of convergence
+            sub = A[np.ix_(free, free)]
+            d = np.sqrt(np.abs(np.diag(sub)))
+            d = np.where(np.isfinite(d) & (d > 0), d, 1.0)
+            w, V = np.linalg.eigh(sub / np.outer(d, d))
+            if not np.all(np.isfinite(w)):
+                return None
+            w = np.maximum(np.abs(w), 1e-3 * np.max(np.abs(w)))
+            steps[i, free] = (V @ ((V.T @ (g[free] / d)) / w)) / d
+            decrement[i] = np.inf
+        if decrement[i] < 1e-12 or not np.all(np.isfinite(steps[i])):
+            return None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            room = np.where(
+                steps[i] < 0,
+                (lower - nat[i]) / steps[i],
+                np.where(steps[i] > 0, (upper - nat[i]) / steps[i], np.inf),
+            )
+        r = float(np.min(room[np.isfinite(room)], initial=np.inf))
+        t[i] = 1.0 if r > 1.0 else 0.99 * r
+        return (nat[i] + t[i] * steps[i])[None]
+
+    queue = deque(range(K))
+    requests: dict[int, np.ndarray] = {}  # data set -> points to evaluate (its start, or trial points)
+    while queue or requests:
+        while len(requests) < pool and queue:
+            i = queue.popleft()
+            requests[i] = nat[i][None]
+        order = list(requests)
+        rows = np.concatenate([np.full(len(requests[i]), i) for i in order])
+        results = evaluate(rows, np.concatenate([requests[i] for i in order]))
+        at = 0
+        for i in order:
+            pts = requests.pop(i)
+            res = results[at : at + len(pts)]
+            at += len(pts)
+            if info[i] is None:  # its start
+                info[i] = res[0]
+                nxt = plan(i)
             else:
-                done[i] = True  # no positive definite information: stop here, as _newton does
-                continue
-            if decrement[i] < 1e-12 or not np.all(np.isfinite(steps[i])):
-                done[i] = True
-        pending = np.flatnonzero(~done)
-        if not pending.size:
-            break
-        # a step stays inside the supports (a fraction of the way to a bound it would cross): a
-        # bound reached by clipping can be a saddle (a covariance factor's diagonal entry at 0); a
-        # data set whose maximum is on a bound does not converge here and goes to the full search
-        t = np.ones(K)
-        for i in pending:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                room = np.where(
-                    steps[i] < 0,
-                    (lower - nat[i]) / steps[i],
-                    np.where(steps[i] > 0, (upper - nat[i]) / steps[i], np.inf),
-                )
-            r = float(np.min(room[np.isfinite(room)], initial=np.inf))
-            t[i] = 1.0 if r > 1.0 else 0.9 * r
-        while pending.size:
-            trial = nat[pending] + t[pending, None] * steps[pending]
-            new = evaluate(pending, trial)
-            retry = []
-            for j, i in enumerate(pending):
-                ll_new = new[j]["loglik"]
-                if np.isfinite(ll_new) and ll_new >= info[i]["loglik"] - 1e-12:
-                    nat[i], info[i] = trial[j], new[j]
-                    iterations[i] += 1
-                elif t[i] * 0.5 > 1e-6:
-                    t[i] *= 0.5
-                    retry.append(i)
+                ll_old = info[i]["loglik"]
+                for pt, new in zip(pts, res, strict=True):
+                    if np.isfinite(new["loglik"]) and new["loglik"] >= ll_old - 1e-12 * (1.0 + abs(ll_old)):
+                        nat[i], info[i] = pt, new
+                        iterations[i] += 1
+                        nxt = plan(i)
+                        break
                 else:
-                    done[i] = True  # no step increases the criterion
-            pending = np.asarray(retry, int)
+                    last = float(np.linalg.norm(pts[-1] - nat[i]) / max(np.linalg.norm(steps[i]), 1e-300))
+                    nxt = None
+                    # below a decrement of 1e-6 (converged) a failed step is rounding in the criterion
+                    if last * 0.5 > 1e-6 and decrement[i] >= 1e-6:
+                        factors = last * 0.5 ** np.arange(1, line_trials + 1)
+                        nxt = nat[i][None] + factors[:, None] * steps[i][None]
+            if nxt is not None:
+                requests[i] = nxt
     out = []
     for i in range(K):
         g = info[i]["grad"]
         held = held_of(nat[i], g)
-        free = active & ~held
+        free = active_params & ~held
         gnorm = float(np.max(np.abs(g[free]))) if free.any() else 0.0
         converged = bool(decrement[i] < 1e-6)
         message = (
