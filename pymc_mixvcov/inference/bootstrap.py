@@ -184,7 +184,6 @@ class _Kit:
     swap: object
     simulator: Simulator
     start: np.ndarray
-    fallback: np.ndarray | None
     n_out: int
     map_fit: bool
     stacked: bool
@@ -272,9 +271,7 @@ def _run_chunk(kit: _Kit, seeds: list, first: int) -> tuple:
         steps = [None] * len(ok)
         if not kit.cold:
             starts = np.broadcast_to(kit.start, (len(ok), kit.start.size))
-            steps = newton_lockstep(
-                evaluate, spec0, fns[0][0].method, starts, kit.fallback, line_trials=LINE_TRIALS if stack else 1
-            )
+            steps = newton_lockstep(evaluate, spec0, fns[0][0].method, starts, line_trials=LINE_TRIALS if stack else 1)
         for j, i in enumerate(ok):
             f, spec = fns[j]
             lock = steps[j]
@@ -458,7 +455,6 @@ def bootstrap(fit, n: int, *, seed=None, n_jobs: int | None = None, client=None,
     fns = fit._functions
     simulator = _simulator(fit)
     labels = fit.labels("sd")
-    fallback = fit._opt.get("observed")
     spec = fit.spec
     # a start on a bound of the support (a singular fit) would let Newton steps stall at a saddle
     cold = bool(np.any((nat <= spec.lower) | (nat >= spec.upper)))
@@ -467,7 +463,6 @@ def bootstrap(fit, n: int, *, seed=None, n_jobs: int | None = None, client=None,
         ResponseSwap(fns),
         simulator,
         nat,
-        None if fallback is None else np.asarray(fallback, float),
         len(labels),
         fit.method == "MAP",
         stacked,

@@ -92,7 +92,6 @@ def newton_lockstep(
     spec,
     method: str,
     starts: np.ndarray,
-    fallback: np.ndarray | None = None,
     max_iter: int = 20,
     pool: int = 25,
     line_trials: int = LINE_TRIALS,
@@ -112,10 +111,6 @@ def newton_lockstep(
         REML criteria do not involve the fixed effects: they are not stepped.
     starts : numpy.ndarray
         ``(K, P)`` starting points, inside the supports.
-    fallback : numpy.ndarray, optional
-        A positive definite information used for a step where the data set's own is not
-        (typically the fit's, at its estimate): the step then still ascends, and the point is not
-        taken as converged.
     max_iter : int
         Most steps per data set.
     line_trials : int
@@ -131,7 +126,10 @@ def newton_lockstep(
         Per data set; converged where the last Newton decrement ``g^T A^{-1} g`` is below ``1e-6``
         (iterations stop below ``1e-12``). Where the full step does not increase the criterion, the
         next ``line_trials`` halvings are evaluated at once and the longest that does is taken
-        (down to ``1e-6``). A step is accepted when the criterion does not fall by more than its
+        (down to ``1e-6``). Where the information is not positive definite, the step uses it with
+        its eigenvalues made positive (``|lambda|``, floored at ``1e-3`` of the largest, on the
+        correlation scale): an ascent direction that is no Newton step, so never taken as
+        convergence. A step is accepted when the criterion does not fall by more than its
         rounding, ``1e-12 (1 + |l|)``; once the decrement is below ``1e-6``, a step that fails ends
         the iterations. Iterates stay strictly inside the supports: a step that would cross a bound
         goes 99% of the way (a bound reached by clipping can be a saddle, a covariance factor's
