@@ -271,7 +271,11 @@ def _run_chunk(kit: _Kit, seeds: list, first: int) -> tuple:
         steps = [None] * len(ok)
         if not kit.cold:
             starts = np.broadcast_to(kit.start, (len(ok), kit.start.size))
-            steps = newton_lockstep(evaluate, spec0, fns[0][0].method, starts, line_trials=LINE_TRIALS if stack else 1)
+            trials = LINE_TRIALS if stack else 1
+            try:
+                steps = newton_lockstep(evaluate, spec0, fns[0][0].method, starts, line_trials=trials)
+            except _ERRORS:  # then each replicate on its own, below
+                steps = [None] * len(ok)
         for j, i in enumerate(ok):
             f, spec = fns[j]
             lock = steps[j]
