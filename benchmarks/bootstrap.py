@@ -20,13 +20,16 @@ Usage, from the repository root::
 
 Rounds are interleaved (ours, then R, per workload); medians over rounds, ranges and the ratios are
 printed with the machine's load average (``os.getloadavg``) before and after, since other jobs on a
-shared machine slow both sides.
+shared machine slow both sides. Besides wall-clock seconds, both sides report CPU seconds (user +
+system, of the process and of its worker processes: ``getrusage``, R's ``system.time`` with its
+child times), which other jobs on the machine inflate much less.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,12 +57,20 @@ def once(workload: str, n_jobs: int | None) -> int:
         t = time.perf_counter()
         fit = model.fit()
     fitted = time.perf_counter() - t
+    before = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     t = time.perf_counter()
     res = fit.bootstrap(WORKLOADS[workload], seed=1, n_jobs=n_jobs, progress=False)
     boot = time.perf_counter() - t
+    if n_jobs != 1:  # the worker processes' CPU time is counted once they have exited
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True)
+    after = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before, strict=True))
     print(f"import {imported:.3f}")
     print(f"fit {fitted:.3f}")
     print(f"in-process {boot:.3f}")
+    print(f"cpu {cpu:.3f}")
     print(f"converged {int(res.converged.sum())} of {res.n}")
     print(res.summary().to_string(float_format=lambda v: f"{v:.4g}"))
     return 0
@@ -73,7 +84,7 @@ def run_ours(workload: str, n_jobs: int | None) -> dict[str, float]:
     got = {}
     for line in out.stdout.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[0] in ("import", "fit", "in-process"):
+        if len(parts) == 2 and parts[0] in ("import", "fit", "in-process", "cpu"):
             got[parts[0]] = float(parts[1])
         if parts[:1] == ["converged"]:
             got["converged"] = float(parts[1])
@@ -115,14 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     for w in args.workloads:
         print(f"\n{w}: {WORKLOADS[w]} replicates")
         med = {}
-        for key in ("in-process", "fit", "import", "converged", "bootMer", "bootMer_2cores"):
+        keys = ("in-process", "cpu", "fit", "import", "converged", "bootMer", "bootMer_cpu", "bootMer_2cores")
+        for key in (*keys, "bootMer_2cores_cpu"):
             vals = results.get((w, key))
             if vals:
                 med[key] = statistics.median(vals)
                 print(f"  {key:<16} {med[key]:9.3f}  ({min(vals):.3f}-{max(vals):.3f})")
         for anchor in ("bootMer", "bootMer_2cores"):
             if anchor in med and med["in-process"] > 0:
-                print(f"  ratio {anchor} / ours: {med[anchor] / med['in-process']:.1f}")
+                print(f"  ratio {anchor} / ours, wall: {med[anchor] / med['in-process']:.2f}")
+            if f"{anchor}_cpu" in med and med.get("cpu", 0) > 0:
+                print(f"  ratio {anchor} / ours, CPU:  {med[anchor + '_cpu'] / med['cpu']:.2f}")
     return 0
 
 
