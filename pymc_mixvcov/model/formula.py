@@ -917,15 +917,18 @@ def _weighted_response(lhs: str, data: pd.DataFrame, family: str, weights):
     """Successes, trials, a name and the weights of a weighted GLMM response (see :func:`glmm`)."""
     if family != "binomial":
         raise MixVcovError(
-            f"weights are supported for the binomial family (numbers of trials of a proportion response), not "
-            f"for {family!r}: glmer's prior weights of other families multiply the log-likelihood contributions, "
-            "which this package does not fit. For count data with exposures use an offset, offset=np.log(t)"
+            f"glmm(weights=) takes the numbers of trials of a binomial proportion response, not weights for family "
+            f"{family!r}. glmer's prior weights of other families multiply each observation's log-likelihood: "
+            "write that model by hand with its likelihood as pm.Potential('loglik', (w * pm.logp(dist, y)).sum()) "
+            "and fit it with pmv.fit (see pymc_mixvcov.model.weights); for counts with exposures use an offset, "
+            "offset=np.log(t)"
         )
     if re.fullmatch(r"cbind\((.*),(.*)\)", lhs.replace(" ", "")) is not None:
         raise MixVcovError(
-            f"weights with a cbind(successes, failures) response: the trials are already in {lhs!r}, and glmer's "
-            "extra prior weights, which multiply the log-likelihood contributions, are not supported. Give either "
-            "cbind(successes, failures) without weights, or the proportion successes / trials with weights = trials"
+            f"weights with a cbind(successes, failures) response: the trials are already in {lhs!r}. Give either "
+            "cbind(successes, failures) without weights, or the proportion successes / trials with weights = trials. "
+            "(glmer reads weights there as prior weights multiplying each row's log-likelihood: write such a model "
+            "by hand with pm.Potential('loglik', (w * pm.logp(dist, k)).sum()) and fit it with pmv.fit)"
         )
     if lhs not in data.columns:
         raise MixVcovError(f"response {lhs!r} is not a column of the data; available columns: {list(data.columns)}")

@@ -73,10 +73,11 @@ def weights_values(weights, data: pd.DataFrame, n: int) -> tuple[np.ndarray, str
                 f"weights {weights!r} is not a column of the data; available columns: {list(data.columns)}"
             )
         col = data[weights]
-        try:
-            w = np.asarray(pd.to_numeric(col, errors="raise").to_numpy(dtype=float, na_value=np.nan), float)
-        except (TypeError, ValueError) as exc:
-            raise MixVcovError(f"weights column {weights!r} is not numeric ({col.dtype}): {exc}") from exc
+        if not pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
+            raise MixVcovError(
+                f"weights column {weights!r} is not numeric ({col.dtype}); weights are positive numbers, one per row"
+            )
+        w = np.asarray(col.to_numpy(dtype=float, na_value=np.nan), float)
         name = f"weights column {weights!r}"
     else:
         try:

@@ -190,6 +190,20 @@ res$cbpp_proportions <- list(
   cbind_logLik = as.numeric(logLik(gc)), cbind_beta = fixef(gc), cbind_theta = getME(gc, "theta"),
   glmmTMB_logLik = as.numeric(logLik(tm)), glmmTMB_beta = fixef(tm)$cond, glmmTMB_log_sd = getME(tm, "theta"),
   glmmTMB_vcov_full_beta_logsd = M(vcov(tm, full = TRUE)))
+# Poisson with prior weights: glmer and glmmTMB multiply each observation's log-likelihood by its
+# weight (glmer: poisson()$aic, -2 sum(dpois(y, mu, log = TRUE) * wt)); the package fits this as a
+# hand-written model whose likelihood is pm.Potential("loglik", (w * logp).sum())
+set.seed(2)
+cbpp$pw <- round(runif(nrow(cbpp), 0.5, 2), 6)
+gp <- glmer(incidence ~ period + (1 | herd), cbpp, family = poisson, weights = pw,
+            control = glmerControl(optimizer = "bobyqa", optCtrl = list(rhoend = 1e-12, maxfun = 1e5)))
+tp <- glmmTMB(incidence ~ period + (1 | herd), cbpp, family = poisson, weights = pw)
+res$cbpp_poisson_prior_weights <- list(
+  case = "cbpp_poisson_prior_weights", formula = "incidence ~ period + (1 | herd), poisson, weights = pw",
+  versions = versions, weights = cbpp$pw,
+  logLik = as.numeric(logLik(gp)), beta = fixef(gp), theta = getME(gp, "theta"), vcov_beta = M(vcov(gp)),
+  glmmTMB_logLik = as.numeric(logLik(tp)), glmmTMB_beta = fixef(tp)$cond, glmmTMB_log_sd = getME(tp, "theta"),
+  glmmTMB_vcov_full_beta_logsd = M(vcov(tp, full = TRUE)))
 # glmer's own behaviour with a non-integer number of successes: a warning, and a different fit
 cbpp$prop2 <- cbpp$prop; cbpp$prop2[1] <- cbpp$prop2[1] + 0.01
 warn <- NULL
