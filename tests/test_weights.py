@@ -144,6 +144,22 @@ def test_satterthwaite_against_lmertest(ref, case):
     np.testing.assert_allclose(got["t"].to_numpy(), want["t value"].to_numpy(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("case", ["sleepstudy_reml", "unbalanced_reml"])
+def test_kenward_roger_against_pbkrtest(ref, case):
+    """pbkrtest 0.5.2 ignores lme4's weights (its V is Z G Z' + sigma^2 I), so the anchor is its
+    Kenward-Roger covariance and t-table (through lmerTest 3.1-3) of the weighted model written as
+    an unweighted one, every row scaled by sqrt(w): the same REML likelihood up to sum(log w)/2
+    (checked in R to 1e-12). Tolerances as tests/test_ddf.py: 1e-4."""
+    r = ref[case]
+    fit = _fit(ref, case, "clusters")
+    np.testing.assert_allclose(r["whitened_logLik"] + 0.5 * np.log(r["weights"]).sum(), fit.loglik, rtol=1e-12)
+    np.testing.assert_allclose(fit.vcov_kr().to_numpy(), _matrix(r["kenward_roger_vcov"]).to_numpy(), rtol=1e-4)
+    want = _matrix(r["kenward_roger_coefficients"])
+    got = fit.ttest("kenward-roger")
+    np.testing.assert_allclose(got["se"].to_numpy(), want["Std. Error"].to_numpy(), rtol=1e-4)
+    np.testing.assert_allclose(got["df"].to_numpy(), want["df"].to_numpy(), rtol=1e-4)
+
+
 # -- identities -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sleepstudy():

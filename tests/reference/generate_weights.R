@@ -1,7 +1,7 @@
 # Prior weights (weights.json): lme4's lmer(..., weights = w) (precision weights) and
 # glmer(prop ~ ..., family = binomial, weights = n) (proportions with their trials).
 # Run from tests/reference:   Rscript generate_weights.R
-# Made with R 4.2.2, lme4 1.1-31, lmerTest 3.1-3, numDeriv 2016.8-1.1, glmmTMB 1.1.5 (Debian packages).
+# Made with R 4.2.2, lme4 1.1-31, lmerTest 3.1-3, pbkrtest 0.5.2, numDeriv 2016.8-1.1, glmmTMB 1.1.5 (Debian packages).
 #
 # Gaussian cases: lme4 gives logLik, estimates and vcov() of the fixed effects. The full covariance
 # (fixed effects and variance components, merDeriv's "var" scale: the covariance entries of each
@@ -23,7 +23,8 @@ tight <- lmerControl(optimizer = "bobyqa", optCtrl = list(rhoend = 1e-12, maxfun
 versions <- list(R = R.version.string, lme4 = as.character(packageVersion("lme4")),
                  numDeriv = as.character(packageVersion("numDeriv")),
                  glmmTMB = as.character(packageVersion("glmmTMB")),
-                 lmerTest = as.character(packageVersion("lmerTest")))
+                 lmerTest = as.character(packageVersion("lmerTest")),
+                 pbkrtest = as.character(packageVersion("pbkrtest")))
 
 # ---- the dense weighted Gaussian likelihood on the var scale -----------------------------------
 dense_model <- function(fit, w) {
@@ -166,6 +167,23 @@ res$unbalanced_ml <- gaussian_case("unbalanced_ml", fs, ssu, w_u, REML = FALSE, 
 res$unbalanced_ml$dropped_rows_1based <- drop
 res$unbalanced_reml <- gaussian_case("unbalanced_reml", fs, ssu, w_u, REML = TRUE)
 res$unbalanced_reml$dropped_rows_1based <- drop
+# Kenward-Roger: pbkrtest 0.5.2 builds V from Z G Z' + sigma^2 I and ignores lme4's weights, so it is
+# run on the weighted model written as an unweighted one, every row scaled by sqrt(w):
+# sqrt(w) y ~ 0 + sqrt(w) + sqrt(w) Days + (0 + sqrt(w) + sqrt(w) Days | Subject), the same likelihood
+# up to sum(log w) / 2 (recorded as whitened_logLik)
+for (k in c("sleepstudy_reml", "unbalanced_reml")) {
+  d <- if (k == "sleepstudy_reml") ss else ssu
+  w <- res[[k]]$weights
+  d$sw <- sqrt(w); d$swDays <- sqrt(w) * d$Days; d$swReaction <- sqrt(w) * d$Reaction
+  fw <- lmer(swReaction ~ 0 + sw + swDays + (0 + sw + swDays | Subject), d, REML = TRUE, control = tight)
+  lt <- lmerTest::as_lmerModLmerTest(fw)
+  kr <- summary(lt, ddf = "Kenward-Roger")$coefficients
+  rownames(kr) <- c("(Intercept)", "Days")
+  vk <- as.matrix(pbkrtest::vcovAdj(fw)); dimnames(vk) <- list(rownames(kr), rownames(kr))
+  res[[k]]$whitened_logLik <- as.numeric(logLik(fw))
+  res[[k]]$kenward_roger_coefficients <- M(kr)
+  res[[k]]$kenward_roger_vcov <- M(vk)
+}
 # crossed: Penicillin (one cluster of 30 random effects)
 pen <- read.csv(file.path(data_dir, "penicillin.csv"))
 pen$plate <- factor(pen$plate); pen$sample <- factor(pen$sample)
