@@ -384,12 +384,9 @@ class _State:
         Mw = F.solve(w)
         self.h = F.Lam @ Mw  # P Z^T r
         self.loglik = (
-            -0.5 * d.n * LOG2PI
-            - 0.5 * (d.n - d.q) * np.log(s2)
-            - 0.5 * F.logdet
-            - (self.rr - w @ Mw) / (2.0 * s2)
-            + d.half_logw
+            -0.5 * d.n * LOG2PI - 0.5 * (d.n - d.q) * np.log(s2) - 0.5 * F.logdet - (self.rr - w @ Mw) / (2.0 * s2)
         )
+        self.loglik += d.half_logw  # prior weights (0 without)
         self.ze = (self.zr - d.C @ self.h) / s2  # Z^T e
         Xr = d.Xy - d.XX @ self.beta
         self.Xe = (Xr - d.ZX.T @ self.h) / s2  # X^T e
