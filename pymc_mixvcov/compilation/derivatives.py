@@ -512,6 +512,11 @@ class LMMFunctions:
         self.P = spec.n_params
         self.vi = spec.variance_index
         self.fi = spec.fixed_index
+        # prior weights: the statistics are of the rows scaled by sqrt(w); the log-likelihood adds
+        # sum log(w) / 2 (per cluster, and in total), which no derivative sees
+        hl = structure.half_logw
+        self._half_logw = np.zeros(structure.n_clusters) if hl is None else np.asarray(hl, float)
+        self._half_logw_total = float(self._half_logw.sum() + structure.half_logw_free)
 
     def _fn(self, name: str):
         return core_function(name, self.sig, self.method)
@@ -527,7 +532,7 @@ class LMMFunctions:
         p = self.sig.p
         f, g, beta = self._fn("profile")(phi[p:], *self.data)
         nat[self.fi] = beta
-        return float(f), J[p:, self.vi].T @ np.asarray(g), nat
+        return float(f) + self._half_logw_total, J[p:, self.vi].T @ np.asarray(g), nat
 
     def information(self, nat: np.ndarray, expected: bool = False) -> dict[str, np.ndarray]:
         """Criterion, gradient and observed (and optionally expected) information on the natural scale.
@@ -552,7 +557,7 @@ class LMMFunctions:
         gv = Jv.T @ g
         obs_v = Jv.T @ H @ Jv - np.einsum("k,kij->ij", g, Tv)
         out = {
-            "loglik": float(ll),
+            "loglik": float(ll) + self._half_logw_total,
             "grad": self._embed_vector(gv),
             "observed": self._blockdiag(XtVX, obs_v),
         }
@@ -613,6 +618,8 @@ class LMMFunctions:
         Hphi = H.sum(0) + hf
         scores = S @ J
         obs_c = -(np.einsum("ki,ckl,lj->cij", J, H, J) + np.einsum("ck,kij->cij", S, T))
+        ll = ll + self._half_logw
+        llf = float(llf) + self.structure.half_logw_free
         return {
             "loglik_total": float(ll.sum() + llf),
             "loglik": ll,

@@ -74,7 +74,9 @@ def fit(
     Parameters
     ----------
     model : pymc.Model or bambi.Model
-        A model with one observed Normal variable whose mean is affine in the random effects.
+        A model with one observed Normal variable whose mean is affine in the random effects
+        (precision weights as lme4's ``weights``: residual SD ``sigma / pt.sqrt(w)``, see
+        :mod:`pymc_mixvcov.model.weights`).
         A ``bambi.Model`` is read by :func:`pymc_mixvcov.model.bambi.from_bambi` and fitted on its
         original predictor scale with lme4's labels (``random`` is then not given).
     random : list of str
