@@ -214,9 +214,13 @@ class _Display:
         with self.lock:
             self.closed = True
             if self.live is not None:
+                refresher = getattr(self.live, "_refresh_thread", None)
                 self.live.stop()
                 self.live = None
+                if refresher is not None:  # rich stops its refresh thread without waiting for it
+                    refresher.join(timeout=1.0)
             self.task._plain = None
+        self.timer.join(timeout=1.0)
 
 
 @contextlib.contextmanager
