@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html.parser
 import json
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -166,6 +167,8 @@ def test_summary_is_still_the_parameter_table(sleep_ml):
     # pandas operations give plain frames; to_string() is the table alone
     assert type(s.iloc[:2]) is pd.DataFrame and type(s.copy()) is pd.DataFrame
     assert s.to_string() == pd.DataFrame(s).to_string()
+    back = pickle.loads(pickle.dumps(s))  # pickled as the plain table, without the fit
+    assert type(back) is pd.DataFrame and back.equals(pd.DataFrame(s))
     robust = sleep_ml.sandwich("sd", adjust="CR1")
     np.testing.assert_allclose(s["Std. Error"], np.sqrt(np.diag(robust)), rtol=1e-12)
     np.testing.assert_allclose(s.layout.covariance.to_numpy(), robust.to_numpy(), rtol=1e-12)

@@ -86,8 +86,8 @@ def test_enum_declared_order_is_the_level_order(sleepstudy):
 
 
 def test_categorical_order_is_the_sort_order_polars_defines(sleepstudy):
-    """polars >= 1.32 sorts a Categorical by its strings: the levels are sorted, as R's factor()
-    sorts them, whatever order the values first appear in (here: late, mid, early)."""
+    """polars 2 sorts a Categorical by its strings: the levels are sorted, as R's factor() sorts
+    them, whatever order the values first appear in (here: late, mid, early)."""
     phase = _phases(sleepstudy["Days"].to_numpy())[::-1].copy()
     data = sleepstudy.iloc[::-1].reset_index(drop=True).assign(phase=phase)
     frame = pl.from_dict(

@@ -12,9 +12,10 @@ order of every factor is decided here, once, as R would decide it:
   levels = ...)``, with treatment contrasts. For polynomial contrasts, pass a pandas ordered
   categorical.
 * ``Categorical`` columns: a factor whose levels are the values present, in the order the
-  library sorts the column. polars >= 1.32 (and 2.x) sorts a ``Categorical`` by its strings
-  (lexically), as R's ``factor()`` sorts; older polars sorted by the physical encoding (order of
-  first appearance) unless the column was made with ``ordering="lexical"``.
+  library sorts the column. polars 2 sorts a ``Categorical`` by its strings (lexically), as R's
+  ``factor()`` sorts (checked with polars 2.1, ``tests/test_polars.py``); older polars releases
+  sorted by the physical encoding (order of first appearance) unless the column was made with
+  ``ordering="lexical"``, and that order is then the level order.
 * ``String`` columns: strings, which the formula front end makes factors with sorted levels
   (R's ``factor()``), exactly as for a pandas string column.
 * ``Boolean``: logical columns (R's ``TRUE``/``FALSE``); numeric columns: NumPy floats or

@@ -132,6 +132,10 @@ class Summary(pd.DataFrame):
             self._pmv_layout = build_layout(fit, pd.DataFrame(self), **options)
         return getattr(self, "_pmv_layout", None)
 
+    def __reduce__(self):
+        # pickled (and unpickled) as the plain table: the layout holds the fit
+        return pd.DataFrame(self).__reduce__()
+
     def __repr__(self) -> str:
         layout = self.layout
         return super().__repr__() if layout is None else layout_text(layout)
