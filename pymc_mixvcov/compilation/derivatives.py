@@ -44,6 +44,7 @@ from pytensor.tensor.elemwise import Elemwise
 
 from ..engines.marginal import ClusterStructure, CoreGraph, Signature, data_values, signature_of
 from ..errors import MixVcovError
+from ..output.progress import task as progress_task
 from . import cache
 from .evaluator import GraphFunction, freeze_shared, inline_op_from_graph, light_function
 
@@ -362,7 +363,10 @@ def _cached_graph(key: str | None, make_graph: Callable):
     ``make_graph()``, rewritten once and stored (built every time when ``key`` is ``None``)."""
 
     def build():
-        with pytensor.config.change_flags(traceback__limit=0):
+        with (
+            progress_task("pymc_mixvcov", detail=_BUILDING),
+            pytensor.config.change_flags(traceback__limit=0),
+        ):
             inputs, outputs = make_graph()
             fg = FunctionGraph(inputs, freeze_shared(list(outputs)), clone=True)
             _rewriter().rewrite(fg)
@@ -370,6 +374,9 @@ def _cached_graph(key: str | None, make_graph: Callable):
 
     return build() if key is None else cache.load_graph(key, build)
 
+
+#: The stage shown while a new signature's graphs are built (see :mod:`pymc_mixvcov.output.progress`).
+_BUILDING = "building the graphs of a new model signature (once: later fits load them from the disk cache)"
 
 #: Most compiled functions kept in this process's memory (about seven per model signature): a
 #: process that fits models of many signatures holds a bounded number; the least recently used

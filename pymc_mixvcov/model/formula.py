@@ -35,6 +35,7 @@ import pandas as pd
 
 from .._startup import import_formulae
 from ..errors import MixVcovError
+from .frames import as_pandas
 from .weights import binomial_counts, weights_values
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -92,10 +93,18 @@ def _bars(formula: str, shown: str | None = None) -> list[tuple[list, bool]]:
     from formulae.resolver import Resolver
     from formulae.scanner import Scanner
 
+    shown = formula if shown is None else shown
     try:
-        tree = Parser(Scanner(formula).scan()).parse()
+        parser = Parser(Scanner(formula).scan())
+        tree = parser.parse()
     except Exception as exc:  # formulae raises its own parse errors
-        raise MixVcovError(f"cannot parse formula {formula if shown is None else shown!r}: {exc}") from exc
+        raise MixVcovError(f"cannot parse formula {shown!r}: {exc}") from exc
+    if not parser.at_end():  # formulae stops at the first token it cannot join: "y ~ a b" would be "y ~ a"
+        rest = " ".join(str(t.lexeme) for t in parser.tokens[parser.current :] if t.kind != "EOF")
+        raise MixVcovError(
+            f"cannot parse formula {shown!r}: {rest!r} follows a complete formula; join terms with '+' and "
+            "check that the parentheses balance"
+        )
     bars = []
 
     def walk(node):
@@ -223,14 +232,15 @@ def _factor_codes(data: pd.DataFrame, cols: tuple[str, ...]) -> tuple[np.ndarray
 def _data_frame(data) -> pd.DataFrame:
     """``data`` as a DataFrame with a fresh 0-based index and NumPy dtypes where pandas' nullable ones were.
 
+    Data frames of other libraries (polars, pyarrow, anything narwhals reads) are converted by
+    :func:`pymc_mixvcov.model.frames.as_pandas`, with R's factor coding of their categorical and
+    enum columns.
+
     Columns of pandas' nullable dtypes (``Int64``, ``Float64``, ``boolean``) without missing
     values become their NumPy counterparts (``int64``, ``float64``, ``bool``); those with
     missing values are kept, to be reported by :func:`_check_data` if the formula uses them.
     """
-    if not isinstance(data, pd.DataFrame):
-        hint = " (build one with pandas.DataFrame(data))" if isinstance(data, dict) else ""
-        raise MixVcovError(f"data must be a pandas DataFrame, got {type(data).__name__}{hint}")
-    data = data.reset_index(drop=True)
+    data = as_pandas(data).reset_index(drop=True)  # polars and other frames: model/frames.py
     nullable = {}
     for c in data.columns:
         dt = data[c].dtype
@@ -346,14 +356,19 @@ class MixedModel:
     posterior_names: dict[str, list[tuple[str, int]]] | None = field(default=None, repr=False)
     #: prior weights given to :func:`lmm` (precision weights) or :func:`glmm` (binomial trials), or None
     weights: np.ndarray | None = field(default=None, repr=False)
+    #: the link function of a GLMM (``None`` for Gaussian models)
+    link: str | None = None
 
-    def fit(self, method: Method = "ML", nAGQ: int = 1, engine: Engine = "auto") -> MixedFit:
+    def fit(
+        self, method: Method = "ML", nAGQ: int = 1, engine: Engine = "auto", *, progress: bool | None = None
+    ) -> MixedFit:
         """Fit by maximum likelihood (``"ML"``) or restricted maximum likelihood (``"REML"``).
 
         Gaussian models: the random effects are integrated out exactly. GLMMs: by the Laplace
         approximation (``nAGQ=1``), as lme4's ``glmer``, or by adaptive Gauss-Hermite quadrature
         with ``nAGQ`` points per random effect (one grouping factor; scalar or vector random
-        effects); see :func:`pymc_mixvcov.optimise.fit.fit`, which also describes ``engine``.
+        effects); see :func:`pymc_mixvcov.optimise.fit.fit`, which also describes ``engine`` and
+        ``progress`` (a status line for fits that take more than a second).
         """
         from ..optimise.fit import fit
 
@@ -370,9 +385,11 @@ class MixedModel:
             data=self.data,
             nAGQ=nAGQ,
             engine=engine,
+            progress=progress,
         )
         if self.posterior_names is not None:
             result.posterior_names = self.posterior_names
+        result.formula, result.family, result.link = self.formula, self.family, self.link
         result.fixed_terms = self.fixed_labels if getattr(self.fixed_labels, "terms", None) else None
         return result
 
@@ -422,6 +439,7 @@ def lmm(
         (naming the column and rows: drop rows of weight 0, which carry no information).
     """
     _check_ordered_contrasts(ordered_contrasts)
+    _check_tilde(formula)
     data = _data_frame(data)
     y, X, offset, fixed, blocks, response = _design(formula, data, ordered_contrasts=ordered_contrasts)
     w = None if weights is None else weights_values(weights, data, y.size)[0]
@@ -433,6 +451,16 @@ def lmm(
             )
     model = _build_model(response, y, X, fixed, blocks, offset=offset, weights=w)
     return MixedModel(formula, data, model, [f"u_{b.name}" for b in blocks], fixed, blocks, weights=w)
+
+
+def _check_tilde(formula) -> None:
+    """A formula is a string ``response ~ terms``."""
+    if not isinstance(formula, str):
+        raise MixVcovError(f"formula must be a string such as 'y ~ x + (1 | g)', got {type(formula).__name__}")
+    if "~" not in formula or not formula.split("~", 1)[0].strip():
+        raise MixVcovError(
+            f"formula {formula!r} has no response: write it as 'response ~ terms', e.g. 'y ~ x + (1 | g)'"
+        )
 
 
 def _check_ordered_contrasts(value) -> None:
@@ -891,8 +919,9 @@ def glmm(
             f"link {link!r} is not available for family {family!r}; valid links: {', '.join(map(repr, LINKS[family]))}"
         )
     _check_ordered_contrasts(ordered_contrasts)
+    _check_tilde(formula)
     data = _data_frame(data)
-    lhs, rhs = formula.split("~", 1) if "~" in formula else ("", formula)
+    lhs, rhs = formula.split("~", 1)
     if weights is None:
         y, trials, label = _glmm_response(lhs.strip(), data, family)
         w = None
@@ -910,7 +939,9 @@ def glmm(
             raise MixVcovError(f"offset must be {y.size} finite values, one per row of the data")
         off = off + extra
     model = _build_model(label, y, X, fixed, blocks, offset=off, family=family, link=link, trials=trials)
-    return MixedModel(formula, data, model, [f"u_{b.name}" for b in blocks], fixed, blocks, family=family, weights=w)
+    return MixedModel(
+        formula, data, model, [f"u_{b.name}" for b in blocks], fixed, blocks, family=family, link=link, weights=w
+    )
 
 
 def _weighted_response(lhs: str, data: pd.DataFrame, family: str, weights):
@@ -971,7 +1002,9 @@ def _glmm_response(lhs: str, data: pd.DataFrame, family: str) -> tuple[np.ndarra
     if col.isna().any():
         rows = np.flatnonzero(col.isna().to_numpy())[:10].tolist()
         raise MixVcovError(f"response {lhs!r} has {int(col.isna().sum())} missing value(s) at rows {rows}")
-    if family == "binomial" and (isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object):
+    if family == "binomial" and (
+        isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object or pd.api.types.is_string_dtype(col)
+    ):
         cat = col.astype("category")
         if len(cat.cat.categories) != 2:
             raise MixVcovError(
