@@ -39,7 +39,9 @@ def cluster_response_maps(spec, structure) -> list[tuple[sp.csr_matrix, sp.csr_m
     ``b = S_b r``, ``Xy = S_x r`` and ``yy = S_1 (r * r)`` (flattened row-major), ``r = y - offset``:
     the sums of :func:`pymc_mixvcov.engines.marginal.build_structure` written as matrices.
     """
-    X = np.asarray(spec.X, float)
+    from ..model.weights import whitened
+
+    X = whitened(spec)[0]  # rows scaled by sqrt(w) with precision weights, as the statistics are
     n, p = X.shape
     oc = structure.obs_cluster
     pos_m, val_m = structure.obs_pos, structure.obs_val
@@ -82,11 +84,14 @@ class ResponseSwap:
         self.functions = functions
         base = functions.base if _is_map(functions) else functions
         self.kind = type(base).__name__
+        from ..model.weights import whitened
+
+        #: sqrt(w) of precision weights (None without): the engines' statistics are of scaled rows
+        self.row_scale = whitened(base.spec)[2] if base.spec.gaussian else None
         if self.kind == "LMMFunctions":
             self._maps = cluster_response_maps(base.spec, base.structure)
-            X = np.asarray(base.spec.X, float)
             self._free = np.flatnonzero(base.structure.obs_cluster < 0)
-            self._X_free = X[self._free]
+            self._X_free = whitened(base.spec)[0][self._free]
         elif self.kind not in ("BlockedLMMFunctions", "LaplaceFunctions"):
             raise MixVcovError(f"cannot give a new response to the functions of a {self.kind}")
 
@@ -112,11 +117,11 @@ class ResponseSwap:
         out = copy.copy(fns)
         out.spec = spec
         if self.kind == "LMMFunctions":
-            out.structure, out.data = self._cluster_data(fns, y - spec.offset)
+            out.structure, out.data = self._cluster_data(fns, self.scaled(y))
             out.__dict__.pop("_last_clusters", None)
         elif self.kind == "BlockedLMMFunctions":
             d = fns.data
-            r = y - np.asarray(spec.offset, float)
+            r = self.scaled(y)
             out.data = replace(d, Zy=np.asarray(d.Z.T @ r), Xy=d.X.T @ r, yy=float(r @ r), y=r)
             out.__dict__.pop("_last_ml", None)
         else:  # LaplaceFunctions: the response is one of the data inputs (laplace_data's third)
@@ -129,6 +134,11 @@ class ResponseSwap:
                 out.__dict__.pop(key, None)
             out.modes_converged = True
         return out
+
+    def scaled(self, y: np.ndarray) -> np.ndarray:
+        """``y - offset``, scaled by ``sqrt(w)`` with precision weights: what the statistics sum."""
+        r = np.asarray(y, float) - np.asarray(self.spec.offset, float)
+        return r if self.row_scale is None else r * self.row_scale
 
     def _cluster_data(self, fns, r: np.ndarray):
         """The cluster engine's structure and data inputs (``data_values``' order) for ``r``."""
@@ -201,7 +211,7 @@ class StackedResponses:
         self.affine = affine
         self.fns, self.swap = fns, swap
         structure = fns.structure
-        R = (np.asarray(ys, float) - np.asarray(fns.spec.offset, float)[None, :]).T  # (n, K)
+        R = np.stack([swap.scaled(y) for y in np.asarray(ys, float)], axis=1)  # (n, K)
         self.K = R.shape[1]
         self.stats = []
         for bt, (S_b, S_x, S_1) in zip(structure.batches, swap._maps, strict=True):
@@ -259,7 +269,9 @@ class StackedResponses:
         out = []
         for i, (_, J, T) in enumerate(maps):
             observed = J.T @ H[i] @ J if T is None else J.T @ H[i] @ J + np.einsum("k,kij->ij", g[i], T)
-            out.append({"loglik": float(ll[i]), "grad": J.T @ g[i], "observed": -observed})
+            # precision weights: sum log(w) / 2, the constant the cluster engine adds (0 without)
+            ll_i = float(ll[i]) + float(getattr(fns, "_half_logw_total", 0.0))
+            out.append({"loglik": ll_i, "grad": J.T @ g[i], "observed": -observed})
         return out
 
     def check(self, nat: np.ndarray) -> bool:

@@ -5,7 +5,8 @@ For ``b = 1, ..., B`` (Efron and Tibshirani 1993, ch. 6; Davison and Hinkley 199
 1. draw the random effects from their fitted distribution, ``u*_k[l] = L_k z``, ``z ~ N(0, I)``,
    for every level ``l`` of every term ``k`` (``G_k = L_k L_k^T`` at the estimate);
 2. form the linear predictor ``eta* = offset + X beta_hat + Z u*`` and draw the response from the
-   model's likelihood given it: ``y* = eta* + sigma_hat e`` for Gaussian models, and for any other
+   model's likelihood given it: ``y* = eta* + sigma_hat e`` for Gaussian models (``e_i`` scaled by
+   ``w_i^{-1/2}`` with precision weights), and for any other
    likelihood a draw of the model's own observed random variable (binomial with its trials,
    Poisson, negative binomial, Gamma, Student-t, ...) at ``eta*`` and the fitted likelihood
    parameters;
@@ -50,7 +51,7 @@ from ..errors import ConvergenceWarning, MixVcovError
 
 __all__ = ["bootstrap", "simulate", "BootstrapResult", "Simulator", "percentile_interval", "sd_values"]
 
-#: Seconds after which a run shows its progress bar (shorter runs stay silent).
+#: Seconds after which a run shows its progress line (shorter runs stay silent).
 PROGRESS_DELAY = 2.0
 
 #: Most replicates per task sent to a worker (iterated 25 at a time, :func:`newton_lockstep`): the
@@ -158,6 +159,9 @@ class Simulator:
             used = np.flatnonzero(t.codes >= 0)
             self.terms.append((len(t.levels), L, used, t.codes[used], np.asarray(t.z, float)[used]))
         self.sigma = float(phi[off]) if self.gaussian else None
+        # precision weights: residual SD sigma / sqrt(w_i) (pymc_mixvcov.model.weights)
+        w = getattr(spec, "weights", None)
+        self.residual_scale = None if w is None else 1.0 / np.sqrt(np.asarray(w, float))
         self.draw = None if self.gaussian else _Draw(spec)
 
     def eta(self, rng: np.random.Generator) -> np.ndarray:
@@ -172,7 +176,8 @@ class Simulator:
         """One simulated response (the observed variable's values, offset included)."""
         eta = self.eta(rng)
         if self.gaussian:
-            return eta + self.sigma * rng.standard_normal(eta.size)
+            e = self.sigma * rng.standard_normal(eta.size)
+            return eta + (e if self.residual_scale is None else e * self.residual_scale)
         return self.draw(eta, self.nat, rng)
 
 
@@ -306,51 +311,18 @@ def _run_chunk_pickled(token: str, blob: bytes, seeds: list, first: int) -> tupl
     return _run_chunk(_WORKER_KIT[1], seeds, first)
 
 
-# -- progress ----------------------------------------------------------------------------------------
-class _Progress:
-    """A rich progress bar that appears once a run has taken :data:`PROGRESS_DELAY` seconds."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.done = total, enabled, 0
-        self.t0 = time.perf_counter()
-        self.bar = None
-
-    def advance(self, k: int) -> None:
-        self.done += k
-        if not self.enabled:
-            return
-        if self.bar is None and time.perf_counter() - self.t0 > PROGRESS_DELAY and self.done < self.total:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                "bootstrap", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("bootstrap", total=self.total, completed=self.done)
-        elif self.bar is not None:
-            self.bar.update(self.task, completed=self.done)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=self.done)
-            self.bar.stop()
-            self.bar = None
-
-
 # -- the runners -------------------------------------------------------------------------------------
 def _chunks(n: int, workers: int) -> list[tuple[int, int]]:
     size = max(1, min(MAX_CHUNK, math.ceil(n / (2 * max(workers, 1)))))
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
-def _run_local(kit, seeds, progress):
+def _run_local(kit, seeds):
     for a, b in _chunks(len(seeds), 1):
-        res = _run_chunk(kit, seeds[a:b], a)
-        yield res
-        progress.advance(len(res[2]))
+        yield _run_chunk(kit, seeds[a:b], a)
 
 
-def _run_joblib(kit, seeds, n_jobs, progress):
+def _run_joblib(kit, seeds, n_jobs):
     import cloudpickle
     from joblib import Parallel, cpu_count, delayed
 
@@ -360,12 +332,10 @@ def _run_joblib(kit, seeds, n_jobs, progress):
     chunks = _chunks(len(seeds), workers)
     tasks = (delayed(_run_chunk_pickled)(token, blob, seeds[a:b], a) for a, b in chunks)
     with Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered") as parallel:
-        for res in parallel(tasks):
-            yield res
-            progress.advance(len(res[2]))
+        yield from parallel(tasks)
 
 
-def _run_dask(kit, seeds, client, progress):
+def _run_dask(kit, seeds, client):
     from distributed import as_completed
 
     workers = max(1, sum(client.nthreads().values()))
@@ -374,9 +344,7 @@ def _run_dask(kit, seeds, client, progress):
     futures = [client.submit(_run_chunk, kit_future, seeds[a:b], a, pure=False) for a, b in chunks]
     try:
         for fut in as_completed(futures):
-            res = fut.result()
-            yield res
-            progress.advance(len(res[2]))
+            yield fut.result()
     finally:
         client.cancel([*futures, kit_future])
 
@@ -446,15 +414,16 @@ def _simulator(fit) -> Simulator:
     return simulator
 
 
-def bootstrap(fit, n: int, *, seed=None, n_jobs: int | None = None, client=None, progress: bool = True):
+def bootstrap(fit, n: int, *, seed=None, n_jobs: int | None = None, client=None, progress: bool | None = None):
     """Parametric bootstrap of a fit; see :meth:`pymc_mixvcov.inference.results.MixedFit.bootstrap`."""
     from ..engines.response import ResponseSwap, StackedResponses, affine_map
+    from ..output.progress import task
 
     n = _check_n(n)
     ss = _seed_sequence(seed)
     n_jobs = _check_jobs(n_jobs, client)
-    if not isinstance(progress, bool):
-        raise MixVcovError(f"progress must be True or False, got {progress!r}")
+    if progress is not None and not isinstance(progress, bool):
+        raise MixVcovError(f"progress must be True, False or None, got {progress!r}")
     nat = np.asarray(fit._opt["nat"], float)
     fns = fit._functions
     simulator = _simulator(fit)
@@ -474,26 +443,24 @@ def bootstrap(fit, n: int, *, seed=None, n_jobs: int | None = None, client=None,
         cold,
     )
     seeds = ss.spawn(n)
-    bar = _Progress(n, progress)
     values = np.full((n, len(labels)), np.nan)
     loglik = np.full(n, np.nan)
     converged = np.zeros(n, bool)
     failed = np.zeros(n, bool)
     messages = [""] * n
     if client is not None:
-        runs = _run_dask(kit, seeds, client, bar)
+        runs = _run_dask(kit, seeds, client)
     elif n_jobs == 1:
-        runs = _run_local(kit, seeds, bar)
+        runs = _run_local(kit, seeds)
     else:
-        runs = _run_joblib(kit, seeds, n_jobs, bar)
+        runs = _run_joblib(kit, seeds, n_jobs)
     t0 = time.perf_counter()
-    try:
+    with task("bootstrap", detail="replicates", total=n, progress=progress, delay=PROGRESS_DELAY) as bar:
         for first, v, ll, conv, fail, msg in runs:
             sl = slice(first, first + len(ll))
             values[sl], loglik[sl], converged[sl], failed[sl] = v, ll, conv, fail
             messages[sl] = msg
-    finally:
-        bar.close()
+            bar.advance(len(ll))
     seconds = time.perf_counter() - t0
     result = BootstrapResult._build(fit, labels, values, loglik, converged, failed, messages, ss, seconds)
     bad = int(np.sum(~converged))

@@ -28,6 +28,7 @@ from pytensor.tensor.random.basic import MvNormalRV, NormalRV
 
 from ..compilation.evaluator import light_function
 from ..errors import MixVcovError
+from .weights import split_residual_sd
 
 __all__ = ["FreeParam", "RandomTerm", "GaussianSpec", "inspect_model"]
 
@@ -147,6 +148,9 @@ class GaussianSpec:
     #: graph of the linear predictor ``eta``, the data ``y`` and ``nat`` (its ``psi`` entries)
     logp: tuple | None = field(default=None, repr=False)
     psi_index: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    #: Gaussian precision weights ``w_i`` (residual variance ``sigma^2 / w_i``), read from a residual
+    #: SD ``sigma / sqrt(w)``; ``None`` without (:mod:`pymc_mixvcov.model.weights`)
+    weights: np.ndarray | None = field(default=None, repr=False)
     #: non-Gaussian observed likelihoods: ``(eta, draw, shape)``, the observed random variable as a
     #: graph of the linear predictor ``eta`` and ``nat`` (what simulating from the model draws)
     #: and the observed data's shape; ``None`` for Gaussian models and likelihood Potentials
@@ -434,15 +438,22 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
     mu_g = graph_replace(eta, {**repl, **urepl}, strict=False)
     mu_g = pt.broadcast_to(mu_g, (y.size,)) if mu_g.ndim == 0 else pt.flatten(mu_g)
     mu_fn = _light([nat, uvec], mu_g)
+    weights = None
     draw = None
     if gaussian:
         sigma_g = graph_replace(sigma, repl, strict=False)
         sigma_val = np.asarray(_light([nat], sigma_g)(nat0))
         if sigma_val.size != 1:
-            raise MixVcovError(
-                f"the residual SD of {obs.name!r} varies across observations; the exact Gaussian "
-                "engine needs one residual SD"
-            )
+            split = split_residual_sd(sigma, [p.rv for p in params], y.size, obs.name)
+            if split is not None:
+                sigma_g = graph_replace(split[0], repl, strict=False)
+                sigma_val, weights = np.asarray(_light([nat], sigma_g)(nat0)), split[1]
+            if sigma_val.size != 1:
+                raise MixVcovError(
+                    f"the residual SD of {obs.name!r} varies across observations; the exact Gaussian engine needs "
+                    "one residual SD, or one SD and precision weights written sigma / pt.sqrt(w) (sigma a "
+                    "parameter, w positive data: lme4's weights)"
+                )
         sigma_s = pt.reshape(sigma_g, ())
         logp = None
     else:
@@ -496,6 +507,7 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
         family="gaussian" if gaussian else type(obs.owner.op).__name__.removesuffix("RV"),
         logp=logp,
         psi_index=psi_index,
+        weights=weights,
         draw=draw,
     )
 
