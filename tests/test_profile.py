@@ -149,6 +149,27 @@ def test_cbpp_laplace_against_lme4(cbpp_fit, ref):
     np.testing.assert_allclose(got, _exact(r), rtol=2e-4)
 
 
+@pytest.mark.filterwarnings("ignore::pymc_mixvcov.SingularFitWarning")
+def test_correlation_whose_profile_stays_within_z(poisson_slope_data):
+    """Poisson ``(x | g)`` on 12 clusters: as the slope SD goes to 0 every correlation gives the same
+    likelihood, that of ``(1 | g)``, so ``|zeta(cor)| <= sqrt(LRT)`` everywhere; with the
+    likelihood-ratio statistic below ``z^2`` the correlation's interval is [-1, 1] and the slope SD's
+    lower bound is 0 (lme4 1.1-31's profile fails on this fit: "profiling detected new, lower
+    deviance"). At the other bounds the profile deviance is ``z^2``."""
+    d = poisson_slope_data
+    fit = pmv.glmm("y ~ x + (x | g)", d, family="poisson").fit()
+    small = pmv.glmm("y ~ x + (1 | g)", d, family="poisson").fit()
+    assert 2 * (fit.loglik - small.loglik) < Z95**2
+    ci = fit.confint()
+    np.testing.assert_array_equal(ci.loc["cor_x.(Intercept)|g", ["lower", "upper"]].to_numpy(float), [-1.0, 1.0])
+    assert ci.loc["sd_x|g", "lower"] == 0.0
+    prof = ProfileLikelihood(fit)
+    for label in ("(Intercept)", "x", "sd_(Intercept)|g"):
+        for side in ("lower", "upper"):
+            q = prof.at(label, float(ci.loc[label, side]))
+            np.testing.assert_allclose(2 * (prof.loglik - q.loglik), Z95**2, rtol=0, atol=1e-6)
+
+
 # -- identities -------------------------------------------------------------------------------------------
 def test_bounds_solve_the_profile_equations(sleep_ml, sleep_ci):
     """At each bound, a fresh constrained maximisation (not the root finder's path) gives the

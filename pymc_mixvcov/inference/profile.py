@@ -107,6 +107,11 @@ GAIN_TOL = 1e-12
 BOUNDARY_REL = 1e-8
 #: A profile log-likelihood this much above the fit's maximum means the fit had not converged.
 HIGHER_TOL = 1e-6
+#: Halvings of the distance to a value whose constrained maximisation fails (continuation).
+MAX_HALVINGS = 8
+#: A constrained maximisation whose constraint gradient grows this many times is running to a
+#: point where the constraint degenerates (a correlation whose SD goes to 0): it is stopped.
+DEGENERATE_GROWTH = 1e3
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,8 @@ class ProfileLikelihood:
         self._se = self._wald_se()
         self._depends = self._dependence()
         self._points: dict[int, list[ProfilePoint]] = {}
+        self._degenerate: dict[int, float] = {}
+        self._cor_sds = _correlation_sds(spec, self._p)
 
     # -- the pieces --------------------------------------------------------------------------------
     def _criterion(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -306,9 +313,14 @@ class ProfileLikelihood:
         crit = self._criterion(x)
         if not np.isfinite(crit[0]):
             raise _NotSolved("the criterion is not finite at the start")
+        a_start = None
         for it in range(40):
             ll, g, H = crit
             s, a, C = self._entry(k, x)
+            a_norm = np.linalg.norm(a[self._free])
+            a_start = a_norm if a_start is None else a_start
+            if a_start > 0 and a_norm > DEGENERATE_GROWTH * a_start:
+                raise _NotSolved("the constraint degenerates along the path (a correlation whose SD goes to 0)")
             if not (np.all(np.isfinite(g)) and np.all(np.isfinite(H)) and np.all(np.isfinite(C))):
                 raise _NotSolved("non-finite derivatives")
             lam = _multiplier(g, a, self._free)
@@ -380,57 +392,77 @@ class ProfileLikelihood:
             _tangent(W, a, free),
         )
 
-    def _start(self, k: int, t: float) -> np.ndarray:
-        """Warm start for ``s_k = t``: the first-order predictor ``nat + (t - t_q) dnat/dt`` from the
-        nearest point ``q`` solved on the same side of the estimate, or from the estimates (moved
-        off a bound where the parameter does not depend on the free parameters there)."""
+    def _base(self, k: int, t: float) -> ProfilePoint:
+        """The point to start from for ``s_k = t``: the nearest one solved on the same side of the
+        estimate, else the estimate itself; for a parameter that does not move with the free
+        parameters at the estimate (an SD estimated at 0), the estimates with the parameters at a
+        bound moved inside by ``|t|`` and no tangent."""
         t_hat = self.estimates[k]
         side = np.sign(t - t_hat)
         near = [q for q in self._points.get(k, []) if np.sign(q.value - t_hat) == side]
         if near:
-            q = min(near, key=lambda q: abs(q.value - t))
-            return q.nat + (t - q.value) * q.tangent
-        a = self._entry(k, self.nat_hat, second=False)[1]
-        if np.any(np.abs(a[self._free & ~self._at_bound]) > 0):
-            q = self._hat_point(k)
-            return q.nat + (t - q.value) * q.tangent
-        x = self.nat_hat.copy()  # e.g. an SD at 0: move its parameters inside
+            return min(near, key=lambda q: abs(q.value - t))
+        q = self._hat_point(k)
+        if np.any(np.abs(q.constraint_grad[q.free]) > 0):
+            return q
         lo = self._lower
-        bump = abs(t) if t != 0 else 1e-3
-        return np.where(self._at_bound & np.isfinite(lo), lo + bump, x)
+        x = np.where(self._at_bound & np.isfinite(lo), lo + (abs(t) if t != 0 else 1e-3), self.nat_hat)
+        return ProfilePoint(q.value, q.loglik, 0.0, 0.0, x, q.grad, q.constraint_grad, q.free, 0, np.zeros(x.size))
 
     def at(self, label: str | int, value: float) -> ProfilePoint:
         """The constrained maximum of the criterion with parameter ``label`` held at ``value``.
 
-        Starts from the nearest point solved before on the same side of the estimate; where a
-        direct Newton solve fails, it walks there through intermediate values (continuation).
+        Starts from the first-order predictor ``nat_q + (t - t_q) dnat/dt`` at the nearest point
+        ``q`` solved before on the same side of the estimate (or the estimate); where the Newton
+        solve fails, it halves the way from ``q`` (continuation), up to :data:`MAX_HALVINGS` times.
         """
         k = self.index(label) if isinstance(label, str) else int(label)
         t = float(value)
         if t == self.estimates[k]:
             return self._hat_point(k)
-        x0 = self._start(k, t)
-        t0 = self._entry(k, x0, second=False)[0]
-        targets = [t]
-        point = None
-        for _ in range(40):
+        base = self._base(k, t)
+        target, halvings = t, 0
+        while True:
+            x0 = base.nat + (target - base.value) * base.tangent
             try:
-                point = self._solve(k, targets[-1], x0)
+                point = self._solve(k, target, x0)
             except _NotSolved:
-                if len(targets) > 30:
+                halvings += 1
+                if halvings > MAX_HALVINGS:
                     break
-                # halve the way from the last solved value (continuation)
-                targets.append(0.5 * (t0 + targets[-1]))
+                target = 0.5 * (base.value + target)
                 continue
             self._points.setdefault(k, []).append(point)
-            if targets[-1] == t:
+            if target == t:
                 return point
-            targets.pop()
-            x0, t0 = point.nat, point.value
+            base, target = point, t
         raise MixVcovError(
             f"the profile of {self.labels[k]!r} could not be computed at {value:.6g}: the constrained "
             "maximisation did not converge (the model may be poorly identified along this parameter)"
         )
+
+    def _degenerate_zeta(self, k: int) -> float:
+        """For a correlation: ``|zeta|`` where either of its two SDs is 0, a bound on ``|zeta|``.
+
+        As an SD tends to 0, every value of a correlation it enters gives the same likelihood, so
+        ``l_p(t) >= l_b``, the larger of the two SDs' profiles at 0, for every ``t``; and where the
+        constrained maximum is not attained (it runs to that boundary) ``l_p(t) = l_b``. Returns
+        ``sqrt(2 (l_hat - l_b))``.
+        """
+        if k not in self._degenerate:
+            best = -np.inf
+            for j in self._cor_sds[k]:
+                try:
+                    best = max(best, self.at(j, float(self.estimates[j]) * BOUNDARY_REL).loglik)
+                except MixVcovError:
+                    continue
+            if not np.isfinite(best):
+                raise MixVcovError(
+                    f"the profile of {self.labels[k]!r} could not be computed: the constrained maximisation "
+                    "does not converge and neither SD of the correlation could be profiled to 0"
+                )
+            self._degenerate[k] = float(np.sqrt(max(2.0 * (self.loglik - best), 0.0)))
+        return self._degenerate[k]
 
     # -- the interval ------------------------------------------------------------------------------
     def _transform(self, k: int):
@@ -468,101 +500,116 @@ class ProfileLikelihood:
             return float(np.sign(t_hat)), None  # a correlation estimated at +-1
         U, T, dT = self._transform(k) if not at_one else _IDENTITY
         u_hat = U(t_hat)
-        # the limits of the parameter space on u's scale, where a profile that has not reached the
+        # the limit of the parameter space on u's scale, where a profile that has not reached the
         # critical value stays within it
-        edge_u, edge_t = None, None
+        edge = None
         if kind == "positive" and side < 0:
-            edge_u, edge_t = U(t_hat * BOUNDARY_REL), 0.0
+            edge = (U(t_hat * BOUNDARY_REL), 0.0)
         elif kind == "correlation":
-            edge_u, edge_t = U(side * (1.0 - BOUNDARY_REL)), float(side)
+            edge = (U(side * (1.0 - BOUNDARY_REL)), float(side))
         se_u = se * dT_inverse(U, t_hat)
         if np.isfinite(se_u) and se_u > 0:
             step0 = z * se_u
         else:  # no Wald interval (a parameter held at a bound): a first step of the parameter's size
             step0 = 0.5 if kind == "correlation" else 0.5 * (1.0 + abs(u_hat))
-        u = u_hat + side * step0
-        inside, outside = (u_hat, 0.0), None
-        illinois = [1.0, 1.0]  # regula falsi weights of the inside and outside ends
-        prev_side = None
+        return self._root(k, side, z, (U, T, dT), u_hat, u_hat + side * step0, step0, edge)
+
+    def _bound_from_zero(self, k: int, side: int, target: float, z: float) -> tuple[float, ProfilePoint | None]:
+        """Bounds of an SD estimated at 0: the lower one is 0; the upper one is found on ``log t``
+        from ``z se`` (or a hundredth of ``sigma``), growing or shrinking ``t`` fourfold until the
+        root is bracketed."""
+        if side < 0:
+            return 0.0, None
+        se = self._se[k]
+        t0 = z * se if np.isfinite(se) and se > 0 else 1e-2 * _typical_scale(self)
+        return self._root(k, side, z, (np.log, np.exp, np.exp), None, float(np.log(t0)), float(np.log(4.0)), None)
+
+    def _root(self, k, side, z, transform, u_in, u, step0, edge) -> tuple[float, ProfilePoint | None]:
+        """The root of ``zeta(t(u)) = side z`` by Newton's method on ``u`` with ``d zeta / du`` exact.
+
+        ``u_in``: a point known to be within the interval (the estimate), or ``None``; ``u``: the
+        first trial; ``step0``: the size of the first step; ``edge``: ``(u_edge, t_edge)``, the limit
+        of the parameter space on this side, returned when the profile there has not reached the
+        critical value. Until the root is bracketed, steps go outward (at most four times the
+        distance covered so far) or, with no point inside yet, inward by ``step0``; once it is,
+        Newton steps that leave the bracket or do not halve it give way to regula falsi with the
+        Illinois modification (the value kept twice is halved).
+        """
+        U, T, dT = transform
+        target = side * z
+        inside = None if u_in is None else (u_in, -target)  # (u, zeta - target)
+        outside, last = None, None
         for _ in range(80):
-            if edge_u is not None and side * (u - edge_u) >= 0:
-                u = edge_u
-            q = self.at(k, float(T(u)))
-            zeta = q.zeta
-            if abs(zeta - target) < ZETA_TOL:
+            if edge is not None and side * (u - edge[0]) >= 0:
+                u = edge[0]
+            try:
+                q = self.at(k, float(T(u)))
+                zeta = q.zeta
+            except MixVcovError:
+                if self.kinds[k] != "correlation":
+                    raise
+                # the constrained maximum runs to an SD of 0, where the profile is flat at its
+                # degenerate level: within the interval up to the edge, or beyond the root
+                q, zeta = None, side * self._degenerate_zeta(k)
+                if abs(zeta) < z:
+                    return float(side), None
+            f = zeta - target
+            if q is not None and abs(f) < ZETA_TOL:
                 return q.value, q
             beyond = side * zeta > z
-            if not beyond and edge_u is not None and u == edge_u:
-                return edge_t, None
+            if not beyond and edge is not None and u == edge[0]:
+                return edge[1], None
             if beyond:
-                outside = (u, zeta)
-                if prev_side == "out":
-                    illinois[0] *= 0.5
-                prev_side = "out"
+                if last == "out" and inside is not None:
+                    inside = (inside[0], 0.5 * inside[1])
+                outside, last = (u, f), "out"
             else:
-                inside = (u, zeta)
-                if prev_side == "in":
-                    illinois[1] *= 0.5
-                prev_side = "in"
-            dz = q.dzeta * dT(u)
-            newton = u + (target - zeta) / dz if np.isfinite(dz) and dz > 0 else None
+                if last == "in" and outside is not None:
+                    outside = (outside[0], 0.5 * outside[1])
+                inside, last = (u, f), "in"
+            dz = q.dzeta * dT(u) if q is not None else np.nan
+            newton = u - f / dz if np.isfinite(dz) and dz > 0 else None
             if outside is None:
-                reach = max(abs(u - u_hat), step0)
+                reach = max(abs(u - u_in) if u_in is not None else 0.0, step0)
                 if newton is None or side * (newton - u) <= 0:
                     newton = u + side * 2.0 * reach
-                newton = u + side * min(side * (newton - u), 4.0 * reach)
-                u = newton
+                u = u + side * min(side * (newton - u), 4.0 * reach)
                 continue
-            (ui, zi), (uo, zo) = inside, outside
-            a_, b_ = min(ui, uo), max(ui, uo)
-            if newton is not None and a_ < newton < b_ and abs(newton - u) < 0.5 * (b_ - a_):
+            if inside is None:
+                u = u - side * step0
+                continue
+            (ui, fi), (uo, fo) = inside, outside
+            lo_, hi_ = min(ui, uo), max(ui, uo)
+            if hi_ - lo_ <= 1e-13 * (1.0 + abs(u)) and q is not None:
+                return float(T(u)), q
+            if newton is not None and lo_ < newton < hi_ and abs(newton - u) < 0.5 * (hi_ - lo_):
                 u = newton
-            else:  # Illinois regula falsi on zeta - target within the bracket
-                fi, fo = illinois[0] * (zi - target), illinois[1] * (zo - target)
+            else:
                 u = (ui * fo - uo * fi) / (fo - fi) if fo != fi else 0.5 * (ui + uo)
-                if not a_ < u < b_:
+                if not lo_ < u < hi_:
                     u = 0.5 * (ui + uo)
-            if b_ - a_ <= 1e-13 * (1.0 + abs(u)):
-                return float(T(u)), self.at(k, float(T(u)))
         raise MixVcovError(
             f"the {'upper' if side > 0 else 'lower'} profile bound of {self.labels[k]!r} was not found in 80 "
             "evaluations (the profile may not be monotone)"
         )
 
-    def _bound_from_zero(self, k: int, side: int, target: float, z: float) -> tuple[float, ProfilePoint | None]:
-        """Bounds of an SD estimated at 0: the lower one is 0; the upper one is found on ``log t``,
-        growing ``t`` geometrically until the profile passes ``z``, then by regula falsi."""
-        if side < 0:
-            return 0.0, None
-        se = self._se[k]
-        t = z * se if np.isfinite(se) and se > 0 else 1e-2 * _typical_scale(self)
-        inside, outside = None, None
-        for _ in range(80):
-            q = self.at(k, t)
-            if abs(q.zeta - target) < ZETA_TOL:
-                return q.value, q
-            if q.zeta > z:
-                outside = (np.log(t), q.zeta)
-            else:
-                inside = (np.log(t), q.zeta)
-            if outside is None:
-                t *= 4.0
-                continue
-            if inside is None:
-                t /= 4.0
-                continue
-            (ui, zi), (uo, zo) = inside, outside
-            dz = q.dzeta * t
-            u = np.log(t) + (target - q.zeta) / dz if np.isfinite(dz) and dz > 0 else None
-            a_, b_ = min(ui, uo), max(ui, uo)
-            if u is None or not a_ < u < b_:
-                u = 0.5 * (ui + uo)
-            t = float(np.exp(u))
-        raise MixVcovError(f"the upper profile bound of {self.labels[k]!r} was not found in 80 evaluations")
-
     def interval(self, label: str | int, level: float = 0.95) -> tuple[float, float]:
         """The profile interval ``{t : |zeta(t)| <= z}`` of one parameter."""
         return self.bound(label, -1, level)[0], self.bound(label, +1, level)[0]
+
+
+def _correlation_sds(spec, p: int) -> dict[int, tuple[int, int]]:
+    """For each correlation row of the sd scale, the rows of its two SDs (lower-triangle order of
+    :mod:`pymc_mixvcov.inference.scales`)."""
+    out, off = {}, p
+    for t in spec.terms:
+        pairs = [(i, j) for j in range(t.r) for i in range(j, t.r)]
+        row = {pair: off + n for n, pair in enumerate(pairs)}
+        for (i, j), r in row.items():
+            if i != j:
+                out[r] = (row[i, i], row[j, j])
+        off += len(pairs)
+    return out
 
 
 def _identity(t):
