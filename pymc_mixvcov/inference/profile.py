@@ -50,6 +50,10 @@ How the roots are found, exactly and with few evaluations:
   correlation whose profile stays within ``-+z`` up to ``-+(1 - 10^-8)`` gets ``-+1``: lme4 reports
   the same limits there. An SD estimated at 0 gets the lower bound 0.
 
+The criterion's value, gradient and Hessian come from the fit's engine; a Gaussian fit whose
+largest cluster is large (crossed factors) is profiled with the blocked engine's functions, the
+same criterion at a fraction of the cost (:func:`_functions_for`).
+
 ML fits profile the ML log-likelihood. REML fits, by default, profile the ML log-likelihood of
 the same model refitted by ML, as lme4 does (its ``profile.merMod`` calls ``refitML``): the REML
 criterion does not involve the fixed effects. ``criterion="REML"`` profiles the REML criterion
@@ -107,6 +111,9 @@ GAIN_TOL = 1e-12
 BOUNDARY_REL = 1e-8
 #: A profile log-likelihood this much above the fit's maximum means the fit had not converged.
 HIGHER_TOL = 1e-6
+#: Gaussian fits by the cluster engine whose largest cluster has more random effects than this are
+#: profiled with the blocked engine's functions (see :func:`_functions_for`).
+BLOCKED_PROFILE_MIN = 8
 #: Halvings of the distance to a value whose constrained maximisation fails (continuation).
 MAX_HALVINGS = 8
 #: A constrained maximisation whose constraint gradient grows this many times is running to a
@@ -705,23 +712,39 @@ def _check_criterion(fit: MixedFit, criterion: str | None) -> str:
 
 
 def _functions_for(fit: MixedFit, criterion: str):
-    """The engine functions, maximiser and held parameters of ``criterion`` for ``fit``: the fit's own,
-    or those of an ML refit of a REML fit (on the same spec and cluster structure, cached on the fit)."""
-    if fit.method == criterion:
-        return fit._functions, fit._opt["nat"], fit.at_bound
-    cached = fit._cache.get("profile_ml_refit")
-    if cached is None:
-        from ..optimise.fit import optimise
+    """The engine functions, maximiser and held parameters of ``criterion`` for ``fit``.
 
-        fns = type(fit._functions)(fit.spec, fit.structure, "ML")
-        opt = optimise(fns, fit.spec)
-        if not opt.converged:
-            warnings.warn(
-                f"the ML refit of this REML fit, whose likelihood is profiled, did not converge ({opt.message})",
-                MixVcovWarning,
-                stacklevel=4,
-            )
-        cached = fit._cache["profile_ml_refit"] = (fns, opt.nat, opt.at_bound)
+    The fit's own, or those of an ML refit of a REML fit (on the same spec and cluster structure,
+    cached on the fit). A Gaussian fit by the cluster engine whose largest cluster has more than
+    :data:`BLOCKED_PROFILE_MIN` random effects (crossed factors make one cluster of them all) is
+    profiled with the blocked engine's functions: the same criterion and exact derivatives
+    (they agree to 1e-11), at a fraction of the cost per evaluation there (Penicillin's 30
+    crossed effects: 30 ms against 390 ms).
+    """
+    blocked = fit.spec.gaussian and fit.engine == "clusters" and fit.structure.largest > BLOCKED_PROFILE_MIN
+    if fit.method == criterion and not blocked:
+        return fit._functions, fit._opt["nat"], fit.at_bound
+    key = f"profile_functions_{criterion}"
+    cached = fit._cache.get(key)
+    if cached is None:
+        from ..engines.blocked import BlockedLMMFunctions
+
+        cls = BlockedLMMFunctions if blocked else type(fit._functions)
+        fns = cls(fit.spec, fit.structure, criterion)
+        if fit.method == criterion:
+            cached = (fns, fit._opt["nat"], fit.at_bound)
+        else:
+            from ..optimise.fit import optimise
+
+            opt = optimise(fns, fit.spec)
+            if not opt.converged:
+                warnings.warn(
+                    f"the ML refit of this REML fit, whose likelihood is profiled, did not converge ({opt.message})",
+                    MixVcovWarning,
+                    stacklevel=4,
+                )
+            cached = (fns, opt.nat, opt.at_bound)
+        fit._cache[key] = cached
     return cached
 
 

@@ -172,6 +172,11 @@ m3 <- lmer(strength ~ 1 + (1 | batch) + (1 | batch:cask), pa, REML = FALSE)
 cases$pastes_ml <- pack("lmer(strength ~ 1 + (1 | batch) + (1 | batch:cask), REML = FALSE): the batch SD's lower bound is 0",
                         exact_lmm(m3, pa, "strength", "(1 | batch) + (1 | batch:cask)"))
 
+pe <- read.csv(file.path(data_dir, "penicillin.csv"), stringsAsFactors = TRUE)
+m7 <- lmer(diameter ~ 1 + (1 | plate) + (1 | sample), pe, REML = FALSE)
+cases$penicillin_ml <- pack("lmer(diameter ~ 1 + (1 | plate) + (1 | sample), REML = FALSE): crossed",
+                            exact_lmm(m7, pe, "diameter", "(1 | plate) + (1 | sample)"))
+
 dy <- read.csv(file.path(data_dir, "dyestuff.csv"), stringsAsFactors = TRUE)
 m4 <- lmer(Yield ~ 1 + (1 | Batch), dy, REML = FALSE)
 cases$dyestuff_ml <- pack("lmer(Yield ~ 1 + (1 | Batch), REML = FALSE)",
