@@ -12,7 +12,7 @@ Tolerances.
   about 1e-9 standard errors; the measured agreement is 3e-9 or better).
 * Against lme4's ``confint``, 1e-3 relative (the issue's tolerance): lme4 inverts a spline through a
   grid of zeta values, and its bounds are off the exact roots of its own deviance by up to
-  4.8e-5 (sleepstudy), 5.3e-5 (Pastes), 3.8e-5 (Penicillin), 1.7e-4 (Dyestuff) and 7.5e-4
+  4.8e-5 (sleepstudy), 5.3e-5 (Pastes), 3.8e-5 (Penicillin), 1.7e-4 (Dyestuff) and 1.7e-4
   (Dyestuff2, a singular fit),
   as the R script reports (``max_rel_lme4_vs_exact``).
 * cbpp (Laplace): lme4's glmer deviance is not exactly the Laplace approximation (its maximum is
@@ -20,6 +20,15 @@ Tolerances.
   bounds differ from ours by up to 5.4e-5 relative: 2e-4 relative.
 * At a correlation estimated at +1 lme4's own ``confint`` is wrong (its SD intervals are up to 12%
   narrower than the roots of its own deviance): that case is compared with the exact roots only.
+  Orthodont (ML): lme4 warns of a non-monotonic profile, and its lower bound of the intercept SD
+  (0.0012609) is 1.6% above the exact root (0.0012415), where the profile is nearly flat (zeta is
+  -1.9615 at 0): 2e-2 relative there. That root is ill-conditioned (a deviance error of 1e-7
+  moves it by 2e-5 relative): R's minimisations had to start from several points, the
+  correlation at its bound 1 among them (one start stops up to 2e-3 above the minimum there), and
+  the root then agrees with ours to 7e-7.
+* Dyestuff2's fixed effect: with the intercept held away from its estimate the batch SD leaves 0
+  (a saddle of the constrained problem at the boundary); a single nlminb start from the boundary
+  misses this, and so would a solver that held the SD at its bound.
 """
 
 from __future__ import annotations
@@ -109,9 +118,21 @@ CASES = {
     "sleepstudy_ri_ml": ("sleepstudy", "Reaction ~ Days + (1 | Subject)"),
     "pastes_ml": ("pastes", "strength ~ 1 + (1 | batch) + (1 | batch:cask)"),
     "penicillin_ml": ("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)"),
+    "orthodont_ml": ("orthodont", "distance ~ age * Sex + (age | Subject)"),
     "dyestuff_ml": ("dyestuff", "Yield ~ 1 + (1 | Batch)"),
     "dyestuff2_ml": ("dyestuff2", "Yield ~ 1 + (1 | Batch)"),
     "boundary_cor_ml": ("boundary_cor", "y_pos ~ x + (x | g)"),
+}
+
+
+#: Tolerances against lme4's confint (module docstring); the boundary_cor case is not compared.
+LME4_RTOL = {
+    "sleepstudy_ri_ml": 1e-3,
+    "pastes_ml": 1e-3,
+    "penicillin_ml": 1e-3,
+    "orthodont_ml": 2e-2,
+    "dyestuff_ml": 1e-3,
+    "dyestuff2_ml": 1e-3,
 }
 
 
@@ -133,8 +154,8 @@ def test_cases_against_lme4(case, ref):
     r = ref[case]
     got, exact = _bounds(ci, r["rownames"]), _exact(r)
     np.testing.assert_allclose(got, exact, rtol=1e-6, atol=1e-9)
-    if case != "boundary_cor_ml":  # lme4's own confint is off at that boundary fit (module docstring)
-        np.testing.assert_allclose(got, _lme4(r), rtol=1e-3, atol=1e-9)
+    if case in LME4_RTOL:  # lme4's own confint is off at boundary fits (module docstring)
+        np.testing.assert_allclose(got, _lme4(r), rtol=LME4_RTOL[case], atol=1e-9)
     if case == "penicillin_ml":  # crossed: one cluster of 30 effects, profiled with the blocked engine
         assert fit.engine == "clusters" and fit.structure.largest == 30
     if case == "pastes_ml":  # the batch SD's profile stays within -z down to 0: lower bound 0, as lme4
@@ -142,6 +163,11 @@ def test_cases_against_lme4(case, ref):
         assert ci.attrs["at_boundary"] == ["sd_(Intercept)|batch"]
     if case == "dyestuff2_ml":  # the SD estimated at 0
         assert ci.loc["sd_(Intercept)|Batch", "lower"] == 0.0
+    if case == "orthodont_ml":  # the correlation's profile stays within z: [-1, 1], and sd_age's lower bound is 0
+        np.testing.assert_array_equal(
+            ci.loc["cor_age.(Intercept)|Subject", ["lower", "upper"]].to_numpy(float), [-1, 1]
+        )
+        assert ci.loc["sd_age|Subject", "lower"] == 0.0
     if case == "boundary_cor_ml":  # the correlation estimated at +1
         assert ci.loc["cor_x.(Intercept)|g", "upper"] == 1.0
 

@@ -171,6 +171,14 @@ class _NotSolved(Exception):
     """The constrained maximisation failed from the given start."""
 
 
+class _Degenerate(_NotSolved):
+    """The constrained maximisation runs to a point where the constraint degenerates."""
+
+
+class _DegenerateProfile(MixVcovError):
+    """A correlation's constrained maximum runs to one of its SDs being 0 (see :meth:`ProfileLikelihood.at`)."""
+
+
 class ProfileLikelihood:
     """The profile log-likelihood of every parameter of a fit on the sd scale.
 
@@ -217,6 +225,8 @@ class ProfileLikelihood:
         self._points: dict[int, list[ProfilePoint]] = {}
         self._degenerate: dict[int, float] = {}
         self._cor_sds = _correlation_sds(spec, self._p)
+        # how far inside a bound a saddle parameter is moved: a hundredth of the largest variance parameter
+        self._inside_step = 1e-2 * max(float(np.max(np.abs(self.nat_hat[spec.variance_index]), initial=0.0)), 1e-8)
 
     # -- the pieces --------------------------------------------------------------------------------
     def _criterion(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -321,17 +331,33 @@ class ProfileLikelihood:
         if not np.isfinite(crit[0]):
             raise _NotSolved("the criterion is not finite at the start")
         a_start = None
+        released = False
         for it in range(40):
             ll, g, H = crit
             s, a, C = self._entry(k, x)
             a_norm = np.linalg.norm(a[self._free])
             a_start = a_norm if a_start is None else a_start
             if a_start > 0 and a_norm > DEGENERATE_GROWTH * a_start:
-                raise _NotSolved("the constraint degenerates along the path (a correlation whose SD goes to 0)")
+                raise _Degenerate("the constraint degenerates along the path (a correlation whose SD goes to 0)")
             if not (np.all(np.isfinite(g)) and np.all(np.isfinite(H)) and np.all(np.isfinite(C))):
                 raise _NotSolved("non-finite derivatives")
             lam = _multiplier(g, a, self._free)
-            free = self._free & ~self._held(x, g - lam * a)
+            held = self._held(x, g - lam * a)
+            if not released and held.any():
+                # a bound where the criterion is flat to first order and curves upward into the
+                # interior (the likelihood is even in an SD, so an SD held at 0 can become a saddle
+                # along the profile): step inside once and let the iteration decide
+                rd = g - lam * a
+                w_diag = np.diag(H) - lam * np.diag(C)
+                saddle = held & (np.abs(rd) <= 1e-10 * (1.0 + np.max(np.abs(g)))) & (w_diag > 0)
+                if saddle.any():
+                    released = True
+                    lo_, up_, step_ = self._lower, self._upper, self._inside_step
+                    x = np.where(saddle, np.where(np.isfinite(lo_), lo_ + step_, up_ - step_), x)
+                    x = self._project(k, t, x, self._free)
+                    crit = self._criterion(x)
+                    continue
+            free = self._free & ~held
             f = np.flatnonzero(free)
             lam = _multiplier(g, a, free)
             # null-space Newton step: dx = Z p with Z an orthonormal basis of {dx : a . dx = 0}
@@ -416,12 +442,14 @@ class ProfileLikelihood:
         x = np.where(self._at_bound & np.isfinite(lo), lo + (abs(t) if t != 0 else 1e-3), self.nat_hat)
         return ProfilePoint(q.value, q.loglik, 0.0, 0.0, x, q.grad, q.constraint_grad, q.free, 0, np.zeros(x.size))
 
-    def at(self, label: str | int, value: float) -> ProfilePoint:
+    def at(self, label: str | int, value: float, *, give_up_degenerate: bool = False) -> ProfilePoint:
         """The constrained maximum of the criterion with parameter ``label`` held at ``value``.
 
         Starts from the first-order predictor ``nat_q + (t - t_q) dnat/dt`` at the nearest point
         ``q`` solved before on the same side of the estimate (or the estimate); where the Newton
         solve fails, it halves the way from ``q`` (continuation), up to :data:`MAX_HALVINGS` times.
+        ``give_up_degenerate``: raise at once (no continuation) when the solve runs to a point
+        where the constraint degenerates (a correlation whose SD goes to 0).
         """
         k = self.index(label) if isinstance(label, str) else int(label)
         t = float(value)
@@ -433,7 +461,9 @@ class ProfileLikelihood:
             x0 = base.nat + (target - base.value) * base.tangent
             try:
                 point = self._solve(k, target, x0)
-            except _NotSolved:
+            except _NotSolved as err:
+                if give_up_degenerate and isinstance(err, _Degenerate):
+                    raise _DegenerateProfile(str(err)) from err
                 halvings += 1
                 if halvings > MAX_HALVINGS:
                     break
@@ -550,16 +580,23 @@ class ProfileLikelihood:
             if edge is not None and side * (u - edge[0]) >= 0:
                 u = edge[0]
             try:
-                q = self.at(k, float(T(u)))
+                q = self.at(k, float(T(u)), give_up_degenerate=True)
                 zeta = q.zeta
-            except MixVcovError:
+            except MixVcovError as err:
                 if self.kinds[k] != "correlation":
                     raise
-                # the constrained maximum runs to an SD of 0, where the profile is flat at its
-                # degenerate level: within the interval up to the edge, or beyond the root
-                q, zeta = None, side * self._degenerate_zeta(k)
-                if abs(zeta) < z:
+                # the constrained maximum runs to an SD of 0, where every correlation has the
+                # same likelihood: if that level is within z, so is the whole profile
+                zb = self._degenerate_zeta(k)
+                if zb < z:
                     return float(side), None
+                try:  # otherwise look harder for a maximum inside, else the point is beyond the root
+                    if not isinstance(err, _DegenerateProfile):
+                        raise err
+                    q = self.at(k, float(T(u)))
+                    zeta = q.zeta
+                except MixVcovError:
+                    q, zeta = None, side * zb
             f = zeta - target
             if q is not None and abs(f) < ZETA_TOL:
                 return q.value, q
