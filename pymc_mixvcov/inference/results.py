@@ -877,6 +877,44 @@ class MixedFit:
 
         return derived(self, fn, scale, vcov, level=level, information=information, cluster=cluster, names=names)
 
+    def confint(
+        self,
+        method: Literal["profile", "wald"] = "profile",
+        level: float = 0.95,
+        parm: str | list[str] | None = None,
+        *,
+        criterion: Literal["ML", "REML"] | None = None,
+    ) -> pd.DataFrame:
+        """Confidence intervals on the sd scale: profile likelihood (lme4's ``confint``) or Wald.
+
+        Parameters
+        ----------
+        method : {"profile", "wald"}
+            ``"profile"``: ``{t : |zeta(t)| <= z}`` with ``zeta`` the signed square root of the profile
+            deviance, its roots found by Newton's method with exact derivatives (see
+            :mod:`pymc_mixvcov.inference.profile`). An SD whose profile stays within ``-z`` down
+            to 0 gets the lower bound 0, a correlation whose profile stays within ``z`` gets +-1.
+            ``"wald"``: ``estimate -+ z se`` with ``se`` from :meth:`vcov` on the sd scale.
+        level : float
+            Confidence level; ``z = Phi^{-1}((1 + level) / 2)``.
+        parm : str or list of str, optional
+            Labels of :meth:`labels` (``"sd"``); default all.
+        criterion : {"ML", "REML"}, optional
+            Profile intervals: ML fits profile the ML log-likelihood; REML fits by default too,
+            after a refit by ML, as lme4 does; ``"REML"`` profiles a REML fit's REML criterion
+            (variance parameters only). GLMMs profile their Laplace (quadrature) log-likelihood.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per parameter: ``estimate`` (of the profiled criterion: the ML estimates when
+            a REML fit is refitted), ``lower``, ``upper``; ``attrs`` says the method, level and
+            criterion, and which bounds are limits of the parameter space.
+        """
+        from .profile import confint
+
+        return confint(self, method, level, parm, criterion=criterion)
+
     def icc(
         self,
         vcov: Literal["model", "CR0", "CR1", "CR3"] | None = None,

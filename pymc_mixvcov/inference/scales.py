@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import MixVcovError
 from ..model.spec import GaussianSpec
 
-__all__ = ["Scale", "SCALES", "ScaleMaps", "check_scale", "delta_method"]
+__all__ = ["Scale", "SCALES", "ScaleMaps", "check_scale", "delta_method", "sd_scale_second"]
 
 Scale = Literal["sd", "var", "cholesky", "natural", "unconstrained"]
 SCALES: tuple[str, ...] = get_args(Scale)
@@ -128,3 +128,78 @@ def delta_method(V: np.ndarray, J: np.ndarray, depends: np.ndarray | None = None
         out[touched, :] = np.nan
         out[:, touched] = np.nan
     return 0.5 * (out + out.T)
+
+
+def sd_scale_second(ts: np.ndarray, r_terms: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sd scale's variance entries as a function of ``ts = phi[p:]``, with exact first and
+    second derivatives in closed form.
+
+    ``ts`` holds the lower triangles (column-major, terms in order) of the absolute covariance
+    factors ``L`` (``G = L L^T``) of the terms, of sizes ``r_terms``, then the entries (``sigma``, or a
+    likelihood's own parameters) that the sd scale reports as they are. With ``v = L[i, :]`` and ``w = L[j, :]``
+    (rows of one factor), ``u_v = v / |v|``:
+
+    * ``sd_i = |v|``: gradient ``u_v``, Hessian ``(I - u_v u_v^T) / |v|``;
+    * ``cor_ij = <v, w> / (|v| |w|) = c``: gradients ``(u_w - c u_v) / |v|`` in ``v`` and
+      ``(u_v - c u_w) / |w|`` in ``w``; Hessians ``-(u_w u_v^T + u_v u_w^T + c (I - 3 u_v u_v^T)) / |v|^2``
+      in ``v`` (and symmetrically in ``w``) and ``((I - u_w u_w^T) - u_v (u_v - c u_w)^T) / (|v| |w|)``
+      across ``(v, w)``;
+
+    restricted to the entries of ``L`` that are parameters (``L[i, c]``, ``c <= i``). A row of 0 (an
+    SD of 0) gets value, gradient and Hessian 0, as the guarded graph of
+    :func:`pymc_mixvcov.compilation.derivatives._scale_parts` gives.
+
+    Returns
+    -------
+    s : numpy.ndarray, shape (m,)
+    J : numpy.ndarray, shape (m, m)
+        ``J[k, l] = d s_k / d ts_l``.
+    H : numpy.ndarray, shape (m, m, m)
+        ``H[k] = d^2 s_k / d ts^2``.
+    """
+    ts = np.asarray(ts, float)
+    m = ts.size
+    s, J, H = np.zeros(m), np.zeros((m, m)), np.zeros((m, m, m))
+    off = 0
+    for r in r_terms:
+        pairs = _lower_tri_colmajor(r)
+        pos = np.full((r, r), -1)
+        L = np.zeros((r, r))
+        for k, (i, j) in enumerate(pairs):
+            pos[i, j] = off + k
+            L[i, j] = ts[off + k]
+        norm = np.sqrt(np.sum(L**2, axis=1))
+        unit = np.divide(L, norm[:, None], out=np.zeros_like(L), where=norm[:, None] > 0)
+        for k, (i, j) in enumerate(pairs):
+            row = off + k
+            pi, pj = pos[i, : i + 1], pos[j, : j + 1]
+            if i == j:
+                s[row] = norm[i]
+                if norm[i] > 0:
+                    u = unit[i, : i + 1]
+                    J[row, pi] = u
+                    H[row][np.ix_(pi, pi)] = (np.eye(i + 1) - np.outer(u, u)) / norm[i]
+                continue
+            if not (norm[i] > 0 and norm[j] > 0):
+                continue
+            uv, uw = unit[i], unit[j]  # rows of length r, zero beyond the diagonal
+            nv, nw = norm[i], norm[j]
+            c = float(uv @ uw)
+            s[row] = c
+            gv, gw = (uw - c * uv) / nv, (uv - c * uw) / nw
+            J[row, pi] = gv[: i + 1]
+            J[row, pj] += gw[: j + 1]
+            eye = np.eye(r)
+            Hvv = -(np.outer(uw, uv) + np.outer(uv, uw) + c * (eye - 3.0 * np.outer(uv, uv))) / nv**2
+            Hww = -(np.outer(uv, uw) + np.outer(uw, uv) + c * (eye - 3.0 * np.outer(uw, uw))) / nw**2
+            Hvw = ((eye - np.outer(uw, uw)) - np.outer(uv, uv - c * uw)) / (nv * nw)
+            Hk = H[row]
+            Hk[np.ix_(pi, pi)] += Hvv[: i + 1, : i + 1]
+            Hk[np.ix_(pj, pj)] += Hww[: j + 1, : j + 1]
+            Hk[np.ix_(pi, pj)] += Hvw[: i + 1, : j + 1]
+            Hk[np.ix_(pj, pi)] += Hvw[: i + 1, : j + 1].T
+        off += len(pairs)
+    for k in range(off, m):
+        s[k] = ts[k]
+        J[k, k] = 1.0
+    return s, J, H
