@@ -71,10 +71,12 @@ print(fit_ml)
 # %% 4. Compare: one row per parameter, on the scale of SDs and correlations
 cmp_map = pmv.compare(fit_map, idata, scale="sd", prob=0.95, vcov="CR1")
 cmp_ml = pmv.compare(fit_ml, idata, scale="sd", prob=0.95, vcov="CR1")
+POINT = ["estimate", "se_model", "se_sandwich", "posterior_mean", "posterior_sd"]
+INTERVALS = ["wald_lower", "wald_upper", "sandwich_lower", "sandwich_upper", "posterior_lower", "posterior_upper"]
 print("\nMAP fit (se_model: Laplace; se_sandwich: MAP sandwich, CR1 by Subject) and the NUTS posterior:")
-print(cmp_map.round(3))
-print("\nML fit (se_model: inverse observed information; se_sandwich: CR1) and the same posterior:")
-print(cmp_ml.round(3))
+print(cmp_map[POINT].round(3))
+print("\n95% intervals: Laplace (wald_*), MAP sandwich (sandwich_*), posterior (equal-tailed):")
+print(cmp_map[INTERVALS].round(2))
 
 # The standard errors side by side: posterior SD, Laplace, MAP sandwich, ML Wald, ML sandwich
 ses = pd.DataFrame(
@@ -117,7 +119,8 @@ if bmb is not None:
         )
     cmp_bambi = pmv.compare(fit_bambi, idata_bambi, scale="sd", vcov="CR1")
     print("\nbambi model, ML fit next to bambi's posterior (its own priors):")
-    print(cmp_bambi.round(3))
+    print(cmp_bambi[POINT].round(3))
+    print(cmp_bambi[INTERVALS].round(2))
     pmv.plot_compare(fit_bambi, idata_bambi, filename=out / "bayesian_workflow_bambi.png")
     print(f"plot written to {out / 'bayesian_workflow_bambi.png'}")
 
