@@ -56,7 +56,8 @@ the limit of the ML estimator for this design, estimated by one ML fit of
 ``PSEUDO_TRUE_COPIES`` copies of the design (:func:`pseudo_true`). A sandwich corrects the
 standard error, not the estimand.
 
-Run from the repository root (one core; about half an hour on a 2-core machine)::
+Run from the repository root (one core: 41 minutes with nutpie on a 2-core machine shared with
+other jobs; without nutpie ``pm.sample`` takes about 8 s per replicate there, over two hours)::
 
     OMP_NUM_THREADS=1 python benchmarks/coverage_study.py --reps 200 --seed 2026 --out benchmarks/results/coverage.csv
 
@@ -262,6 +263,7 @@ class Sampler:
         with self.model:
             pm.set_data({"x": x, "y_obs": y})
             return pm.sample(
+                nuts_sampler="pymc",
                 draws=FALLBACK_DRAWS,
                 tune=FALLBACK_TUNE,
                 chains=CHAINS,
