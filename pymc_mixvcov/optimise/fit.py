@@ -392,9 +392,7 @@ def optimise(fns: LMMFunctions, spec, warn: bool = True) -> OptimResult:
         starts = [x[vi] for x in boundary_restarts(fns.map, spec, nat) if np.all((x[vi] > lo_v) & (x[vi] < up_v))]
         saddle = _boundary_saddles(fns, spec, nat)
         if saddle.any():
-            w = natural(res.x * d)
-            w[saddle] = natural(x0)[saddle]
-            starts.append(w)
+            starts.append(_saddle_restart(fns, natural(res.x * d), natural(x0), saddle))
         best = res
         for x in starts:
             w = np.where(logged, np.log(np.where(logged, x, 1.0)), x) / d
@@ -444,6 +442,40 @@ def _boundary_saddles(fns, spec, nat: np.ndarray) -> np.ndarray:
     if fi.size and fns.method == "ML":
         S = S - A[np.ix_(vi, fi)] @ np.linalg.solve(A[np.ix_(fi, fi)], A[np.ix_(fi, vi)])
     return at & np.isfinite(np.diag(S)) & (np.diag(S) < 0)
+
+
+#: Points tried along the segment from a boundary saddle to the start: fractions 2^0 ... 2^-(n-1).
+SADDLE_STEPS = 12
+
+
+def _saddle_restart(fns, at: np.ndarray, start: np.ndarray, saddle: np.ndarray) -> np.ndarray:
+    """An interior restart for variance parameters stuck at a boundary saddle.
+
+    ``at`` holds the variance parameters where L-BFGS stopped, with the entries flagged in
+    ``saddle`` on a bound (:func:`_boundary_saddles`); ``start`` the starting values. The restart
+    moves the flagged entries back towards their start, ``at + 2^-k (start - at)``, at the ``k``
+    in ``0, ..., SADDLE_STEPS - 1`` with the highest profiled criterion.
+
+    Notes
+    -----
+    A random-effect SD enters the likelihood through its square, so the criterion's gradient in
+    it vanishes at 0 whatever the data, and L-BFGS-B stops there ("projected gradient zero") when
+    one step from a start far above the optimum crosses the whole interior. Restarting from the
+    start repeats that step; the best point of the segment lies near the interior optimum along
+    it, from where the criterion rises away from the bound.
+    """
+    best, best_f = None, -np.inf
+    for k in range(SADDLE_STEPS):
+        w = at.copy()
+        w[saddle] = at[saddle] + 2.0**-k * (start[saddle] - at[saddle])
+        with np.errstate(all="ignore"):
+            f = fns.profile(w)[0]
+        if np.isfinite(f) and f > best_f:
+            best, best_f = w, f
+    if best is None:
+        best = at.copy()
+        best[saddle] = start[saddle]
+    return best
 
 
 def _search_space(start, lower, upper, logged):
