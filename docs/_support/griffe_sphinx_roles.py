@@ -1,4 +1,4 @@
-"""Griffe extension: Sphinx cross-reference roles in docstrings become mkdocs-autorefs links.
+"""Griffe extension: Sphinx roles and math in docstrings become mkdocs-autorefs links and MathJax.
 
 The package's numpydoc docstrings use Sphinx roles (``:func:`available```, ``:meth:`vcov```,
 ``:class:`pandas.Categorical```). mkdocstrings renders docstrings as Markdown, where a role is
@@ -6,17 +6,22 @@ plain text; this extension rewrites each role into an *optional* autoref: a link
 resolves to an object documented on the site, the name in code font otherwise (no warning, so a
 reference to an object without a page does not fail the strict build). Relative names are
 resolved against the object's own scope first (a method's class, then the enclosing modules),
-imported names to the object they import.
+imported names to the object they import. RST math (``.. math::`` blocks, ``:math:`` roles)
+becomes arithmatex's ``$$ ... $$`` and ``\\( ... \\)``, which MathJax renders.
 """
 
 from __future__ import annotations
 
 import html
 import re
+import textwrap
 
 import griffe
 
 _ROLE = re.compile(r":(?:py:)?(func|meth|class|mod|attr|obj|data|exc):`(~?)([^`<>]+?)`")
+_MATH_ROLE = re.compile(r":math:`([^`]+)`")
+#: an RST ``.. math::`` directive and its indented body (blank lines allowed inside)
+_MATH_BLOCK = re.compile(r"^([ \t]*)\.\. math::[ \t]*\n((?:[ \t]*\n)*)((?:\1[ \t]+\S.*\n|[ \t]*\n)+)", re.M)
 
 
 def _lookup(root: griffe.Object, path: str) -> griffe.Object | None:
@@ -72,4 +77,11 @@ class SphinxRoles(griffe.Extension):
             target = html.escape(_resolve(obj, name, role), quote=True)
             return f'<autoref identifier="{target}" optional><code>{html.escape(shown)}</code></autoref>'
 
-        obj.docstring.value = _ROLE.sub(link, obj.docstring.value)
+        def math_block(match: re.Match) -> str:
+            indent = match.group(1)
+            body = textwrap.dedent(match.group(3)).strip("\n")
+            return f"{indent}$$\n" + textwrap.indent(body, indent) + f"\n{indent}$$\n\n"
+
+        text = _MATH_BLOCK.sub(math_block, obj.docstring.value)
+        text = _MATH_ROLE.sub(lambda m: f"\\({m.group(1)}\\)", text)
+        obj.docstring.value = _ROLE.sub(link, text)

@@ -74,7 +74,9 @@ def fit(
     Parameters
     ----------
     model : pymc.Model or bambi.Model
-        A model with one observed Normal variable whose mean is affine in the random effects.
+        A model whose random effects are zero-mean Normal or MvNormal variables entering a
+        linear predictor; its likelihood is any observed distribution PyMC can evaluate (or a
+        ``pm.Potential``), Gaussian ones with a linear mean integrated exactly.
         A ``bambi.Model`` is read by :func:`pymc_mixvcov.model.bambi.from_bambi` and fitted on its
         original predictor scale with lme4's labels (``random`` is then not given).
     random : list of str
@@ -84,7 +86,7 @@ def fit(
         of the marginal posterior of the parameters (priors kept; see
         :class:`pymc_mixvcov.compilation.derivatives.MAPFunctions`): its covariance is the Laplace
         approximation of the posterior covariance.
-    cluster : str, array-like or list, optional
+    cluster : str, array_like or list, optional
         Default clusters of :meth:`MixedFit.sandwich` (a column of ``data``, labels with one
         entry per observation, or a list for multi-way clustering). By default the clusters are
         the levels of the random variables' grouping dimension.
