@@ -27,6 +27,24 @@ def on_startup(**kwargs) -> None:
     warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
 
 
+_page_start: dict[str, float] = {}
+
+
+def on_page_markdown(markdown, page, **kwargs):
+    _page_start[page.file.src_uri] = time.perf_counter()
+    return markdown
+
+
+def on_page_content(html, page, **kwargs):
+    """Log the pages whose executed examples take a while (markdown-exec runs while they render)."""
+    import logging
+
+    seconds = time.perf_counter() - _page_start.pop(page.file.src_uri, time.perf_counter())
+    if seconds >= 2.0:
+        logging.getLogger("mkdocs").info("pymc_mixvcov docs: %s rendered in %.0f s", page.file.src_uri, seconds)
+    return html
+
+
 def on_post_build(config, **kwargs) -> None:
     import logging
 
