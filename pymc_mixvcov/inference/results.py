@@ -740,7 +740,7 @@ class MixedFit:
             one-step leave-one-cluster-out jackknife ``(G-1)/G sum_g d_g d_g^T`` with
             ``d_g = (A - A_g)^{-1} s_g`` and ``A_g`` cluster ``g``'s own information contribution
             (see :mod:`pymc_mixvcov.inference.sandwich`). For MAP fits see the Notes.
-        cluster : None, str, array-like, or list of them
+        cluster : None, str, array_like, or list of them
             ``None``: the clusters given to :func:`pymc_mixvcov.optimise.fit`, else the model's clusters
             (cluster-level scores). A column name of the data or an
             array of labels (one per observation): observation-level scores summed within those

@@ -79,8 +79,10 @@ def fit(
     Parameters
     ----------
     model : pymc.Model or bambi.Model
-        A model with one observed Normal variable whose mean is affine in the random effects
-        (precision weights as lme4's ``weights``: residual SD ``sigma / pt.sqrt(w)``, see
+        A model whose random effects are zero-mean Normal or MvNormal variables entering a
+        linear predictor; its likelihood is any observed distribution PyMC can evaluate (or a
+        ``pm.Potential``), Gaussian ones with a linear mean integrated exactly (precision
+        weights as lme4's ``weights``: residual SD ``sigma / pt.sqrt(w)``, see
         :mod:`pymc_mixvcov.model.weights`).
         A ``bambi.Model`` is read by :func:`pymc_mixvcov.model.bambi.from_bambi` and fitted on its
         original predictor scale with lme4's labels (``random`` is then not given).
@@ -91,7 +93,7 @@ def fit(
         of the marginal posterior of the parameters (priors kept; see
         :class:`pymc_mixvcov.compilation.derivatives.MAPFunctions`): its covariance is the Laplace
         approximation of the posterior covariance.
-    cluster : str, array-like or list, optional
+    cluster : str, array_like or list, optional
         Default clusters of :meth:`MixedFit.sandwich` (a column of ``data``, labels with one
         entry per observation, or a list for multi-way clustering). By default the clusters are
         the levels of the random variables' grouping dimension.
