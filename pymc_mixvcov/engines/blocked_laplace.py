@@ -85,7 +85,7 @@ differentiation and Laplace approximation. JSS 70(5).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg as sla
@@ -215,12 +215,12 @@ class BlockedLaplaceLayout:
             self.eidx = eidx  # (n, R - r1)
             counts = np.bincount(self.edge_lev, minlength=self.L1)
             starts = np.cumsum(counts) - counts
-            # edge pairs of one level, row-major: (pa, pb) with pa's row contiguous (a CSR pattern)
+            # edge pairs of one level, row-major (the CSR pattern of Q in SchurFactor.selected)
             per_edge = counts[self.edge_lev]
-            self.pa = np.repeat(np.arange(self.E), per_edge)
-            self.pb = _ranges(starts[self.edge_lev], per_edge)
-            self.pair_indptr = np.concatenate([[0], np.cumsum(per_edge)])
-            self.pair_flat = self.edge_col[self.pa] * q2 + self.edge_col[self.pb]
+            itype = np.int32 if max(self.E, q2 * q2) < 2**31 - 1 else np.int64
+            self.pb = _ranges(starts[self.edge_lev], per_edge).astype(itype)
+            self.pair_indptr = np.concatenate([[0], np.cumsum(per_edge)]).astype(np.int64)
+            self.pair_flat = np.repeat(self.edge_col * q2, per_edge) + self.edge_col[self.pb]
             # H_12 cells: (edge, component of the first term)
             ok12 = both[:, None, :] & used[:, B0][:, :, None]  # (n, r1, R - r1)
             self.idx12 = eidx[:, None, :] * r1 + slot_comp[B0][None, :, None]
@@ -234,11 +234,15 @@ class BlockedLaplaceLayout:
             data_index = np.arange(self.E * r1)  # (edge, j) flattened
             order_rc = np.lexsort((np.repeat(self.edge_col, r1), rows))
             self.csr_perm = data_index[order_rc]
-            self.csr_indices = np.repeat(self.edge_col, r1)[order_rc]
-            self.csr_indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=q1))])
+            self.csr_indices = np.repeat(self.edge_col, r1)[order_rc].astype(itype)
+            self.csr_indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=q1))]).astype(np.int64)
         else:
             self.E = 0
         self.free = ~used.any(axis=1)
+
+    def edge_matrix(self, D: np.ndarray) -> sp.csr_matrix:
+        """The ``q1 x q2`` sparse matrix whose entries on the edges are ``D`` (``(E, r1)``)."""
+        return sp.csr_matrix((D.ravel()[self.csr_perm], self.csr_indices, self.csr_indptr), shape=(self.q1, self.q2))
 
     # -- scatter helpers ---------------------------------------------------------------------------
     def scatter_q(self, w: np.ndarray) -> np.ndarray:
@@ -295,27 +299,17 @@ class SchurFactor:
         logdet = 2.0 * float(np.sum(np.log(np.diagonal(self.L11, axis1=1, axis2=2))))
         self.q2 = lay.q2
         if self.q2:
-            self.H12 = H12  # (E, r1)
             self.T = np.einsum("ejk,ek->ej", self.inv11[lay.edge_lev], H12)  # (E, r1)
-            S = H22 - self._pair_sum(H12, self.T)
+            self.Tcsr = lay.edge_matrix(self.T)
+            S = H22 - (lay.edge_matrix(H12).T @ self.Tcsr).toarray()
             S = 0.5 * (S + S.T)
             self.cS = sla.cho_factor(S, lower=True, check_finite=False)
             d = np.diag(self.cS[0])
             if not np.all(d > 0) or not np.all(np.isfinite(d)):
                 raise np.linalg.LinAlgError("the Schur complement is not positive definite")
             logdet += 2.0 * float(np.sum(np.log(d)))
-            self.Tcsr = sp.csr_matrix(
-                (self.T.ravel()[lay.csr_perm], lay.csr_indices, lay.csr_indptr), shape=(lay.q1, lay.q2)
-            )
         self.logdet = logdet
         self._sel = None
-
-    def _pair_sum(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
-        """``A^T B`` for two matrices on the edges (``(E, r1)``): ``sum_{l, j} A[(l, j), c] B[(l, j), c']``
-        as a dense ``q2 x q2`` matrix, summed over pairs of edges of one level."""
-        lay = self.lay
-        w = np.einsum("pj,pj->p", A[lay.pa], B[lay.pb])
-        return np.bincount(lay.pair_flat, weights=w, minlength=lay.q2 * lay.q2).reshape(lay.q2, lay.q2)
 
     # -- solves -----------------------------------------------------------------------------------------
     def solve(self, b: np.ndarray) -> np.ndarray:
@@ -396,13 +390,10 @@ class SchurFactor:
         out += t2 + t2.T
         # G_a = R_a,22 - R_a,21 T - T^T Y_a; tr(S^-1 G_a S^-1 G_b)
         K = np.empty((P, lay.q2, lay.q2))
-        w_pairs = np.einsum("pjs,pj->ps", R12[lay.pa], self.T[lay.pb]) + np.einsum(
-            "pj,pjs->ps", self.T[lay.pa], Y[lay.pb]
-        )
+        Tt = self.Tcsr.T.tocsr()
         for a in range(P):
-            G = R22[:, :, a] - np.bincount(lay.pair_flat, weights=w_pairs[:, a], minlength=lay.q2 * lay.q2).reshape(
-                lay.q2, lay.q2
-            )
+            prod = lay.edge_matrix(R12[:, :, a]).T @ self.Tcsr + Tt @ lay.edge_matrix(Y[:, :, a])
+            G = R22[:, :, a] - prod.toarray()
             K[a] = self.Z22 @ G
         Kf = K.reshape(P, -1)
         Kt = np.swapaxes(K, 1, 2).reshape(P, -1)
@@ -437,6 +428,7 @@ class BlockedJetLaplace:
         self._psi_index = spec.psi_index
         self._n_params = spec.n_params
         self.last_vprime = None
+        self._mode_factor = None
         self.psi_rows = np.zeros((self.m, self.P))
         self.psi_rows[:, self.p + self.nt :] = np.eye(self.m)
 
@@ -467,6 +459,13 @@ class BlockedJetLaplace:
         H22 = b22[..., 0] + np.eye(lay.q2)
         return SchurFactor(lay, H11, b12[..., 0], H22)
 
+    def _factor_at(self, phi, v, t, w) -> SchurFactor:
+        """The factor at ``(phi, v)``: the one the mode search ended with, else computed."""
+        last = self._mode_factor
+        if last is not None and last[0] == np.asarray(phi, float).tobytes() and last[1] == v.tobytes():
+            return last[2]
+        return self._factor(t, w)
+
     # -- the inner problem ---------------------------------------------------------------------------------
     def modes(self, phi, v0, tol: float = 1e-10, iterations: int = 100):
         """The mode of ``h`` by damped Newton (penalised IRLS) from ``v0``; returns ``(v, converged)``.
@@ -491,13 +490,16 @@ class BlockedJetLaplace:
                     return v, False
                 g = lay.scatter_q(l1[:, None] * t) - v
                 try:
-                    step = self._factor(t, -l2).solve(g)
+                    F = self._factor(t, -l2)
                 except (np.linalg.LinAlgError, ValueError):
                     return v, False
+                step = F.solve(g)
                 biggest = float(np.max(np.abs(step))) if step.size else 0.0
                 if not np.isfinite(biggest):
                     return v, False
                 if biggest < tol * (1.0 + (float(np.max(np.abs(v))) if v.size else 0.0)):
+                    # the factor at the mode, for the evaluation that follows
+                    self._mode_factor = (np.asarray(phi, float).tobytes(), v.tobytes(), F)
                     return v, True
                 s = 1.0
                 for _ in range(30):
@@ -536,7 +538,7 @@ class BlockedJetLaplace:
         l2 = _sym(raw[1 + m1 : 1 + m1 + npair], m1)  # (n, m1, m1)
         e_eta, e_ee = l1[:, 0], l2[:, 0, 0]
         try:
-            F = self._factor(t, -e_ee)
+            F = self._factor_at(phi, v, t, -e_ee)
         except (np.linalg.LinAlgError, ValueError):
             P = self.P
             return {"loglik": -np.inf, "grad": np.full(P, np.nan), "hess": np.full((P, P), np.nan)}
@@ -631,7 +633,8 @@ class BlockedLaplaceFunctions:
         from .laplace import laplace_signature
 
         self.spec, self.structure, self.method = spec, structure, method
-        self.sig = laplace_signature(spec, structure)
+        # the engine's graphs (the scales) do not depend on the clusters' sizes
+        self.sig = replace(laplace_signature(spec, structure), sizes=())
         self.map = ModelMap(spec, self.sig)
         self.P = spec.n_params
         self.vi = spec.variance_index
