@@ -15,6 +15,7 @@ data <- switch(workload,
   sleepstudy = lme4::sleepstudy,
   verbagg = lme4::VerbAgg,
   insteval = lme4::InstEval,
+  insteval_binary = within(lme4::InstEval, yb <- as.integer(y >= 4)),
   read.csv(args[2], stringsAsFactors = TRUE)
 )
 spec <- switch(workload,
@@ -22,7 +23,8 @@ spec <- switch(workload,
   lmm_100k = list(f = y ~ x + (x | g), family = NULL),
   glmm_100k = list(f = y ~ x + (x | g), family = binomial),
   verbagg = list(f = r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item), family = binomial),
-  insteval = list(f = y ~ service + (1 | s) + (1 | d) + (1 | dept:service), family = NULL)
+  insteval = list(f = y ~ service + (1 | s) + (1 | d) + (1 | dept:service), family = NULL),
+  insteval_binary = list(f = yb ~ service + (1 | s) + (1 | d), family = binomial)
 )
 timed <- function(expr) unname(system.time(expr, gcFirst = TRUE)["elapsed"])
 if (is.null(spec$family)) {

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-WORKLOADS = ("sleepstudy", "lmm_100k", "glmm_100k", "verbagg", "insteval")
+WORKLOADS = ("sleepstudy", "lmm_100k", "glmm_100k", "verbagg", "insteval", "insteval_binary")
 
 
 def run_script(workload: str, pythonpath: str | None) -> dict[str, float]:
