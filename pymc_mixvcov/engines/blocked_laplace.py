@@ -292,7 +292,6 @@ class SchurFactor:
 
     def __init__(self, lay: BlockedLaplaceLayout, H11: np.ndarray, H12: np.ndarray, H22: np.ndarray):
         self.lay = lay
-        r1 = lay.r1
         self.L11 = np.linalg.cholesky(H11)  # raises LinAlgError
         inv = np.linalg.inv(H11)
         self.inv11 = 0.5 * (inv + np.swapaxes(inv, 1, 2))  # (L1, r1, r1)
