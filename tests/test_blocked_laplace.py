@@ -123,13 +123,20 @@ def test_gradient_and_hessian_equal_central_differences(crossed, case):
     np.testing.assert_allclose(res["hess"], 0.5 * (H_fd + H_fd.T), rtol=0, atol=1e-6 * np.max(np.abs(res["hess"])))
 
 
+@pytest.mark.parametrize("pairs", [True, False], ids=["edge pairs", "dense T S^-1"])
 @pytest.mark.parametrize("formula", ["y ~ x + (1 | a) + (1 | b)", "y ~ x + (1 + x | a) + (1 + x | b)"])
-def test_blocked_factor_equals_dense_linear_algebra(crossed, formula):
+def test_blocked_factor_equals_dense_linear_algebra(crossed, formula, pairs, monkeypatch):
     """``H = I + sum_i t_i W_i t_i^T`` with random weights on the layout of a crossed design:
     the factor's solve, log-determinant, selected inverse and trace products against the dense
-    ``H^-1`` (NumPy)."""
+    ``H^-1`` (NumPy); both routes to the selected inverse (through pairs of edges, and from the
+    dense ``T S^-1`` used where there are more than ``PAIRS_MAX`` pairs)."""
+    from pymc_mixvcov.engines import blocked_laplace
+
+    if not pairs:
+        monkeypatch.setattr(blocked_laplace, "PAIRS_MAX", 0)
     model = pmv.glmm(formula, crossed, family="binomial")
     lay = BlockedLaplaceLayout(inspect_model(model.model, model.random))
+    assert lay.use_pairs == pairs
     rng = np.random.default_rng(3)
     t = lay.val * rng.uniform(0.5, 1.5, lay.R)
 

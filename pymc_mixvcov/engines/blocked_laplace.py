@@ -96,6 +96,10 @@ from .jets import _sym
 
 __all__ = ["BlockedLaplaceLayout", "SchurFactor", "BlockedJetLaplace", "BlockedLaplaceFunctions"]
 
+#: Most pairs of edges of one first-term level (``sum_l c_l^2``) for which the selected inverse is
+#: gathered through them (:meth:`SchurFactor.selected`); beyond, from the dense ``T S^{-1}``.
+PAIRS_MAX = 50_000_000
+
 
 @dataclass(frozen=True)
 class _LTerm:
@@ -215,12 +219,17 @@ class BlockedLaplaceLayout:
             self.eidx = eidx  # (n, R - r1)
             counts = np.bincount(self.edge_lev, minlength=self.L1)
             starts = np.cumsum(counts) - counts
-            # edge pairs of one level, row-major (the CSR pattern of Q in SchurFactor.selected)
-            per_edge = counts[self.edge_lev]
-            itype = np.int32 if max(self.E, q2 * q2) < 2**31 - 1 else np.int64
-            self.pb = _ranges(starts[self.edge_lev], per_edge).astype(itype)
-            self.pair_indptr = np.concatenate([[0], np.cumsum(per_edge)]).astype(np.int64)
-            self.pair_flat = np.repeat(self.edge_col * q2, per_edge) + self.edge_col[self.pb]
+            itype = np.int32 if max(self.E, q1, q2) < 2**31 - 1 else np.int64
+            # edge pairs of one level, row-major (the CSR pattern of Q in SchurFactor.selected), unless
+            # there are too many of them (levels of the first term that meet many later levels): then
+            # the selected inverse is gathered from the dense q1 x q2 block T S^{-1}
+            self.n_pairs = int(np.sum(counts.astype(np.int64) ** 2))
+            self.use_pairs = self.n_pairs <= PAIRS_MAX
+            if self.use_pairs:
+                per_edge = counts[self.edge_lev]
+                self.pb = _ranges(starts[self.edge_lev], per_edge).astype(itype)
+                self.pair_indptr = np.concatenate([[0], np.cumsum(per_edge)]).astype(np.int64)
+                self.pair_flat = np.repeat(self.edge_col * q2, per_edge) + self.edge_col[self.pb]
             # H_12 cells: (edge, component of the first term)
             ok12 = both[:, None, :] & used[:, B0][:, :, None]  # (n, r1, R - r1)
             self.idx12 = eidx[:, None, :] * r1 + slot_comp[B0][None, :, None]
@@ -236,6 +245,12 @@ class BlockedLaplaceLayout:
             self.csr_perm = data_index[order_rc]
             self.csr_indices = np.repeat(self.edge_col, r1)[order_rc].astype(itype)
             self.csr_indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=q1))]).astype(np.int64)
+            # and its transpose (q2 x q1), also in CSR
+            cols = np.repeat(self.edge_col, r1)
+            order_cr = np.lexsort((rows, cols))
+            self.csrT_perm = data_index[order_cr]
+            self.csrT_indices = rows[order_cr].astype(itype)
+            self.csrT_indptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=q2))]).astype(np.int64)
         else:
             self.E = 0
         self.free = ~used.any(axis=1)
@@ -243,6 +258,15 @@ class BlockedLaplaceLayout:
     def edge_matrix(self, D: np.ndarray) -> sp.csr_matrix:
         """The ``q1 x q2`` sparse matrix whose entries on the edges are ``D`` (``(E, r1)``)."""
         return sp.csr_matrix((D.ravel()[self.csr_perm], self.csr_indices, self.csr_indptr), shape=(self.q1, self.q2))
+
+    def on_edges(self, M: np.ndarray) -> np.ndarray:
+        """The entries of a dense ``q1 x q2`` matrix on the edges, ``(E, r1)``."""
+        rows = self.edge_lev[:, None] * self.r1 + np.arange(self.r1)
+        return M[rows, self.edge_col[:, None]]
+
+    def edge_matrix_t(self, D: np.ndarray) -> sp.csr_matrix:
+        """The transpose of :meth:`edge_matrix` (``q2 x q1``), built directly in CSR."""
+        return sp.csr_matrix((D.ravel()[self.csrT_perm], self.csrT_indices, self.csrT_indptr), shape=(self.q2, self.q1))
 
     # -- scatter helpers ---------------------------------------------------------------------------
     def scatter_q(self, w: np.ndarray) -> np.ndarray:
@@ -300,7 +324,7 @@ class SchurFactor:
         if self.q2:
             self.T = np.einsum("ejk,ek->ej", self.inv11[lay.edge_lev], H12)  # (E, r1)
             self.Tcsr = lay.edge_matrix(self.T)
-            S = H22 - (lay.edge_matrix(H12).T @ self.Tcsr).toarray()
+            S = H22 - (lay.edge_matrix_t(H12) @ self.Tcsr).toarray()
             S = 0.5 * (S + S.T)
             self.cS = sla.cho_factor(S, lower=True, check_finite=False)
             d = np.diag(self.cS[0])
@@ -337,9 +361,12 @@ class SchurFactor:
             if info != 0:
                 raise np.linalg.LinAlgError(f"potri failed ({info})")
             Z22 = np.tril(inv) + np.tril(inv, -1).T
-            # Q: S^{-1} between pairs of edges of one level (block diagonal over levels)
-            self.Q = sp.csr_matrix((Z22.ravel()[lay.pair_flat], lay.pb, lay.pair_indptr), shape=(lay.E, lay.E))
-            Z12 = -np.asarray(self.Q @ self.T)  # (E, r1): H^{-1}[(l, j), col_e]
+            if lay.use_pairs:
+                # Q: S^{-1} between pairs of edges of one level (block diagonal over levels)
+                self.Q = sp.csr_matrix((Z22.ravel()[lay.pair_flat], lay.pb, lay.pair_indptr), shape=(lay.E, lay.E))
+                Z12 = -np.asarray(self.Q @ self.T)  # (E, r1): H^{-1}[(l, j), col_e]
+            else:
+                Z12 = -lay.on_edges(np.asarray(self.Tcsr @ Z22))
             r1 = lay.r1
             corr = np.einsum("ej,ek->ejk", self.T, Z12).reshape(lay.E, r1 * r1)
             blocks = np.stack(
@@ -381,18 +408,23 @@ class SchurFactor:
         self.selected()
         lay = self.lay
         # Y_a = R_a,12 - R_a,11 T on the edges; H11^-1 Y_a
-        Y = R12 - np.einsum("ejkp,ek->ejp", R11[lay.edge_lev], self.T)  # (E, r1, P)
+        RT = np.einsum("ejkp,ek->ejp", R11[lay.edge_lev], self.T)  # R_a,11 T, (E, r1, P)
+        Y = R12 - RT
         HY = np.einsum("ejk,ekp->ejp", self.inv11[lay.edge_lev], Y)
         # <H11^-1 Y_a S^-1, Y_b>: S^-1 Y_b^T on the edges is Q Y_b
-        QY = np.asarray(self.Q @ Y.reshape(lay.E, -1)).reshape(Y.shape)
+        if lay.use_pairs:
+            QY = np.asarray(self.Q @ Y.reshape(lay.E, -1)).reshape(Y.shape)
+        else:
+            QY = np.stack([lay.on_edges(np.asarray(lay.edge_matrix(Y[:, :, b]) @ self.Z22)) for b in range(P)], axis=2)
         t2 = np.einsum("ejp,ejs->ps", HY, QY)
         out += t2 + t2.T
-        # G_a = R_a,22 - R_a,21 T - T^T Y_a; tr(S^-1 G_a S^-1 G_b)
+        # G_a = R_a,22 - R_a,21 T - T^T Y_a = R_a,22 - X_a - X_a^T, X_a = (R_a,12 - R_a,11 T / 2)^T T;
+        # tr(S^-1 G_a S^-1 G_b)
         K = np.empty((P, lay.q2, lay.q2))
-        Tt = self.Tcsr.T.tocsr()
+        A = R12 - 0.5 * RT
         for a in range(P):
-            prod = lay.edge_matrix(R12[:, :, a]).T @ self.Tcsr + Tt @ lay.edge_matrix(Y[:, :, a])
-            G = R22[:, :, a] - prod.toarray()
+            X = (lay.edge_matrix_t(A[:, :, a]) @ self.Tcsr).toarray()
+            G = R22[:, :, a] - X - X.T
             K[a] = self.Z22 @ G
         Kf = K.reshape(P, -1)
         Kt = np.swapaxes(K, 1, 2).reshape(P, -1)
