@@ -151,7 +151,7 @@ def test_blocked_factor_equals_dense_linear_algebra(crossed, formula, pairs, mon
     w = rng.uniform(0.1, 0.3, lay.n)
     Wi = w[:, None, None] * t[:, :, None] * t[:, None, :]
     b11, b12, b22 = lay.blocks(Wi[..., None])
-    F = SchurFactor(lay, b11[..., 0] + np.eye(lay.r1), b12[..., 0], b22[..., 0] + np.eye(lay.q2))
+    F = SchurFactor(lay, b11[..., 0] + np.eye(lay.r1), b12[..., 0], b22[0] + np.eye(lay.q2))
     H = np.eye(lay.q) + dense(Wi)
     Hinv = np.linalg.inv(H)
     np.testing.assert_allclose(F.logdet, np.linalg.slogdet(H)[1], rtol=1e-12)

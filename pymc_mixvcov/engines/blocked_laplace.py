@@ -286,24 +286,27 @@ class BlockedLaplaceLayout:
 
     def blocks(self, Wi: np.ndarray):
         """``(B11, B12, B22)`` of ``sum_i sum_{ab} Wi[i, a, b, ...] e_{pos_ia} e_{pos_ib}^T``, a matrix on
-        ``H``'s pattern: ``(L1, r1, r1, m)``, ``(E, r1, m)``, ``(q2, q2, m)`` (``m`` trailing values)."""
+        ``H``'s pattern: ``(L1, r1, r1, m)``, ``(E, r1, m)``, ``(m, q2, q2)`` (``m`` trailing values of
+        ``Wi``; the dense block leads with them, one contiguous matrix per value)."""
         extra = Wi.shape[3:]
         m = int(np.prod(extra)) if extra else 1
         W = Wi.reshape(self.n, self.R, self.R, m)
         B0, B1 = self.B0, self.B1
         r1, q2 = self.r1, self.q2
 
-        def acc(idx, ok, vals, size):
+        def acc(idx, ok, vals, size, lead=False):
             v = np.where(ok[..., None], vals, 0.0)
-            flat = np.where(ok, idx, 0)[..., None] * m + np.arange(m)
-            return np.bincount(flat.ravel(), weights=v.ravel(), minlength=size * m).reshape(size, m)
+            at = np.where(ok, idx, 0)[..., None]
+            flat = np.arange(m) * size + at if lead else at * m + np.arange(m)
+            out = np.bincount(flat.ravel(), weights=v.ravel(), minlength=size * m)
+            return out.reshape(m, size) if lead else out.reshape(size, m)
 
         b11 = acc(self.idx11, self.ok11, W[:, B0][:, :, B0], self.L1 * r1 * r1).reshape(self.L1, r1, r1, m)
         if q2:
             b12 = acc(self.idx12, self.ok12, W[:, B0][:, :, B1], self.E * r1).reshape(self.E, r1, m)
-            b22 = acc(self.idx22, self.ok22, W[:, B1][:, :, B1], q2 * q2).reshape(q2, q2, m)
+            b22 = acc(self.idx22, self.ok22, W[:, B1][:, :, B1], q2 * q2, lead=True).reshape(m, q2, q2)
         else:
-            b12, b22 = np.zeros((0, r1, m)), np.zeros((0, 0, m))
+            b12, b22 = np.zeros((0, r1, m)), np.zeros((m, 0, 0))
         return b11, b12, b22
 
 
@@ -398,7 +401,7 @@ class SchurFactor:
     # -- tr(H^{-1} R_a H^{-1} R_b) ---------------------------------------------------------------------------
     def trace_pairs(self, R11: np.ndarray, R12: np.ndarray, R22: np.ndarray) -> np.ndarray:
         """``tr(H^{-1} R_a H^{-1} R_b)`` for matrices ``R_a`` on ``H``'s pattern, given by their blocks
-        ``(L1, r1, r1, P)``, ``(E, r1, P)``, ``(q2, q2, P)`` (module docstring)."""
+        ``(L1, r1, r1, P)``, ``(E, r1, P)``, ``(P, q2, q2)`` (module docstring)."""
         P = R11.shape[-1]
         # first term: sum_l tr(H11^-1 R_a,l H11^-1 R_b,l)
         K1 = np.einsum("ljk,lkmp->pljm", self.inv11, R11)  # (P, L1, r1, r1)
@@ -419,16 +422,16 @@ class SchurFactor:
         t2 = np.einsum("ejp,ejs->ps", HY, QY)
         out += t2 + t2.T
         # G_a = R_a,22 - R_a,21 T - T^T Y_a = R_a,22 - X_a - X_a^T, X_a = (R_a,12 - R_a,11 T / 2)^T T;
-        # tr(S^-1 G_a S^-1 G_b)
-        K = np.empty((P, lay.q2, lay.q2))
+        # tr(S^-1 G_a S^-1 G_b) = tr(M_a M_b) with M_a = G_a S^-1, all a in one product
+        q2 = lay.q2
+        G = np.empty((P, q2, q2))
         A = R12 - 0.5 * RT
         for a in range(P):
             X = (lay.edge_matrix_t(A[:, :, a]) @ self.Tcsr).toarray()
-            G = R22[:, :, a] - X - X.T
-            K[a] = self.Z22 @ G
-        Kf = K.reshape(P, -1)
-        Kt = np.swapaxes(K, 1, 2).reshape(P, -1)
-        out += Kf @ Kt.T
+            np.subtract(R22[a], X, out=G[a])
+            G[a] -= X.T
+        M = (G.reshape(P * q2, q2) @ self.Z22).reshape(P, q2, q2)
+        out += M.reshape(P, -1) @ np.swapaxes(M, 1, 2).reshape(P, -1).T
         return out
 
 
@@ -487,7 +490,7 @@ class BlockedJetLaplace:
         lay = self.lay
         b11, b12, b22 = lay.blocks((w[:, None, None] * t[:, :, None] * t[:, None, :])[..., None])
         H11 = b11[..., 0] + np.eye(lay.r1)
-        H22 = b22[..., 0] + np.eye(lay.q2)
+        H22 = b22[0] + np.eye(lay.q2)
         return SchurFactor(lay, H11, b12[..., 0], H22)
 
     def _factor_at(self, phi, v, t, w) -> SchurFactor:
