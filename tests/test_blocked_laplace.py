@@ -99,6 +99,53 @@ def test_same_laplace_value_and_derivatives_as_the_cluster_engine(crossed, case)
     np.testing.assert_allclose(clusters, dense._by_cluster(ref["grad"]), rtol=0, atol=1e-10 * np.max(np.abs(want_g)))
 
 
+def test_student_t_likelihood_with_two_own_parameters(crossed):
+    """A hand-written Student-t likelihood (scale and degrees of freedom: two parameters ``psi``;
+    not log-concave in ``eta``, so ``H`` may be indefinite away from the mode): the same value,
+    gradient and Hessian as the cluster engine at a point."""
+    import pymc as pm
+
+    a = pd.Categorical(crossed["a"])
+    b = pd.Categorical(crossed["b"])
+    rng = np.random.default_rng(5)
+    y = crossed["yg"].to_numpy() + rng.standard_t(3.0, size=len(crossed))
+    with pm.Model(coords={"a": list(a.categories), "b": list(b.categories)}) as model:
+        b0 = pm.Normal("b0", 0, 5)
+        ua = pm.Normal("ua", 0, pm.HalfNormal("sd_a", 2.0), dims="a")
+        ub = pm.Normal("ub", 0, pm.HalfNormal("sd_b", 2.0), dims="b")
+        pm.StudentT(
+            "y",
+            nu=pm.Gamma("nu", 2.0, 0.1),
+            mu=b0 + ua[a.codes] + ub[b.codes],
+            sigma=pm.HalfNormal("s", 2.0),
+            observed=y,
+        )
+    spec = inspect_model(model, ["ua", "ub"])
+    structure = build_structure(spec)
+    dense, blocked = LaplaceFunctions(spec, structure), BlockedLaplaceFunctions(spec, structure)
+    assert spec.psi_index.size == 2
+    phi, _, _ = dense.map(np.asarray(spec.nat0, float), second=False)
+    phi = phi + np.array([0.1, 0.2, -0.1, 0.3, 0.1])
+    ref = dense.jet.evaluate(phi, dense.modes(phi), 2)
+    got = blocked.jet.evaluate(phi, blocked.modes(phi), 2)
+    assert dense.modes_converged and blocked.modes_converged
+    np.testing.assert_allclose(got["loglik"], float(np.sum(ref["loglik"][0])), rtol=1e-12)
+    g, h = ref["grad"][0][0], ref["hess"][0][0]
+    np.testing.assert_allclose(got["grad"], g, rtol=0, atol=1e-10 * np.max(np.abs(g)))
+    np.testing.assert_allclose(got["hess"], h, rtol=0, atol=1e-10 * np.max(np.abs(h)))
+    # from a start where H is indefinite, Levenberg steps reach the same mode
+    jet = blocked.jet
+    v_hat = blocked.modes(phi)
+    v0 = 3.0 * rng.normal(size=v_hat.size)
+    beta, theta, _ = jet._split(phi)
+    t = jet._t(theta)
+    with pytest.raises(np.linalg.LinAlgError):
+        jet._factor(t, -jet._jet(2, jet._eta(beta, t, v0), phi)[2 + jet.m])
+    v, ok = jet.modes(phi, v0)
+    assert ok
+    np.testing.assert_allclose(v, v_hat, rtol=0, atol=1e-8)
+
+
 def _central(f, x, h=1e-5):
     out = []
     for k in range(x.size):

@@ -485,12 +485,12 @@ class BlockedJetLaplace:
         nat[self._psi_index] = self._split(phi)[2]
         return [np.asarray(a) for a in self._jets(order)(eta, self.y, nat)]
 
-    def _factor(self, t, w) -> SchurFactor:
-        """The factor of ``H = I + sum_i w_i t_i t_i^T``."""
+    def _factor(self, t, w, shift: float = 0.0) -> SchurFactor:
+        """The factor of ``H = I + sum_i w_i t_i t_i^T`` (plus ``shift I``)."""
         lay = self.lay
         b11, b12, b22 = lay.blocks((w[:, None, None] * t[:, :, None] * t[:, None, :])[..., None])
-        H11 = b11[..., 0] + np.eye(lay.r1)
-        H22 = b22[0] + np.eye(lay.q2)
+        H11 = b11[..., 0] + (1.0 + shift) * np.eye(lay.r1)
+        H22 = b22[0] + (1.0 + shift) * np.eye(lay.q2)
         return SchurFactor(lay, H11, b12[..., 0], H22)
 
     def _factor_at(self, phi, v, t, w) -> SchurFactor:
@@ -505,7 +505,9 @@ class BlockedJetLaplace:
         """The mode of ``h`` by damped Newton (penalised IRLS) from ``v0``; returns ``(v, converged)``.
 
         Each step solves ``H s = h_v`` with the blocked factor; a step is halved until ``h`` does
-        not decrease. Converged when the largest step is below ``tol (1 + max |v|)``.
+        not decrease. Converged when the largest step is below ``tol (1 + max |v|)``. Where ``H`` is
+        not positive definite (a likelihood that is not log-concave in ``eta``, away from the mode)
+        the step is a Levenberg step with ``H + lambda I``, ``lambda = 1, 10, ..., 1e6``.
         """
         beta, theta, _ = self._split(phi)
         t = self._t(theta)
@@ -523,15 +525,20 @@ class BlockedJetLaplace:
                 if not np.isfinite(h):
                     return v, False
                 g = lay.scatter_q(l1[:, None] * t) - v
-                try:
-                    F = self._factor(t, -l2)
-                except (np.linalg.LinAlgError, ValueError):
+                F = None
+                for shift in (0.0, 1.0, 10.0, 1e2, 1e3, 1e4, 1e5, 1e6):
+                    try:
+                        F = self._factor(t, -l2, shift)
+                        break
+                    except (np.linalg.LinAlgError, ValueError):
+                        continue
+                if F is None:
                     return v, False
                 step = F.solve(g)
                 biggest = float(np.max(np.abs(step))) if step.size else 0.0
                 if not np.isfinite(biggest):
                     return v, False
-                if biggest < tol * (1.0 + (float(np.max(np.abs(v))) if v.size else 0.0)):
+                if shift == 0.0 and biggest < tol * (1.0 + (float(np.max(np.abs(v))) if v.size else 0.0)):
                     # the factor at the mode, for the evaluation that follows
                     self._mode_factor = (np.asarray(phi, float).tobytes(), v.tobytes(), F)
                     return v, True
