@@ -174,11 +174,9 @@ class BlockedLaplaceLayout:
         slot_comp = np.zeros(R, np.int64)
         lidx = np.full((R, R), self.n_theta, np.int64)
         a = 0
-        first_slot = []
         for kk, bt in enumerate(terms):
             t = terms_spec[bt.spec_index]
             ok = t.codes >= 0
-            first_slot.append(a)
             lower = [(i, j) for j in range(bt.r) for i in range(j, bt.r)]
             for j in range(bt.r):
                 pos[:, a + j] = np.where(ok, bt.off + np.maximum(t.codes, 0) * bt.r + j, 0)
@@ -199,7 +197,7 @@ class BlockedLaplaceLayout:
         r1 = self.r1
         B0, B1 = np.arange(r1), np.arange(r1, R)
         self.B0, self.B1 = B0, B1
-        lev = np.where(used[:, 0], (pos[:, 0] - 0) // r1, 0)  # first term: off = 0
+        lev = np.where(used[:, 0], pos[:, 0] // r1, 0)  # the first term's level (its offset is 0)
         self.lev = lev
         u0 = used[:, 0]
         # H_11: (L1, r1, r1) cells
