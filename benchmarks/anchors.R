@@ -3,7 +3,8 @@
 #   glmmTMB: fit + vcov(full = TRUE) (fixed effects and variance components, as our workflow)
 # for one workload, on the same rows as the Python scripts (series.py writes the simulated ones).
 # Usage: Rscript benchmarks/anchors.R <workload> [csv]
-# Prints one line per anchor: "<anchor> <seconds>".
+# Prints one line per anchor: "<anchor> <seconds>". PMV_ANCHORS (e.g. "glmmTMB") limits the anchors
+# timed (glmer takes minutes on InstEval's binary response).
 suppressPackageStartupMessages({
   library(lme4)
   have_tmb <- requireNamespace("glmmTMB", quietly = TRUE)
@@ -27,12 +28,14 @@ spec <- switch(workload,
   insteval_binary = list(f = yb ~ service + (1 | s) + (1 | d), family = binomial)
 )
 timed <- function(expr) unname(system.time(expr, gcFirst = TRUE)["elapsed"])
-if (is.null(spec$family)) {
+wanted <- strsplit(Sys.getenv("PMV_ANCHORS", "lme4,glmmTMB"), ",")[[1]]
+if (!("lme4" %in% wanted)) {
+} else if (is.null(spec$family)) {
   cat("lme4", timed({ m <- lmer(spec$f, data, REML = FALSE); v <- vcov(m) }), "\n")
 } else {
   cat("lme4", timed({ m <- glmer(spec$f, data, family = spec$family); v <- vcov(m) }), "\n")
 }
-if (have_tmb) {
+if (have_tmb && "glmmTMB" %in% wanted) {
   fam <- if (is.null(spec$family)) gaussian() else spec$family()
   cat("glmmTMB", timed({ m <- glmmTMB(spec$f, data, family = fam, REML = FALSE); v <- vcov(m, full = TRUE) }), "\n")
 }

@@ -10,6 +10,7 @@ Usage, from the repository root::
 
     python benchmarks/series.py [--rounds 5] [--workloads sleepstudy lmm_100k ...]
                                 [--baseline PATH] [--no-r] [--blas-threads N]
+                                [--anchors lme4 glmmTMB]
 
 ``--blas-threads N`` sets the BLAS thread count of our scripts' processes (R's reference BLAS is
 single-threaded; OpenBLAS's threaded LAPACK stalls when other processes hold the cores).
@@ -60,10 +61,12 @@ def run_script(workload: str, pythonpath: str | None, blas_threads: int | None =
     return got
 
 
-def run_anchors(workload: str, csv: Path | None) -> dict[str, float]:
-    """The R anchors of one workload: ``{"lme4": s, "glmmTMB": s}`` (in-process elapsed seconds)."""
+def run_anchors(workload: str, csv: Path | None, anchors: list[str] | None = None) -> dict[str, float]:
+    """The R anchors of one workload: ``{"lme4": s, "glmmTMB": s}`` (in-process elapsed seconds;
+    ``anchors``: only these)."""
     cmd = ["Rscript", str(HERE / "anchors.R"), workload] + ([str(csv)] if csv is not None else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    env = dict(os.environ, PMV_ANCHORS=",".join(anchors)) if anchors else None
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return {line.split()[0]: float(line.split()[1]) for line in out.stdout.splitlines() if line.strip()}
 
 
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     parser.add_argument("--baseline", help="PYTHONPATH of a second revision of the package to time alongside")
     parser.add_argument("--no-r", action="store_true", help="skip the R anchors")
+    parser.add_argument("--anchors", nargs="+", choices=("lme4", "glmmTMB"), help="time only these R anchors")
     parser.add_argument(
         "--blas-threads",
         type=int,
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                     add(w, "baseline in-process", base.get("in-process"))
                     add(w, "baseline process", base.get("process"))
                 if with_r:
-                    for anchor, sec in run_anchors(w, csvs[w]).items():
+                    for anchor, sec in run_anchors(w, csvs[w], args.anchors).items():
                         add(w, anchor, sec)
             print(f"round {r + 1} of {args.rounds} done", file=sys.stderr, flush=True)
 
