@@ -29,11 +29,12 @@ spec <- switch(workload,
 )
 timed <- function(expr) unname(system.time(expr, gcFirst = TRUE)["elapsed"])
 wanted <- strsplit(Sys.getenv("PMV_ANCHORS", "lme4,glmmTMB"), ",")[[1]]
-if (!("lme4" %in% wanted)) {
-} else if (is.null(spec$family)) {
-  cat("lme4", timed({ m <- lmer(spec$f, data, REML = FALSE); v <- vcov(m) }), "\n")
-} else {
-  cat("lme4", timed({ m <- glmer(spec$f, data, family = spec$family); v <- vcov(m) }), "\n")
+if ("lme4" %in% wanted) {
+  if (is.null(spec$family)) {
+    cat("lme4", timed({ m <- lmer(spec$f, data, REML = FALSE); v <- vcov(m) }), "\n")
+  } else {
+    cat("lme4", timed({ m <- glmer(spec$f, data, family = spec$family); v <- vcov(m) }), "\n")
+  }
 }
 if (have_tmb && "glmmTMB" %in% wanted) {
   fam <- if (is.null(spec$family)) gaussian() else spec$family()
