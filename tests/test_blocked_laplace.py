@@ -352,6 +352,46 @@ def test_rows_without_random_effects():
         np.testing.assert_allclose(fit._functions.loglik(nat), rest.loglik(nat) + free, rtol=1e-12)
 
 
+def test_gaussian_observation_scores_are_merderivs():
+    """Penicillin's crossed Gaussian model with the likelihood written as a ``CustomDist`` goes
+    through the blocked Laplace engine (exact there): at the same parameters its observation
+    scores' ``beta`` and ``theta`` columns are the Gaussian blocked engine's merDeriv casewise
+    scores (``s_i = r_i [V^-1 X]_i``, ...; test_crossed.py checks those against the cluster engine),
+    to rounding; the ``sigma`` column is split differently, with the same sum."""
+    import pymc as pm
+
+    d = pmv.datasets.load("penicillin")
+    plate, sample = d["plate"].cat.codes.to_numpy(), d["sample"].cat.codes.to_numpy()
+    y = d["diameter"].to_numpy(float)
+    coords = {"plate": list(d["plate"].cat.categories), "sample": list(d["sample"].cat.categories)}
+
+    def normal_logp(value, mu, sigma):
+        return -0.5 * ((value - mu) / sigma) ** 2 - pm.math.log(sigma) - 0.5 * np.log(2 * np.pi)
+
+    def build(custom):
+        with pm.Model(coords=coords) as model:
+            b = pm.Normal("b", 20, 10)
+            up = pm.Normal("up", 0, pm.HalfNormal("sd_plate", 5.0), dims="plate")
+            us = pm.Normal("us", 0, pm.HalfNormal("sd_sample", 5.0), dims="sample")
+            sigma = pm.HalfNormal("sigma", 5.0)
+            mu = b + up[plate] + us[sample]
+            if custom:
+                pm.CustomDist("y", mu, sigma, logp=normal_logp, observed=y)
+            else:
+                pm.Normal("y", mu, sigma, observed=y)
+        return model
+
+    gauss = pmv.fit(build(False), random=["up", "us"], engine="blocked")
+    laplace = pmv.fit(build(True), random=["up", "us"], engine="blocked")
+    assert laplace.spec.family != "gaussian" and laplace.engine == "blocked"
+    nat = gauss._opt["nat"]
+    want = gauss._functions.observation_scores(nat)
+    got = laplace._functions.observation_scores(nat)
+    scale = np.abs(want).max(axis=0)
+    np.testing.assert_allclose(got[:, :3] / scale[:3], want[:, :3] / scale[:3], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(got.sum(0), want.sum(0), rtol=0, atol=1e-8 * scale.max())
+
+
 @pytest.mark.parametrize("method", ["ML", "MAP"])
 def test_handwritten_crossed_model(crossed, method):
     """A crossed Poisson model written by hand in PyMC (SDs as HalfNormal parameters), ML and MAP:

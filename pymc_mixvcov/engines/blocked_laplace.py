@@ -60,23 +60,37 @@ term that needs all of ``H^{-1}``:
 where the inner products need ``Y_a S^{-1}`` on the edges only (``Q Y_a``). The cost of a Hessian
 is ``P`` dense ``q_2^3`` products plus ``O(P sum_l c_l^2)``; no ``q x q`` matrix is formed.
 
-**Observation scores.** At the mode ``v = sum_i ell'_i t_i`` (``h_v = 0``), so the term ``-v^T v'``
-of the gradient is ``-sum_i ell'_i t_i^T v'`` and the gradient is a sum over observations:
+**Observation scores.** The Laplace gradient splits into a sum over observations in the way
+merDeriv (Wang and Merkle 2018) splits a linear mixed model's. At the mode the model is a
+working linear mixed model with weights ``w_i = -ell''_i`` and marginal working residuals
+``rho_i = t_i^T v_hat + ell'_i / w_i`` (``V_w^{-1} rho = ell'``); for a Gaussian likelihood
+``rho_i = y_i - x_i^T beta``, ``V^{-1} X`` has rows ``w_i d eta_i / d beta`` and
+``V^{-1} V_a V^{-1} r`` entries ``w_i d eta_i / d theta_a`` (total derivatives of ``eta`` along the
+mode). merDeriv's ``s_{i,beta} = r_i [V^{-1} X]_i`` and ``1/2 r_i [V^{-1} V_a e]_i`` become
 
 .. math::
 
-    s_i = \\ell_{i,\\eta}\\, \\partial_\\phi\\eta_i|_v + \\ell_{i,\\psi}
-          + \\tfrac12 t_i^T H^{-1} t_i\\; y_{3,i} + \\ell''_i\\, \\mu_i^T H^{-1} t_i,
+    s_{i,\\beta} = \\rho_i w_i \\frac{d\\eta_i}{d\\beta}, \\qquad
+    s_{i,\\theta} = \\tfrac12 \\rho_i w_i \\frac{d\\eta_i}{d\\theta}
+        + \\ell''_i\\, \\mu_i^T H^{-1} t_i, \\qquad
+    s_{i,\\psi} = \\ell_{i,\\psi},
 
-the partial derivative of ``ell_i`` at fixed modes plus observation ``i``'s share of
-``-1/2 d log|H| / d phi``. Within a cluster of a one-factor model they sum to the cluster scores of
-:mod:`pymc_mixvcov.engines.jets`; over all observations to the gradient. They serve multi-way
-(Cameron-Gelbach-Miller) sandwiches clustered by the crossed factors.
+each plus the observation's share ``1/2 (t_i^T H^{-1} t_i) y_{3,i}`` of ``-1/2 d log|H| / d phi``
+(``rho_i w_i = ell'_i + w_i t_i^T v_hat`` needs no division). They sum exactly to the gradient
+(by the mode equation ``v_hat = sum_i ell'_i t_i`` and ``H v' = h_{v phi}``), within the clusters
+of a nested model to its cluster scores, and for a Gaussian likelihood with scalar terms their
+``beta`` and ``theta`` columns are merDeriv's casewise scores (the ``sigma`` column is the
+conditional ``ell_sigma``'s split instead). As in merDeriv's, an observation's ``beta`` score is
+its own (working) residual times a weight, which multi-way (Cameron-Gelbach-Miller) sandwiches
+clustered by the crossed factors need; the conditional split ``ell'_i x_i`` would not do (its
+sums over a factor's levels are the shrunken modes: on InstEval's binary response it gives the
+intercept a negative two-way variance).
 
 References
 ----------
 Bates, D., Maechler, M., Bolker, B., Walker, S. (2015). Fitting linear mixed-effects models
 using lme4. JSS 67(1). MixedModels.jl (Bates et al.), blocked Cholesky factor and PIRLS.
+Wang, T. and Merkle, E. C. (2018). merDeriv. JSS 87, Code Snippet 1.
 Skaug, H. J. and Fournier, D. A. (2006). Automatic approximation of the marginal likelihood in
 non-Gaussian hierarchical models. CSDA 51(2), 699-709.
 Kristensen, K., Nielsen, A., Berg, C. W., Skaug, H., Bell, B. M. (2016). TMB: automatic
@@ -613,8 +627,7 @@ class BlockedJetLaplace:
         s[:, th] += e_ee[:, None] * gth
         out["grad"] = s.sum(axis=0) - v @ vp
         if scores:
-            # at the mode v = sum_i ell'_i t_i: the -v^T v' term shared out by observation
-            out["scores"] = s - e_eta[:, None] * tv
+            out["scores"] = self._observation_scores(z[:, 0], l1, e_eta, e_ee, np.sum(t * vg, axis=1), qd, y3, gth)
         if order < 2:
             self._remember(phi, v, vp)
             return out
@@ -646,6 +659,25 @@ class BlockedJetLaplace:
         hess += 0.5 * F.trace_pairs(*lay.blocks(Ri))
         out["hess"] = 0.5 * (hess + hess.T)
         self._remember(phi, v, vp)
+        return out
+
+    def _observation_scores(self, eta_t, l1, e_eta, e_ee, tv, qd, y3, gth) -> np.ndarray:
+        """Observation scores in ``phi``, ``(n, P)`` (module docstring): merDeriv's casewise split of
+        the working linear mixed model's data terms for ``beta`` (``rho_i w_i deta_i/dbeta``) and
+        ``theta`` (half of it), ``ell_psi`` for the likelihood's own parameters, and each
+        observation's share of ``-1/2 d log|H| / d phi``.
+
+        ``eta_t``: total derivatives ``d eta_i / d phi`` along the mode; ``tv``: ``t_i^T v``.
+        """
+        p, nt = self.p, self.nt
+        th = slice(p, p + nt)
+        rw = e_eta - e_ee * tv  # rho_i w_i = ell'_i + w_i t_i^T v, w_i = -ell''_i
+        out = np.zeros_like(eta_t)
+        out[:, :p] = rw[:, None] * eta_t[:, :p]
+        out[:, th] = 0.5 * rw[:, None] * eta_t[:, th]
+        out[:, p + nt :] = l1[:, 1:]
+        out += 0.5 * qd[:, None] * y3
+        out[:, th] += e_ee[:, None] * gth
         return out
 
     def _remember(self, phi, v, vp) -> None:
