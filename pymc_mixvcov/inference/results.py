@@ -96,8 +96,9 @@ class MixedFit:
     method : {"ML", "REML", "MAP"}
     engine : {"clusters", "blocked", "laplace"}
         The engine that evaluated the likelihood and its derivatives (see :func:`pymc_mixvcov.optimise.fit`):
-        cluster by cluster (Gaussian), the blocked sparse factor (large crossed Gaussian designs),
-        or the Laplace/quadrature engine (other likelihoods).
+        cluster by cluster (Gaussian), the blocked sparse factor (large crossed designs: exact for
+        Gaussian models, the Laplace approximation for others), or the Laplace/quadrature engine
+        cluster by cluster (other likelihoods).
     nagq : int
         Quadrature points per random effect: 1 for the Laplace approximation (and for Gaussian
         models, whose marginal likelihood is exact), more for adaptive Gauss-Hermite quadrature.
