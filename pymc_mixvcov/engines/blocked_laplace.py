@@ -331,10 +331,17 @@ class SchurFactor:
 
     def __init__(self, lay: BlockedLaplaceLayout, H11: np.ndarray, H12: np.ndarray, H22: np.ndarray):
         self.lay = lay
-        self.L11 = np.linalg.cholesky(H11)  # raises LinAlgError
-        inv = np.linalg.inv(H11)
-        self.inv11 = 0.5 * (inv + np.swapaxes(inv, 1, 2))  # (L1, r1, r1)
-        logdet = 2.0 * float(np.sum(np.log(np.diagonal(self.L11, axis1=1, axis2=2))))
+        if lay.r1 == 1:  # scalar first term: H_11 is diagonal
+            d11 = H11[:, 0, 0]
+            if not np.all(d11 > 0):
+                raise np.linalg.LinAlgError("H_11 is not positive definite")
+            self.inv11 = (1.0 / d11)[:, None, None]
+            logdet = float(np.sum(np.log(d11)))
+        else:
+            L11 = np.linalg.cholesky(H11)  # raises LinAlgError
+            inv = np.linalg.inv(H11)
+            self.inv11 = 0.5 * (inv + np.swapaxes(inv, 1, 2))  # (L1, r1, r1)
+            logdet = 2.0 * float(np.sum(np.log(np.diagonal(L11, axis1=1, axis2=2))))
         self.q2 = lay.q2
         if self.q2:
             self.T = np.einsum("ejk,ek->ej", self.inv11[lay.edge_lev], H12)  # (E, r1)
@@ -612,16 +619,23 @@ class BlockedJetLaplace:
         lmu = np.zeros((lay.n, lay.R, P))
         lmu[:, :, th] = e_eta[:, None, None] * mu
         hvp = lay.scatter_q(t[:, :, None] * a[:, None, :] + lmu)  # (q, P)
-        vp = F.solve(hvp)
+        Hg = F.gather()  # (n, R, R)
+        Ht = np.einsum("nab,nb->na", Hg, t)
+        qd = np.einsum("na,na->n", t, Ht)  # t_i^T H^{-1} t_i
+        gth = np.einsum("nak,na->nk", mu, Ht)  # mu_i^T H^{-1} t_i
+        e3 = l3[:, 0, 0]
+        if order >= 2:
+            # v' = H^{-1} h_{v phi} and c = H^{-1} L_v, L_v = 1/2 sum_i ell_eee t_i^T H^{-1} t_i t_i, in one solve
+            Lv = 0.5 * lay.scatter_q((e3 * qd)[:, None] * t)
+            both = F.solve(np.concatenate([hvp, Lv[:, None]], axis=1))
+            vp, cvec = both[:, :P], both[:, P]
+        else:
+            vp = F.solve(hvp)
         vpg = lay.gather_q(vp)  # (n, R, P)
         z = np.empty((lay.n, m1, P))
         tv = np.einsum("nr,nrp->np", t, vpg)  # t_i^T v'
         z[:, 0] = deta + tv
         z[:, 1:] = self.psi_rows
-        Hg = F.gather()  # (n, R, R)
-        Ht = np.einsum("nab,nb->na", Hg, t)
-        qd = np.einsum("na,na->n", t, Ht)  # t_i^T H^{-1} t_i
-        gth = np.einsum("nak,na->nk", mu, Ht)  # mu_i^T H^{-1} t_i
         y3 = np.einsum("nr,nrp->np", l3[:, 0, :], z)  # sum_r ell_{eta eta r} zeta~^r
         s = np.einsum("nq,nqp->np", l1, z) + 0.5 * qd[:, None] * y3
         s[:, th] += e_ee[:, None] * gth
@@ -632,9 +646,6 @@ class BlockedJetLaplace:
             self._remember(phi, v, vp)
             return out
         # -- Hessian ---------------------------------------------------------------------------------------
-        e3 = l3[:, 0, 0]
-        Lv = 0.5 * lay.scatter_q((e3 * qd)[:, None] * t)
-        cvec = F.solve(Lv)
         cg = lay.gather_q(cvec)
         gam = np.einsum("nr,nr->n", cg, t)
         nu = np.zeros((lay.n, P))
