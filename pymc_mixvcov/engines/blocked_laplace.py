@@ -106,7 +106,6 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 
 from ..errors import MixVcovError
-from .jets import _sym
 
 __all__ = ["BlockedLaplaceLayout", "SchurFactor", "BlockedJetLaplace", "BlockedLaplaceFunctions"]
 
@@ -586,6 +585,8 @@ class BlockedJetLaplace:
         The formulas are those of :meth:`pymc_mixvcov.engines.jets.JetLaplace.evaluate` with the whole
         model as one cluster. Where ``H`` is not positive definite the log-likelihood is ``-inf``.
         """
+        from .jets import _sym
+
         lay = self.lay
         beta, theta, _ = self._split(phi)
         t = self._t(theta)

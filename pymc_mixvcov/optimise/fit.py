@@ -20,7 +20,6 @@ from scipy.optimize import minimize
 from .._startup import paused_gc
 from ..compilation.derivatives import LaplaceFunctions, LMMFunctions, MAPFunctions
 from ..engines.blocked import BlockedLMMFunctions
-from ..engines.blocked_laplace import BlockedLaplaceFunctions
 from ..engines.marginal import build_structure
 from ..errors import MixVcovError
 from ..inference.results import MixedFit
@@ -256,6 +255,8 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
     base_method = "ML" if method == "MAP" else method
     nagq = _check_nagq(nagq, spec, structure)
     if engine == "blocked" and not spec.gaussian:
+        from ..engines.blocked_laplace import BlockedLaplaceFunctions
+
         fns = BlockedLaplaceFunctions(spec, structure, base_method)
     elif engine == "blocked":
         fns = BlockedLMMFunctions(spec, structure, base_method)
