@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,9 @@ import pytest
 import pymc_mixvcov as pmv
 
 REF = Path(__file__).parent / "reference"
+
+# no status lines in tests (pymc_mixvcov/output/progress.py); tests of the display set their own
+os.environ.setdefault("PYMC_MIXVCOV_PROGRESS", "0")
 
 
 def reference(name: str) -> dict:

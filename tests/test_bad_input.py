@@ -114,9 +114,11 @@ def test_model_without_fixed_effects(sleepstudy):
 
 
 def test_data_must_be_a_data_frame(sleepstudy):
-    with pytest.raises(pmv.MixVcovError, match=r"data must be a pandas DataFrame, got dict \(build one"):
+    with pytest.raises(
+        pmv.MixVcovError, match=r"data must be a data frame \(pandas, polars, \.\.\.\), got dict \(build one"
+    ):
         pmv.lmm("Reaction ~ Days + (1 | Subject)", sleepstudy.to_dict("list"))
-    with pytest.raises(pmv.MixVcovError, match="data must be a pandas DataFrame, got dict"):
+    with pytest.raises(pmv.MixVcovError, match=r"data must be a data frame \(pandas, polars, \.\.\.\), got dict"):
         pmv.glmm("incidence ~ period + (1 | herd)", pmv.datasets.load("cbpp").to_dict("list"), family="poisson")
 
 
@@ -128,7 +130,7 @@ def test_fit_names_the_expected_types(sleepstudy):
         pmv.fit(m, random=["u_Subject"])
     with pytest.raises(pmv.MixVcovError, match="random must be a list of variable names"):
         pmv.fit(m.model, random="u_Subject")
-    with pytest.raises(pmv.MixVcovError, match="data must be a pandas DataFrame, got dict"):
+    with pytest.raises(pmv.MixVcovError, match=r"data must be a data frame \(pandas, polars, \.\.\.\), got dict"):
         pmv.fit(m.model, random=["u_Subject"], data={"Subject": sleepstudy["Subject"]})
 
 

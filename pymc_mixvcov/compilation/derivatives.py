@@ -44,6 +44,7 @@ from pytensor.tensor.elemwise import Elemwise
 
 from ..engines.marginal import ClusterStructure, CoreGraph, Signature, data_values, signature_of
 from ..errors import MixVcovError
+from ..output.progress import task as progress_task
 from . import cache
 from .evaluator import GraphFunction, freeze_shared, inline_op_from_graph, light_function
 
@@ -362,7 +363,10 @@ def _cached_graph(key: str | None, make_graph: Callable):
     ``make_graph()``, rewritten once and stored (built every time when ``key`` is ``None``)."""
 
     def build():
-        with pytensor.config.change_flags(traceback__limit=0):
+        with (
+            progress_task("pymc_mixvcov", detail=_BUILDING),
+            pytensor.config.change_flags(traceback__limit=0),
+        ):
             inputs, outputs = make_graph()
             fg = FunctionGraph(inputs, freeze_shared(list(outputs)), clone=True)
             _rewriter().rewrite(fg)
@@ -370,6 +374,9 @@ def _cached_graph(key: str | None, make_graph: Callable):
 
     return build() if key is None else cache.load_graph(key, build)
 
+
+#: The stage shown while a new signature's graphs are built (see :mod:`pymc_mixvcov.output.progress`).
+_BUILDING = "building the graphs of a new model signature (once: later fits load them from the disk cache)"
 
 #: Most compiled functions kept in this process's memory (about seven per model signature): a
 #: process that fits models of many signatures holds a bounded number; the least recently used
@@ -512,6 +519,11 @@ class LMMFunctions:
         self.P = spec.n_params
         self.vi = spec.variance_index
         self.fi = spec.fixed_index
+        # prior weights: the statistics are of the rows scaled by sqrt(w); the log-likelihood adds
+        # sum log(w) / 2 (per cluster, and in total), which no derivative sees
+        hl = structure.half_logw
+        self._half_logw = np.zeros(structure.n_clusters) if hl is None else np.asarray(hl, float)
+        self._half_logw_total = float(self._half_logw.sum() + structure.half_logw_free)
 
     def _fn(self, name: str):
         return core_function(name, self.sig, self.method)
@@ -527,7 +539,7 @@ class LMMFunctions:
         p = self.sig.p
         f, g, beta = self._fn("profile")(phi[p:], *self.data)
         nat[self.fi] = beta
-        return float(f), J[p:, self.vi].T @ np.asarray(g), nat
+        return float(f) + self._half_logw_total, J[p:, self.vi].T @ np.asarray(g), nat
 
     def information(self, nat: np.ndarray, expected: bool = False) -> dict[str, np.ndarray]:
         """Criterion, gradient and observed (and optionally expected) information on the natural scale.
@@ -552,7 +564,7 @@ class LMMFunctions:
         gv = Jv.T @ g
         obs_v = Jv.T @ H @ Jv - np.einsum("k,kij->ij", g, Tv)
         out = {
-            "loglik": float(ll),
+            "loglik": float(ll) + self._half_logw_total,
             "grad": self._embed_vector(gv),
             "observed": self._blockdiag(XtVX, obs_v),
         }
@@ -613,6 +625,8 @@ class LMMFunctions:
         Hphi = H.sum(0) + hf
         scores = S @ J
         obs_c = -(np.einsum("ki,ckl,lj->cij", J, H, J) + np.einsum("ck,kij->cij", S, T))
+        ll = ll + self._half_logw
+        llf = float(llf) + self.structure.half_logw_free
         return {
             "loglik_total": float(ll.sum() + llf),
             "loglik": ll,

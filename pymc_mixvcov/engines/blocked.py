@@ -76,6 +76,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 
 from ..errors import MixVcovError
+from ..model.weights import half_log_weights, whitened
 from .marginal import LOG2PI, ClusterStructure, Signature
 
 __all__ = ["BlockedData", "BlockedFactor", "BlockedLMMFunctions", "blocked_data"]
@@ -130,11 +131,13 @@ class BlockedData:
     Z: sp.csr_matrix = field(repr=False)  # (n, q), R nonzeros per row
     X: np.ndarray = field(repr=False)
     y: np.ndarray = field(repr=False)  # minus the offset
+    half_logw: float = 0.0  # prior weights: sum log(w) / 2, added to the log-likelihood of the scaled rows
 
 
 def blocked_data(spec) -> BlockedData:
-    """Build the blocked layout and statistics of a Gaussian ``spec`` (NumPy/SciPy, once)."""
-    X, y = np.asarray(spec.X, float), np.asarray(spec.y - spec.offset, float)
+    """Build the blocked layout and statistics of a Gaussian ``spec`` (NumPy/SciPy, once); with
+    precision weights, of its rows scaled by ``sqrt(w_i)`` (:mod:`pymc_mixvcov.model.weights`)."""
+    X, y, row_scale = whitened(spec)
     n, p = X.shape
     theta_off, off_t = [], 0
     for t in spec.terms:
@@ -154,7 +157,7 @@ def blocked_data(spec) -> BlockedData:
         for j in range(bt.r):
             rows.append(used)
             cols.append(bt.off + t.codes[used] * bt.r + j)
-            vals.append(np.asarray(t.z[used, j], float))
+            vals.append(np.asarray(t.z[used, j], float) * (1.0 if row_scale is None else row_scale[used]))
     Z = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, q))
     Zt = Z.T.tocsr()
     C = (Zt @ Z).tocsc()
@@ -185,6 +188,7 @@ def blocked_data(spec) -> BlockedData:
         Z=Z,
         X=X,
         y=y,
+        half_logw=0.0 if row_scale is None else float(np.sum(half_log_weights(spec))),
     )
 
 
@@ -382,6 +386,7 @@ class _State:
         self.loglik = (
             -0.5 * d.n * LOG2PI - 0.5 * (d.n - d.q) * np.log(s2) - 0.5 * F.logdet - (self.rr - w @ Mw) / (2.0 * s2)
         )
+        self.loglik += d.half_logw  # prior weights (0 without)
         self.ze = (self.zr - d.C @ self.h) / s2  # Z^T e
         Xr = d.Xy - d.XX @ self.beta
         self.Xe = (Xr - d.ZX.T @ self.h) / s2  # X^T e

@@ -50,6 +50,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..model.spec import GaussianSpec
+from ..model.weights import half_log_weights, whitened
 from .linalg import UNROLL_MAX, BatchedCholesky, bmm, bmv, bquad, bT, gram, spd_solve
 
 __all__ = ["ClusterStructure", "Batch", "build_structure", "Signature", "signature_of", "data_values", "CoreGraph"]
@@ -91,6 +92,10 @@ class ClusterStructure:
     obs_pos: np.ndarray = field(repr=False)  # (n, R) position in the cluster's block, -1 if unused
     obs_val: np.ndarray = field(repr=False)  # (n, R) the design value there
     sizes: np.ndarray | None = field(default=None, repr=False)  # (n_clusters,) random effects per cluster
+    #: prior weights: ``sum log(w_i) / 2`` over each cluster's observations and over the free ones, the
+    #: log-likelihood's term beyond the scaled rows' (:mod:`pymc_mixvcov.model.weights`); 0 without
+    half_logw: np.ndarray | None = field(default=None, repr=False)
+    half_logw_free: float = 0.0
 
     @property
     def largest(self) -> int:
@@ -119,10 +124,11 @@ def build_structure(spec: GaussianSpec, statistics: bool = True) -> ClusterStruc
     """Find the clusters of ``spec`` and compute their sufficient statistics (NumPy, once).
 
     ``statistics=False`` finds the clusters only (no batches): for an engine that does not work
-    cluster by cluster (:mod:`pymc_mixvcov.engines.blocked`).
+    cluster by cluster (:mod:`pymc_mixvcov.engines.blocked`). With precision weights every row of
+    ``X``, ``y`` and ``Z`` is scaled by ``sqrt(w_i)`` (:func:`pymc_mixvcov.model.weights.whitened`).
     """
     terms, n = spec.terms, spec.n
-    X, y = spec.X, spec.y - spec.offset
+    X, y, row_scale = whitened(spec)
     p = X.shape[1]
     node_off = np.concatenate([[0], np.cumsum([len(t.levels) for t in terms])])
     n_nodes = int(node_off[-1])
@@ -182,7 +188,7 @@ def build_structure(spec: GaussianSpec, statistics: bool = True) -> ClusterStruc
         for j in range(t.r):
             pos = np.where(used, local[np.maximum(nodes[:, k], 0)] + j, -1)
             pos_list.append(pos)
-            val_list.append(np.where(used, t.z[:, j], 0.0))
+            val_list.append(np.where(used, t.z[:, j] if row_scale is None else t.z[:, j] * row_scale, 0.0))
     pos_m = np.stack(pos_list, 1)
     val_m = np.stack(val_list, 1)
 
@@ -232,7 +238,10 @@ def build_structure(spec: GaussianSpec, statistics: bool = True) -> ClusterStruc
     free_obs = obs_cluster < 0
     Xf, yf = X[free_obs], y[free_obs]
     free = (Xf.T @ Xf, Xf.T @ yf, float(yf @ yf), int(free_obs.sum()))
-    return ClusterStructure(clusters, obs_cluster, batches, free, lam_sizes, p, pos_m, val_m, size)
+    hl = half_log_weights(spec)
+    half_logw = None if hl is None else _bincount(obs_cluster[~free_obs], hl[~free_obs], n_comp)
+    hl_free = 0.0 if hl is None else float(hl[free_obs].sum())
+    return ClusterStructure(clusters, obs_cluster, batches, free, lam_sizes, p, pos_m, val_m, size, half_logw, hl_free)
 
 
 def _logdet_pos(a: TensorVariable) -> TensorVariable:

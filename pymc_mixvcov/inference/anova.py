@@ -114,6 +114,7 @@ class _Structure:
     free: set[tuple[int, int]]  # (i, j), i >= j, effects of one term: free (co)variance entries
     n_likelihood: int  # residual SD and the likelihood's own parameters
     clear: str  # "" when every free (co)variance entry is one parameter of its own; else why not
+    weights: np.ndarray | None = None  # Gaussian precision weights
 
 
 def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
@@ -172,6 +173,7 @@ def _structure(fit: MixedFit) -> _Structure:
         free,
         n_likelihood,
         clear,
+        None if spec.weights is None else np.asarray(spec.weights, float),
     )
 
 
@@ -198,6 +200,9 @@ def _compare(small: _Structure, large: _Structure, d: int) -> _Comparison:
         return _Comparison(None, note=f"the models have different likelihoods ({small.family}, {large.family})")
     if not _same_values(small.offset, large.offset):
         return _Comparison(None, note="the models have different offsets")
+    ws, wl = (np.ones(small.X.shape[0]) if m.weights is None else m.weights for m in (small, large))
+    if not _same_values(ws, wl):
+        return _Comparison(None, note="the models have different weights")
     for why in (small.clear, large.clear):
         if why:
             return _Comparison(None, note=f"the random-effect structure cannot be read off a model: {why}")

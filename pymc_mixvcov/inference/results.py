@@ -102,7 +102,15 @@ class MixedFit:
     nagq : int
         Quadrature points per random effect: 1 for the Laplace approximation (and for Gaussian
         models, whose marginal likelihood is exact), more for adaptive Gauss-Hermite quadrature.
+    formula, family, link, data_name : str or None
+        What a formula front end fitted (shown by :meth:`summary` and the notebook display);
+        ``None`` for hand-written models.
     """
+
+    formula: str | None = None
+    family: str | None = None
+    link: str | None = None
+    data_name: str | None = None
 
     def __init__(
         self,
@@ -1006,8 +1014,12 @@ class MixedFit:
 
         Returns
         -------
-        pandas.DataFrame
-            ``Estimate``, ``Std. Error``, ``z value``, ``Pr(>|z|)`` and the interval bounds.
+        Summary
+            A ``DataFrame`` (:class:`pymc_mixvcov.output.summary.Summary`) with ``Estimate``,
+            ``Std. Error``, ``z value``, ``Pr(>|z|)`` and the interval bounds, one row per
+            parameter; it prints (and shows in notebooks) as lme4's ``summary(lmer)``: fit
+            criteria, scaled residuals, random-effects table, numbers of observations and
+            groups, fixed-effects table, then this table and the full covariance matrix.
 
         Notes
         -----
@@ -1052,10 +1064,29 @@ class MixedFit:
             lo = np.where(cor, np.tanh(zr - d), lo)
             hi = np.where(cor, np.tanh(zr + d), hi)
         a = 100 * (1 - level) / 2
+        options = {
+            "vcov": vcov,
+            "scale": scale,
+            "information": information,
+            "cluster": cluster,
+            "reml_cross": reml_cross,
+            "ddf": ddf,
+        }
         if ddf is None:
-            return pd.DataFrame(
-                {"Estimate": est, "Std. Error": se, "z value": z, "Pr(>|z|)": p, f"{a:g} %": lo, f"{100 - a:g} %": hi},
-                index=self.labels(scale),
+            return _laid_out(
+                self,
+                pd.DataFrame(
+                    {
+                        "Estimate": est,
+                        "Std. Error": se,
+                        "z value": z,
+                        "Pr(>|z|)": p,
+                        f"{a:g} %": lo,
+                        f"{100 - a:g} %": hi,
+                    },
+                    index=self.labels(scale),
+                ),
+                options,
             )
         from scipy.stats import t as student
 
@@ -1066,7 +1097,7 @@ class MixedFit:
         se[:k], z[:k], p[:k] = tt["se"].to_numpy(), tt["t"].to_numpy(), tt["p"].to_numpy()
         qt = student.ppf(0.5 + level / 2, df[:k])
         lo[:k], hi[:k] = est[:k] - qt * se[:k], est[:k] + qt * se[:k]
-        return pd.DataFrame(
+        table = pd.DataFrame(
             {
                 "Estimate": est,
                 "Std. Error": se,
@@ -1077,6 +1108,38 @@ class MixedFit:
                 f"{100 - a:g} %": hi,
             },
             index=self.labels(scale),
+        )
+        return _laid_out(self, table, options)
+
+    def tidy(
+        self,
+        scale: str = "sd",
+        vcov: Literal["model", "CR0", "CR1", "CR3"] | None = None,
+        conf_level: float = 0.95,
+        ddf: DDF | None = None,
+        *,
+        information: Information = "observed",
+        cluster=None,
+        reml_cross: RemlCross = "zero",
+    ) -> pd.DataFrame:
+        """One row per parameter, as ``broom.mixed::tidy`` and pyfixest's ``tidy()`` give them.
+
+        Columns ``effect`` (``"fixed"``, ``"ran_pars"``, ``"fam_pars"``), ``group``, ``term``,
+        ``estimate``, ``std_error``, ``statistic``, (``df`` with ``ddf``), ``p_value``,
+        ``conf_low``, ``conf_high``, ``scale``, ``vcov``; the numbers are :meth:`summary`'s. See
+        :func:`pymc_mixvcov.output.tidy.tidy`.
+        """
+        from ..output.tidy import tidy
+
+        return tidy(
+            self,
+            scale=scale,
+            vcov=vcov,
+            conf_level=conf_level,
+            ddf=ddf,
+            information=information,
+            cluster=cluster,
+            reml_cross=reml_cross,
         )
 
     # -- ArviZ output ---------------------------------------------------------------------------------
@@ -1119,8 +1182,26 @@ class MixedFit:
             random_seed=random_seed,
         )
 
+    def __str__(self) -> str:
+        """The fit as lme4's ``print(fit)`` shows it (:func:`pymc_mixvcov.output.summary.fit_text`)."""
+        from ..output.summary import fit_text
+
+        return fit_text(self)
+
+    def _repr_html_(self) -> str:
+        from ..output.summary import fit_html
+
+        return fit_html(self)
+
     def __repr__(self) -> str:
         return (
             f"MixedFit(method={self.method!r}, loglik={self.loglik:.4f}, nobs={self.nobs}, "
             f"clusters={self.n_clusters}, converged={self.converged})"
         )
+
+
+def _laid_out(fit, table: pd.DataFrame, options: dict):
+    """``table`` as a :class:`pymc_mixvcov.output.summary.Summary` that prints as lme4's summary."""
+    from ..output.summary import Summary
+
+    return Summary.of(fit, table, options)

@@ -20,7 +20,9 @@ Everything is evaluated from the cluster blocks without forming ``V``: with
 ``V^{-1} = (I - Z P Z^T)/sigma^2``, ``V^{-1} Z = Z Q``, ``e_i = (r_i - z_i^T P Z^T r)/sigma^2``,
 ``[V^{-1} X]_i = (x_i - z_i^T P Z^T X)/sigma^2``, ``[V^{-1}]_{ii} = (1 - z_i^T P z_i)/sigma^2``
 and ``Z^T e = Q^T Z^T r``. These are merDeriv's formulas: its first five case-level score rows
-of the sleepstudy fit are reproduced in the tests.
+of the sleepstudy fit are reproduced in the tests. With precision weights they are evaluated on the
+rows scaled by ``sqrt(w_i)``, which leaves each observation's score unchanged
+(:mod:`pymc_mixvcov.model.weights`).
 
 References
 ----------
@@ -33,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engines.marginal import ClusterStructure, Signature
+from ..model.weights import whitened
 
 __all__ = ["casewise_scores"]
 
@@ -48,7 +51,7 @@ def casewise_scores(spec, structure: ClusterStructure, sig: Signature, phi: np.n
     p, nt = sig.p, sig.n_theta
     beta, theta, sigma = phi[:p], phi[p : p + nt], float(phi[-1])
     s2 = sigma**2
-    X, y = spec.X, spec.y - spec.offset
+    X, y, _ = whitened(spec)  # precision weights: the rows scaled by sqrt(w), as the statistics are
     r = y - X @ beta
     n = y.size
     out = np.zeros((n, sig.dim))

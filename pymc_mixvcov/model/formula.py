@@ -35,6 +35,8 @@ import pandas as pd
 
 from .._startup import import_formulae
 from ..errors import MixVcovError
+from .frames import as_pandas
+from .weights import binomial_counts, weights_values
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..inference.results import MixedFit
@@ -91,10 +93,18 @@ def _bars(formula: str, shown: str | None = None) -> list[tuple[list, bool]]:
     from formulae.resolver import Resolver
     from formulae.scanner import Scanner
 
+    shown = formula if shown is None else shown
     try:
-        tree = Parser(Scanner(formula).scan()).parse()
+        parser = Parser(Scanner(formula).scan())
+        tree = parser.parse()
     except Exception as exc:  # formulae raises its own parse errors
-        raise MixVcovError(f"cannot parse formula {formula if shown is None else shown!r}: {exc}") from exc
+        raise MixVcovError(f"cannot parse formula {shown!r}: {exc}") from exc
+    if not parser.at_end():  # formulae stops at the first token it cannot join: "y ~ a b" would be "y ~ a"
+        rest = " ".join(str(t.lexeme) for t in parser.tokens[parser.current :] if t.kind != "EOF")
+        raise MixVcovError(
+            f"cannot parse formula {shown!r}: {rest!r} follows a complete formula; join terms with '+' and "
+            "check that the parentheses balance"
+        )
     bars = []
 
     def walk(node):
@@ -222,14 +232,15 @@ def _factor_codes(data: pd.DataFrame, cols: tuple[str, ...]) -> tuple[np.ndarray
 def _data_frame(data) -> pd.DataFrame:
     """``data`` as a DataFrame with a fresh 0-based index and NumPy dtypes where pandas' nullable ones were.
 
+    Data frames of other libraries (polars, pyarrow, anything narwhals reads) are converted by
+    :func:`pymc_mixvcov.model.frames.as_pandas`, with R's factor coding of their categorical and
+    enum columns.
+
     Columns of pandas' nullable dtypes (``Int64``, ``Float64``, ``boolean``) without missing
     values become their NumPy counterparts (``int64``, ``float64``, ``bool``); those with
     missing values are kept, to be reported by :func:`_check_data` if the formula uses them.
     """
-    if not isinstance(data, pd.DataFrame):
-        hint = " (build one with pandas.DataFrame(data))" if isinstance(data, dict) else ""
-        raise MixVcovError(f"data must be a pandas DataFrame, got {type(data).__name__}{hint}")
-    data = data.reset_index(drop=True)
+    data = as_pandas(data).reset_index(drop=True)  # polars and other frames: model/frames.py
     nullable = {}
     for c in data.columns:
         dt = data[c].dtype
@@ -343,14 +354,21 @@ class MixedModel:
     #: ``Intercept``, ``1|Subject_sigma``, ...; ``entry`` counts the variable's entries after the
     #: sample dimensions, in order); :func:`pymc_mixvcov.output.compare` pairs the draws through it
     posterior_names: dict[str, list[tuple[str, int]]] | None = field(default=None, repr=False)
+    #: prior weights given to :func:`lmm` (precision weights) or :func:`glmm` (binomial trials), or None
+    weights: np.ndarray | None = field(default=None, repr=False)
+    #: the link function of a GLMM (``None`` for Gaussian models)
+    link: str | None = None
 
-    def fit(self, method: Method = "ML", nAGQ: int = 1, engine: Engine = "auto") -> MixedFit:
+    def fit(
+        self, method: Method = "ML", nAGQ: int = 1, engine: Engine = "auto", *, progress: bool | None = None
+    ) -> MixedFit:
         """Fit by maximum likelihood (``"ML"``) or restricted maximum likelihood (``"REML"``).
 
         Gaussian models: the random effects are integrated out exactly. GLMMs: by the Laplace
         approximation (``nAGQ=1``), as lme4's ``glmer``, or by adaptive Gauss-Hermite quadrature
         with ``nAGQ`` points per random effect (one grouping factor; scalar or vector random
-        effects); see :func:`pymc_mixvcov.optimise.fit.fit`, which also describes ``engine``.
+        effects); see :func:`pymc_mixvcov.optimise.fit.fit`, which also describes ``engine`` and
+        ``progress`` (a status line for fits that take more than a second).
         """
         from ..optimise.fit import fit
 
@@ -367,14 +385,22 @@ class MixedModel:
             data=self.data,
             nAGQ=nAGQ,
             engine=engine,
+            progress=progress,
         )
         if self.posterior_names is not None:
             result.posterior_names = self.posterior_names
+        result.formula, result.family, result.link = self.formula, self.family, self.link
         result.fixed_terms = self.fixed_labels if getattr(self.fixed_labels, "terms", None) else None
         return result
 
 
-def lmm(formula: str, data: pd.DataFrame, *, ordered_contrasts: OrderedContrasts = "poly") -> MixedModel:
+def lmm(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    weights: str | np.ndarray | None = None,
+    ordered_contrasts: OrderedContrasts = "poly",
+) -> MixedModel:
     """Build a linear mixed model from an lme4 formula.
 
     Parameters
@@ -389,6 +415,12 @@ def lmm(formula: str, data: pd.DataFrame, *, ordered_contrasts: OrderedContrasts
         category is the baseline of treatment contrasts, as R's first level is in lme4. Other
         string columns are factors with sorted levels, as R's ``factor()`` makes them. pandas'
         nullable dtypes (``Int64``, ``Float64``, ``boolean``) act as their NumPy counterparts.
+    weights : str or array, optional
+        Precision weights, as ``lmer(..., weights = w)``: a column of ``data`` or one positive
+        value per row. Observation ``i`` has residual variance ``sigma^2 / w_i``; the model's
+        likelihood is ``Normal(mu, sigma / sqrt(w))``, and ``loglik`` includes lme4's
+        ``sum(log w) / 2``. Weights are not frequencies: ``w_i = 2`` halves a variance, it does
+        not duplicate a row. See :mod:`pymc_mixvcov.model.weights`.
     ordered_contrasts : {"poly", "treatment"}, default "poly"
         Coding of ordered categoricals in the fixed effects: R's orthogonal polynomial
         contrasts (``f.L``, ``f.Q``, ``f.C``, ``f^4``, ...; lme4's default) or treatment
@@ -403,19 +435,32 @@ def lmm(formula: str, data: pd.DataFrame, *, ordered_contrasts: OrderedContrasts
     MixVcovError
         ``data`` not a DataFrame, unknown column or function, missing or non-finite values in a
         used column, a grouping factor with a single level (or as many levels as observations),
-        rank-deficient fixed effects.
+        rank-deficient fixed effects, weights that are missing, infinite, negative or zero
+        (naming the column and rows: drop rows of weight 0, which carry no information).
     """
     _check_ordered_contrasts(ordered_contrasts)
+    _check_tilde(formula)
     data = _data_frame(data)
     y, X, offset, fixed, blocks, response = _design(formula, data, ordered_contrasts=ordered_contrasts)
+    w = None if weights is None else weights_values(weights, data, y.size)[0]
     for b in blocks:
         if len(b.levels) >= y.size:
             raise MixVcovError(
                 f"grouping factor {b.group!r} has {len(b.levels)} levels for {y.size} observations; "
                 "its variance is not identified beside the residual variance (lme4 refuses this too)"
             )
-    model = _build_model(response, y, X, fixed, blocks, offset=offset)
-    return MixedModel(formula, data, model, [f"u_{b.name}" for b in blocks], fixed, blocks)
+    model = _build_model(response, y, X, fixed, blocks, offset=offset, weights=w)
+    return MixedModel(formula, data, model, [f"u_{b.name}" for b in blocks], fixed, blocks, weights=w)
+
+
+def _check_tilde(formula) -> None:
+    """A formula is a string ``response ~ terms``."""
+    if not isinstance(formula, str):
+        raise MixVcovError(f"formula must be a string such as 'y ~ x + (1 | g)', got {type(formula).__name__}")
+    if "~" not in formula or not formula.split("~", 1)[0].strip():
+        raise MixVcovError(
+            f"formula {formula!r} has no response: write it as 'response ~ terms', e.g. 'y ~ x + (1 | g)'"
+        )
 
 
 def _check_ordered_contrasts(value) -> None:
@@ -722,7 +767,9 @@ def _redundant_columns(X: np.ndarray) -> list[int]:
     return out
 
 
-def _build_model(response, y, X, fixed, blocks, *, offset=None, family="gaussian", link=None, trials=None):
+def _build_model(
+    response, y, X, fixed, blocks, *, offset=None, family="gaussian", link=None, trials=None, weights=None
+):
     import pymc as pm
     import pytensor
     import pytensor.tensor as pt
@@ -739,7 +786,9 @@ def _build_model(response, y, X, fixed, blocks, *, offset=None, family="gaussian
         coords[b.group] = b.levels
         coords[f"{b.name}_effect"] = b.effects
     if gaussian:
-        resid = y - offset - X @ np.linalg.lstsq(X, y - offset, rcond=None)[0] if X.shape[1] else y - y.mean()
+        sw = np.ones(y.size) if weights is None else np.sqrt(weights)
+        yw, Xw = (y - offset) * sw, X * sw[:, None]
+        resid = yw - Xw @ np.linalg.lstsq(Xw, yw, rcond=None)[0] if X.shape[1] else yw - yw.mean()
         s0 = float(np.std(resid)) or sy
     else:
         s0 = 1.0
@@ -767,7 +816,7 @@ def _build_model(response, y, X, fixed, blocks, *, offset=None, family="gaussian
                 )
                 u = pm.MvNormal(f"u_{b.name}", mu=np.zeros(r), chol=chol, dims=(b.group, f"{b.name}_effect"))
                 eta = eta + pt.sum(u[codes] * pt.as_tensor(b.z), axis=1)
-        _likelihood(str(response), family, link, eta, y, trials, s0, sy)
+        _likelihood(str(response), family, link, eta, y, trials, s0, sy, weights)
     return model
 
 
@@ -786,12 +835,15 @@ def _inverse_link(link: str, eta):
     return eta  # identity
 
 
-def _likelihood(name, family, link, eta, y, trials, s0, sy):
+def _likelihood(name, family, link, eta, y, trials, s0, sy, weights=None):
     import pymc as pm
+    import pytensor.tensor as pt
 
     if family == "gaussian":
         sigma = pm.HalfNormal("sigma", sigma=2.5 * sy, initval=s0)
-        pm.Normal(name, mu=eta, sigma=sigma, observed=y)
+        # precision weights: residual SD sigma / sqrt(w), read back by pymc_mixvcov.model.weights
+        sd = sigma if weights is None else sigma / pt.sqrt(pt.as_tensor(np.asarray(weights, float)))
+        pm.Normal(name, mu=eta, sigma=sd, observed=y)
     elif family == "binomial":
         n = np.ones(y.size, dtype="int64") if trials is None else trials.astype("int64")
         y_int = y.astype("int64")
@@ -816,6 +868,7 @@ def glmm(
     link: Link | None = None,
     offset: np.ndarray | str | None = None,
     *,
+    weights: str | np.ndarray | None = None,
     ordered_contrasts: OrderedContrasts = "poly",
 ) -> MixedModel:
     """Build a generalised linear mixed model from an lme4 formula.
@@ -836,6 +889,13 @@ def glmm(
         ``identity`` for the others.
     offset : array or column name, optional
         An offset on the linear-predictor scale, added to any ``offset()`` in the formula.
+    weights : str or array, optional
+        Binomial family only: the numbers of trials of a proportion response, as
+        ``glmer(prop ~ ..., family = binomial, weights = n)``: a column of ``data`` or one value
+        per row. The model is that of ``cbind(prop * n, n - prop * n)``, with the same
+        log-likelihood as glmer's. Trials must be positive whole numbers and ``prop * n`` whole
+        numbers (glmer only warns, and rounds them). Weights of other families, and prior weights
+        on a ``cbind`` response, are refused (see :mod:`pymc_mixvcov.model.weights`).
     ordered_contrasts : {"poly", "treatment"}, default "poly"
         Coding of ordered categoricals in the fixed effects, as for :func:`lmm`.
 
@@ -848,7 +908,8 @@ def glmm(
     ------
     MixVcovError
         Unknown family or link; a response outside the family's support (naming the column
-        and how many rows); everything :func:`lmm` raises.
+        and how many rows); weights that are not positive whole numbers of trials of a proportion
+        response, or weights with another family; everything :func:`lmm` raises.
     """
     if family not in FAMILIES:
         raise MixVcovError(f"unknown family {family!r}; valid families are: {', '.join(map(repr, FAMILIES))}")
@@ -858,9 +919,14 @@ def glmm(
             f"link {link!r} is not available for family {family!r}; valid links: {', '.join(map(repr, LINKS[family]))}"
         )
     _check_ordered_contrasts(ordered_contrasts)
+    _check_tilde(formula)
     data = _data_frame(data)
-    lhs, rhs = formula.split("~", 1) if "~" in formula else ("", formula)
-    y, trials, label = _glmm_response(lhs.strip(), data, family)
+    lhs, rhs = formula.split("~", 1)
+    if weights is None:
+        y, trials, label = _glmm_response(lhs.strip(), data, family)
+        w = None
+    else:
+        y, trials, label, w = _weighted_response(lhs.strip(), data, family, weights)
     _, X, off, fixed, blocks, _ = _design(
         f"{RESPONSE} ~ {rhs}",
         data.assign(**{RESPONSE: y}),
@@ -873,7 +939,43 @@ def glmm(
             raise MixVcovError(f"offset must be {y.size} finite values, one per row of the data")
         off = off + extra
     model = _build_model(label, y, X, fixed, blocks, offset=off, family=family, link=link, trials=trials)
-    return MixedModel(formula, data, model, [f"u_{b.name}" for b in blocks], fixed, blocks, family=family)
+    return MixedModel(
+        formula, data, model, [f"u_{b.name}" for b in blocks], fixed, blocks, family=family, link=link, weights=w
+    )
+
+
+def _weighted_response(lhs: str, data: pd.DataFrame, family: str, weights):
+    """Successes, trials, a name and the weights of a weighted GLMM response (see :func:`glmm`)."""
+    if family != "binomial":
+        raise MixVcovError(
+            f"glmm(weights=) takes the numbers of trials of a binomial proportion response, not weights for family "
+            f"{family!r}. glmer's prior weights of other families multiply each observation's log-likelihood: "
+            "write that model by hand with its likelihood as pm.Potential('loglik', (w * pm.logp(dist, y)).sum()) "
+            "and fit it with pmv.fit (see pymc_mixvcov.model.weights); for counts with exposures use an offset, "
+            "offset=np.log(t)"
+        )
+    if re.fullmatch(r"cbind\((.*),(.*)\)", lhs.replace(" ", "")) is not None:
+        raise MixVcovError(
+            f"weights with a cbind(successes, failures) response: the trials are already in {lhs!r}. Give either "
+            "cbind(successes, failures) without weights, or the proportion successes / trials with weights = trials. "
+            "(glmer reads weights there as prior weights multiplying each row's log-likelihood: write such a model "
+            "by hand with pm.Potential('loglik', (w * pm.logp(dist, k)).sum()) and fit it with pmv.fit)"
+        )
+    if lhs not in data.columns:
+        raise MixVcovError(f"response {lhs!r} is not a column of the data; available columns: {list(data.columns)}")
+    col = data[lhs]
+    if col.isna().any():
+        rows = np.flatnonzero(col.isna().to_numpy())[:10].tolist()
+        raise MixVcovError(f"response {lhs!r} has {int(col.isna().sum())} missing value(s) at rows {rows}")
+    if isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object or col.dtype == bool:
+        y = _glmm_response(lhs, data, family)[0]
+    else:
+        y = col.to_numpy(dtype=float)
+    w, name = weights_values(weights, data, y.size)
+    k, n = binomial_counts(y, w, lhs, name)
+    if np.any(n >= _COUNT_LIMIT):
+        raise MixVcovError(f"{name}: {_COUNT_RANGE}")
+    return k, n, lhs, w
 
 
 def _glmm_response(lhs: str, data: pd.DataFrame, family: str) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -900,7 +1002,9 @@ def _glmm_response(lhs: str, data: pd.DataFrame, family: str) -> tuple[np.ndarra
     if col.isna().any():
         rows = np.flatnonzero(col.isna().to_numpy())[:10].tolist()
         raise MixVcovError(f"response {lhs!r} has {int(col.isna().sum())} missing value(s) at rows {rows}")
-    if family == "binomial" and (isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object):
+    if family == "binomial" and (
+        isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object or pd.api.types.is_string_dtype(col)
+    ):
         cat = col.astype("category")
         if len(cat.cat.categories) != 2:
             raise MixVcovError(

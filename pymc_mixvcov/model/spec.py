@@ -28,6 +28,7 @@ from pytensor.tensor.random.basic import MvNormalRV, NormalRV
 
 from ..compilation.evaluator import light_function
 from ..errors import MixVcovError
+from .weights import split_residual_sd
 
 __all__ = ["FreeParam", "RandomTerm", "GaussianSpec", "inspect_model"]
 
@@ -147,6 +148,9 @@ class GaussianSpec:
     #: graph of the linear predictor ``eta``, the data ``y`` and ``nat`` (its ``psi`` entries)
     logp: tuple | None = field(default=None, repr=False)
     psi_index: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    #: Gaussian precision weights ``w_i`` (residual variance ``sigma^2 / w_i``), read from a residual
+    #: SD ``sigma / sqrt(w)``; ``None`` without (:mod:`pymc_mixvcov.model.weights`)
+    weights: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def gaussian(self) -> bool:
@@ -430,14 +434,21 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
     mu_g = graph_replace(eta, {**repl, **urepl}, strict=False)
     mu_g = pt.broadcast_to(mu_g, (y.size,)) if mu_g.ndim == 0 else pt.flatten(mu_g)
     mu_fn = _light([nat, uvec], mu_g)
+    weights = None
     if gaussian:
         sigma_g = graph_replace(sigma, repl, strict=False)
         sigma_val = np.asarray(_light([nat], sigma_g)(nat0))
         if sigma_val.size != 1:
-            raise MixVcovError(
-                f"the residual SD of {obs.name!r} varies across observations; the exact Gaussian "
-                "engine needs one residual SD"
-            )
+            split = split_residual_sd(sigma, [p.rv for p in params], y.size, obs.name)
+            if split is not None:
+                sigma_g = graph_replace(split[0], repl, strict=False)
+                sigma_val, weights = np.asarray(_light([nat], sigma_g)(nat0)), split[1]
+            if sigma_val.size != 1:
+                raise MixVcovError(
+                    f"the residual SD of {obs.name!r} varies across observations; the exact Gaussian engine needs "
+                    "one residual SD, or one SD and precision weights written sigma / pt.sqrt(w) (sigma a "
+                    "parameter, w positive data: lme4's weights)"
+                )
         sigma_s = pt.reshape(sigma_g, ())
         logp = None
     else:
@@ -490,6 +501,7 @@ def inspect_model(model, random: list[str], noncentered: dict[str, str] | None =
         family="gaussian" if gaussian else type(obs.owner.op).__name__.removesuffix("RV"),
         logp=logp,
         psi_index=psi_index,
+        weights=weights,
     )
 
 

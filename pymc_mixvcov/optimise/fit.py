@@ -9,6 +9,7 @@ deviation of 0) are held there, as lme4 does.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
@@ -24,7 +25,10 @@ from ..engines.marginal import build_structure
 from ..errors import MixVcovError
 from ..inference.results import MixedFit
 from ..inference.scales import ScaleMaps
+from ..model.frames import as_pandas
 from ..model.spec import inspect_model
+from ..output.progress import task as progress_task
+from ..output.progress import update as progress_update
 from .start import boundary_restarts, check_not_exact, curvature_scales, natural_start
 from .trust import trust_region_newton
 
@@ -71,13 +75,16 @@ def fit(
     data: pd.DataFrame | None = None,
     nAGQ: int = 1,
     engine: Engine = "auto",
+    progress: bool | None = None,
 ) -> MixedFit:
     """Fit a PyMC model by maximising its marginal likelihood over the random effects.
 
     Parameters
     ----------
     model : pymc.Model or bambi.Model
-        A model with one observed Normal variable whose mean is affine in the random effects.
+        A model with one observed Normal variable whose mean is affine in the random effects
+        (precision weights as lme4's ``weights``: residual SD ``sigma / pt.sqrt(w)``, see
+        :mod:`pymc_mixvcov.model.weights`).
         A ``bambi.Model`` is read by :func:`pymc_mixvcov.model.bambi.from_bambi` and fitted on its
         original predictor scale with lme4's labels (``random`` is then not given).
     random : list of str
@@ -119,6 +126,12 @@ def fit(
         cluster by cluster (reported as ``"laplace"``), ``"blocked"`` the Laplace approximation of the
         whole model with the blocked factor (:mod:`pymc_mixvcov.engines.blocked_laplace`, ``nAGQ=1``);
         ``"auto"`` picks ``"blocked"`` on the same rule.
+    progress : bool or None
+        Whether a status line may show the fit's stage (the first build of a new signature's
+        graphs, the optimiser's evaluations) on standard error; it appears only when the fit
+        takes more than a second. ``None``: the environment variable ``PYMC_MIXVCOV_PROGRESS``
+        (``0`` or ``1``) decides, else whether standard error is a terminal; see
+        :mod:`pymc_mixvcov.output.progress`.
 
     Returns
     -------
@@ -136,8 +149,10 @@ def fit(
             )
         mixed = from_bambi(model)
         if data is not None:
-            mixed.data = data
-        return mixed.fit(method=method, nAGQ=nAGQ) if cluster is None else _with_cluster(mixed, method, nAGQ, cluster)
+            mixed.data = as_pandas(data)
+        if cluster is None:
+            return mixed.fit(method=method, nAGQ=nAGQ, progress=progress)
+        return _with_cluster(mixed, method, nAGQ, cluster, progress)
     if not isinstance(model, pm.Model):
         hint = "; pass its .model or call its .fit()" if hasattr(model, "model") else ""
         raise MixVcovError(f"model must be a pymc.Model, got {type(model).__name__}{hint}")
@@ -145,15 +160,20 @@ def fit(
         raise MixVcovError("random is missing: name the random-effect variables to integrate out, random=['u']")
     if not isinstance(random, list | tuple) or not all(isinstance(r, str) for r in random):
         raise MixVcovError(f"random must be a list of variable names (str), got {random!r}")
-    if data is not None and not isinstance(data, pd.DataFrame):
-        raise MixVcovError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    if data is not None:
+        data = as_pandas(data)  # polars and other frames (model/frames.py)
     if method not in METHODS:
         raise MixVcovError(f"unknown method {method!r}; valid methods are: {', '.join(map(repr, METHODS))}")
     if engine not in ENGINES:
         raise MixVcovError(f"unknown engine {engine!r}; valid engines are: {', '.join(map(repr, ENGINES))}")
     # graph construction records a stack trace per node unless told not to: a large share of
     # the build time of gradient graphs
-    with pytensor.config.change_flags(traceback__limit=0), paused_gc():
+    description = f"pymc_mixvcov: fitting ({method}{f', nAGQ = {nAGQ}' if nAGQ != 1 else ''})"
+    with (
+        pytensor.config.change_flags(traceback__limit=0),
+        paused_gc(),
+        progress_task(description, detail="reading the model", progress=progress),
+    ):
         result = _fit(model, random, method, fixed_labels, data, cluster, noncentered, nAGQ, engine)
     # what a refit by another method needs (pymc_mixvcov.inference.anova refits REML fits by ML)
     result._call = {
@@ -169,7 +189,7 @@ def fit(
     return result
 
 
-def _with_cluster(mixed, method, nagq, cluster) -> MixedFit:
+def _with_cluster(mixed, method, nagq, cluster, progress=None) -> MixedFit:
     """A bambi model's fit with default clusters ``cluster`` (see :func:`fit`)."""
     if mixed.source == "bambi" and method == "MAP":
         return mixed.fit(method=method, nAGQ=nagq)  # refused there, with the reason
@@ -181,6 +201,7 @@ def _with_cluster(mixed, method, nagq, cluster) -> MixedFit:
         fixed_labels=mixed.fixed_labels,
         data=mixed.data,
         nAGQ=nagq,
+        progress=progress,
     )
     result.posterior_names = mixed.posterior_names
     return result
@@ -340,8 +361,11 @@ def optimise(fns: LMMFunctions, spec) -> OptimResult:
             break
     d = curvature_scales(info0, natural(x0), logged)
 
+    calls = itertools.count(1)
+
     def negative(w):
         x = natural(w * d)
+        progress_update(f"optimising the profiled likelihood: evaluation {next(calls)}")
         with np.errstate(all="ignore"):
             f, g, _ = fns.profile(x)
         if not (np.isfinite(f) and np.all(np.isfinite(g))):
@@ -475,8 +499,11 @@ def _optimise_all(fns, spec) -> OptimResult:
     # covariance factors (and a Gaussian residual SD) start in the data's units (start.py)
     x0, natural, bounds = _search_space(natural_start(fns.map, spec, spec.nat0), lower, upper, logged)
 
+    calls = itertools.count(1)
+
     def negative(z):
         x = natural(z)
+        progress_update(f"optimising the marginal likelihood: evaluation {next(calls)}")
         with np.errstate(all="ignore"):
             f, g = fns.value(x)
         if not (np.isfinite(f) and np.all(np.isfinite(g))):
@@ -556,8 +583,11 @@ def _trust_region(fns, spec, start, iterations) -> OptimResult:
         d2 = np.where(only_lo, e, np.where(only_hi, -e, np.where(both, span * s_ * (1 - s_) * (1 - 2 * s_), 0.0)))
         return x, d1, d2
 
+    calls = itertools.count(1)
+
     def pieces(z):
         x, d1, d2 = transform(z)
+        progress_update(f"trust-region Newton steps with the exact Hessian: step {next(calls)}")
         with np.errstate(all="ignore"):
             try:
                 info = fns.information(x)
@@ -626,7 +656,8 @@ def _newton(fns, spec, nat, iterations, warn: bool = True) -> OptimResult:
     active = np.ones(spec.n_params, bool) if fns.method == "ML" else np.isin(np.arange(spec.n_params), vi)
     info = fns.information(nat)
     decrement = np.inf
-    for _ in range(20):
+    for step in range(20):
+        progress_update(f"Newton steps with the exact Hessian: step {step + 1}")
         g, A = info["grad"], info["observed"]
         held = (np.isfinite(lower) & (nat <= lower) & (g <= 0)) | (np.isfinite(upper) & (nat >= upper) & (g >= 0))
         free = active & ~held
