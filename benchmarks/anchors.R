@@ -4,7 +4,8 @@
 # for one workload, on the same rows as the Python scripts (series.py writes the simulated ones);
 # for bootstrap_sleepstudy / bootstrap_cbpp, lme4::bootMer (serial and on 2 processes) instead.
 # Usage: Rscript benchmarks/anchors.R <workload> [csv]
-# Prints one line per anchor: "<anchor> <seconds>".
+# Prints one line per anchor: "<anchor> <seconds>". PMV_ANCHORS (e.g. "glmmTMB") limits the anchors
+# timed (glmer takes minutes on InstEval's binary response).
 suppressPackageStartupMessages({
   library(lme4)
   have_tmb <- requireNamespace("glmmTMB", quietly = TRUE)
@@ -39,6 +40,7 @@ data <- switch(workload,
   sleepstudy = lme4::sleepstudy,
   verbagg = lme4::VerbAgg,
   insteval = lme4::InstEval,
+  insteval_binary = within(lme4::InstEval, yb <- as.integer(y >= 4)),
   read.csv(args[2], stringsAsFactors = TRUE)
 )
 spec <- switch(workload,
@@ -46,15 +48,19 @@ spec <- switch(workload,
   lmm_100k = list(f = y ~ x + (x | g), family = NULL),
   glmm_100k = list(f = y ~ x + (x | g), family = binomial),
   verbagg = list(f = r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item), family = binomial),
-  insteval = list(f = y ~ service + (1 | s) + (1 | d) + (1 | dept:service), family = NULL)
+  insteval = list(f = y ~ service + (1 | s) + (1 | d) + (1 | dept:service), family = NULL),
+  insteval_binary = list(f = yb ~ service + (1 | s) + (1 | d), family = binomial)
 )
 timed <- function(expr) unname(system.time(expr, gcFirst = TRUE)["elapsed"])
-if (is.null(spec$family)) {
-  cat("lme4", timed({ m <- lmer(spec$f, data, REML = FALSE); v <- vcov(m) }), "\n")
-} else {
-  cat("lme4", timed({ m <- glmer(spec$f, data, family = spec$family); v <- vcov(m) }), "\n")
+wanted <- strsplit(Sys.getenv("PMV_ANCHORS", "lme4,glmmTMB"), ",")[[1]]
+if ("lme4" %in% wanted) {
+  if (is.null(spec$family)) {
+    cat("lme4", timed({ m <- lmer(spec$f, data, REML = FALSE); v <- vcov(m) }), "\n")
+  } else {
+    cat("lme4", timed({ m <- glmer(spec$f, data, family = spec$family); v <- vcov(m) }), "\n")
+  }
 }
-if (have_tmb) {
+if (have_tmb && "glmmTMB" %in% wanted) {
   fam <- if (is.null(spec$family)) gaussian() else spec$family()
   cat("glmmTMB", timed({ m <- glmmTMB(spec$f, data, family = fam, REML = FALSE); v <- vcov(m, full = TRUE) }), "\n")
 }

@@ -9,10 +9,13 @@ with ``system.time``), and the table gives medians over the rounds, ranges and r
 Usage, from the repository root::
 
     python benchmarks/series.py [--rounds 5] [--workloads sleepstudy lmm_100k ...]
-                                [--baseline PATH] [--no-r]
+                                [--baseline PATH] [--no-r] [--blas-threads N]
+                                [--anchors lme4 glmmTMB]
 
 ``--workloads bootstrap_sleepstudy bootstrap_cbpp`` times the parametric bootstraps of
 ``benchmarks/bootstrap.py`` (in-process: the bootstrap call) against lme4's ``bootMer``.
+``--blas-threads N`` sets the BLAS thread count of our scripts' processes (R's reference BLAS is
+single-threaded; OpenBLAS's threaded LAPACK stalls when other processes hold the cores).
 ``--baseline PATH`` also runs each script with ``PYTHONPATH=PATH`` (another checkout of the
 package) in the same rounds, so that two revisions are compared on the same machine state.
 Our figures are the scripts' own lines: *in-process* (the data in memory to the covariance,
@@ -33,18 +36,21 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-WORKLOADS = ("sleepstudy", "lmm_100k", "glmm_100k", "verbagg", "insteval")
+WORKLOADS = ("sleepstudy", "lmm_100k", "glmm_100k", "verbagg", "insteval", "insteval_binary")
 #: parametric bootstraps (``benchmarks/bootstrap.py --once``; anchor: lme4's bootMer): named with
 #: ``--workloads``, not run by default
 BOOTSTRAP_WORKLOADS = ("bootstrap_sleepstudy", "bootstrap_cbpp")
 
 
-def run_script(workload: str, pythonpath: str | None) -> dict[str, float]:
+def run_script(workload: str, pythonpath: str | None, blas_threads: int | None = None) -> dict[str, float]:
     """One fresh process of ``benchmarks/<workload>.py``: its in-process and import lines and its
-    wall time."""
+    wall time (``blas_threads``: the BLAS thread count of that process, else BLAS's default)."""
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
+    if blas_threads is not None:
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = str(blas_threads)
     if workload in BOOTSTRAP_WORKLOADS:
         cmd = [sys.executable, str(HERE / "bootstrap.py"), "--once", workload.removeprefix("bootstrap_")]
     else:
@@ -62,10 +68,12 @@ def run_script(workload: str, pythonpath: str | None) -> dict[str, float]:
     return got
 
 
-def run_anchors(workload: str, csv: Path | None) -> dict[str, float]:
-    """The R anchors of one workload: ``{"lme4": s, "glmmTMB": s}`` (in-process elapsed seconds)."""
+def run_anchors(workload: str, csv: Path | None, anchors: list[str] | None = None) -> dict[str, float]:
+    """The R anchors of one workload: ``{"lme4": s, "glmmTMB": s}`` (in-process elapsed seconds;
+    ``anchors``: only these)."""
     cmd = ["Rscript", str(HERE / "anchors.R"), workload] + ([str(csv)] if csv is not None else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    env = dict(os.environ, PMV_ANCHORS=",".join(anchors)) if anchors else None
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return {line.split()[0]: float(line.split()[1]) for line in out.stdout.splitlines() if line.strip()}
 
 
@@ -90,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS + BOOTSTRAP_WORKLOADS)
     parser.add_argument("--baseline", help="PYTHONPATH of a second revision of the package to time alongside")
     parser.add_argument("--no-r", action="store_true", help="skip the R anchors")
+    parser.add_argument("--anchors", nargs="+", choices=("lme4", "glmmTMB"), help="time only these R anchors")
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        help="BLAS threads of our scripts' processes (R's reference BLAS is single-threaded); default: BLAS's own",
+    )
     args = parser.parse_args(argv)
     with_r = not args.no_r and shutil.which("Rscript") is not None
     results: dict[tuple[str, str], list[float]] = {}
@@ -101,24 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         csvs = write_data(Path(tmp), args.workloads)
         for w in args.workloads:  # warm the compile caches: first-ever runs are not what is compared
-            run_script(w, None)
+            run_script(w, None, args.blas_threads)
             if args.baseline:
-                run_script(w, args.baseline)
+                run_script(w, args.baseline, args.blas_threads)
         for r in range(args.rounds):
             for w in args.workloads:
-                ours = run_script(w, None)
+                ours = run_script(w, None, args.blas_threads)
                 for key in ("in-process", "import", "process"):
                     add(w, key, ours.get(key))
                 if args.baseline:
-                    base = run_script(w, args.baseline)
+                    base = run_script(w, args.baseline, args.blas_threads)
                     add(w, "baseline in-process", base.get("in-process"))
                     add(w, "baseline process", base.get("process"))
                 if with_r:
-                    for anchor, sec in run_anchors(w, csvs[w]).items():
+                    for anchor, sec in run_anchors(w, csvs[w], args.anchors).items():
                         add(w, anchor, sec)
             print(f"round {r + 1} of {args.rounds} done", file=sys.stderr, flush=True)
 
-    print(f"{args.rounds} interleaved rounds; medians (min-max), seconds")
+    threads = f"; BLAS threads {args.blas_threads}" if args.blas_threads is not None else ""
+    print(f"{args.rounds} interleaved rounds; medians (min-max), seconds{threads}")
     keys = [
         "in-process",
         "import",

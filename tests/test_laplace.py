@@ -81,7 +81,7 @@ def test_custom_scores_and_sandwich(custom_fit, ss):
         got = custom_fit.sandwich("natural", adjust=adjust).to_numpy()
         want = exact.sandwich("natural", adjust=adjust).to_numpy()
         assert np.max(scaled_error(got, want)) < 1e-4, adjust
-    with pytest.raises(pmv.MixVcovError, match="casewise decomposition.*Gaussian models only"):
+    with pytest.raises(pmv.MixVcovError, match="casewise decomposition.*fitted by the cluster Laplace engine"):
         custom_fit.scores(level="observation")
     with pytest.raises(pmv.MixVcovError, match="expected information is available for Gaussian models only"):
         custom_fit.vcov(information="expected")

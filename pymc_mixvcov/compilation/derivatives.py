@@ -1082,7 +1082,7 @@ class MAPFunctions:
 
     def observation_scores(self, nat: np.ndarray) -> np.ndarray:
         """Scores of every observation of the likelihood alone (priors excluded), ``(n, P)``: the
-        base engine's (Gaussian models only)."""
+        base engine's (Gaussian models, and the blocked Laplace engine)."""
         return self.base.observation_scores(nat)
 
     def scales(self, nat):

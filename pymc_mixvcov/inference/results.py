@@ -96,8 +96,9 @@ class MixedFit:
     method : {"ML", "REML", "MAP"}
     engine : {"clusters", "blocked", "laplace"}
         The engine that evaluated the likelihood and its derivatives (see :func:`pymc_mixvcov.optimise.fit`):
-        cluster by cluster (Gaussian), the blocked sparse factor (large crossed Gaussian designs),
-        or the Laplace/quadrature engine (other likelihoods).
+        cluster by cluster (Gaussian), the blocked sparse factor (large crossed designs: exact for
+        Gaussian models, the Laplace approximation for others), or the Laplace/quadrature engine
+        cluster by cluster (other likelihoods).
     nagq : int
         Quadrature points per random effect: 1 for the Laplace approximation (and for Gaussian
         models, whose marginal likelihood is exact), more for adaptive Gauss-Hermite quadrature.
@@ -618,7 +619,9 @@ class MixedFit:
             nested design), in its level order; row ``j`` is the gradient of cluster ``j``'s
             marginal log-likelihood (symbolic, exact). ``"observation"``: one row per data row,
             in data order, from merDeriv's casewise decomposition (see
-            :mod:`pymc_mixvcov.inference.scores`); rows sum within clusters to the cluster scores.
+            :mod:`pymc_mixvcov.inference.scores`; non-Gaussian models fitted by the blocked Laplace
+            engine: :mod:`pymc_mixvcov.engines.blocked_laplace`); rows sum within clusters to the
+            cluster scores.
         scale : str
             Parameterisation (``"var"``, ``"sd"``, ``"cholesky"``, ``"natural"``,
             ``"unconstrained"``): scores are ``s_natural J^{-1}`` with ``J`` the exact Jacobian of
@@ -655,15 +658,20 @@ class MixedFit:
         return pd.DataFrame(S, index=pd.RangeIndex(S.shape[0], name="row"), columns=labels)
 
     def _observation_scores(self) -> np.ndarray:
-        if not self.spec.gaussian:
+        if not self.spec.gaussian and not hasattr(self._base_functions(), "observation_scores"):
             raise MixVcovError(
                 f"observation-level scores need a casewise decomposition of the cluster scores, which exists "
-                f"for Gaussian models only (this model has a {self.spec.family} likelihood); use "
-                "level='cluster', or cluster by columns that group whole clusters"
+                f"for Gaussian models and for the blocked Laplace engine (engine='blocked'); this "
+                f"{self.spec.family} model was fitted by the cluster Laplace engine: use level='cluster', cluster by "
+                "columns that group whole clusters, or refit with engine='blocked'"
             )
         if "obs_scores" not in self._cache:
             self._cache["obs_scores"] = self._functions.observation_scores(self._opt["nat"])
         return self._cache["obs_scores"]
+
+    def _base_functions(self):
+        """The engine's functions (a MAP fit's base engine)."""
+        return getattr(self._functions, "base", self._functions)
 
     def loglik_contributions(self, level: Literal["cluster"] = "cluster") -> pd.Series:
         """Marginal log-likelihood of every cluster (merDeriv's ``llcont``); they sum to :attr:`loglik`

@@ -37,14 +37,17 @@ __all__ = ["fit", "Method", "Engine", "BLOCKED_MIN_EFFECTS"]
 Method = Literal["ML", "REML", "MAP"]
 METHODS: tuple[str, ...] = get_args(Method)
 
-#: Engines of a Gaussian model: ``"clusters"`` (exact marginal likelihood cluster by cluster,
-#: pytensor graphs: :mod:`pymc_mixvcov.engines.marginal`), ``"blocked"`` (the whole model at once with a
-#: blocked sparse factor, closed-form derivatives: :mod:`pymc_mixvcov.engines.blocked`), or ``"auto"``.
+#: Engines: ``"clusters"`` (cluster by cluster: the exact Gaussian marginal likelihood, pytensor
+#: graphs, :mod:`pymc_mixvcov.engines.marginal`; the Laplace approximation or quadrature of other
+#: likelihoods, :mod:`pymc_mixvcov.engines.jets`), ``"blocked"`` (the whole model at once with a blocked
+#: factor, closed-form derivatives: :mod:`pymc_mixvcov.engines.blocked`, and for other likelihoods
+#: the Laplace approximation of :mod:`pymc_mixvcov.engines.blocked_laplace`), or ``"auto"``.
 Engine = Literal["auto", "clusters", "blocked"]
 ENGINES: tuple[str, ...] = get_args(Engine)
 
-#: ``engine="auto"`` uses the blocked engine for a Gaussian model whose largest cluster (connected
-#: component of the random effects: a crossed design is one) has more random effects than this.
+#: ``engine="auto"`` uses the blocked engine for a model whose largest cluster (connected component
+#: of the random effects: a crossed design is one) has more random effects than this (non-Gaussian
+#: models: with ``nAGQ=1``).
 BLOCKED_MIN_EFFECTS = 64
 
 
@@ -121,7 +124,10 @@ def fit(
         model at once with the blocked sparse factor of MixedModels.jl and closed-form derivatives
         (:mod:`pymc_mixvcov.engines.blocked`), for crossed designs; ``"auto"`` picks ``"blocked"`` when the
         largest cluster has more than :data:`BLOCKED_MIN_EFFECTS` random effects. The choice is
-        reported as ``fit.engine``. Non-Gaussian models use the Laplace/quadrature engine.
+        reported as ``fit.engine``. Non-Gaussian models: ``"clusters"`` is the Laplace/quadrature engine
+        cluster by cluster (reported as ``"laplace"``), ``"blocked"`` the Laplace approximation of the
+        whole model with the blocked factor (:mod:`pymc_mixvcov.engines.blocked_laplace`, ``nAGQ=1``);
+        ``"auto"`` picks ``"blocked"`` on the same rule.
     progress : bool or None
         Whether a status line may show the fit's stage (the first build of a new signature's
         graphs, the optimiser's evaluations) on standard error; it appears only when the fit
@@ -234,15 +240,18 @@ def _check_nagq(nagq, spec, structure) -> int:
     return nagq
 
 
-def _choose_engine(spec, structure, engine: str) -> str:
+def _choose_engine(spec, structure, engine: str, nagq: int = 1) -> str:
     """The engine that fits ``spec`` (see :func:`fit`'s ``engine``)."""
     if not spec.gaussian:
-        if engine == "blocked":
+        quadrature = isinstance(nagq, int | np.integer) and not isinstance(nagq, bool) and nagq > 1
+        if engine == "blocked" and quadrature:
             raise MixVcovError(
-                f"engine='blocked' fits Gaussian models only; this model has a {spec.family} likelihood, "
-                "fitted by the Laplace approximation: use engine='auto'"
+                f"engine='blocked' evaluates the Laplace approximation (nAGQ=1) only; nAGQ={nagq} needs the "
+                "cluster engine: use engine='auto' or 'clusters'"
             )
-        return "laplace"
+        if engine == "auto" and not quadrature and structure.largest > BLOCKED_MIN_EFFECTS:
+            return "blocked"
+        return "blocked" if engine == "blocked" else "laplace"
     if engine == "auto":
         return "blocked" if structure.largest > BLOCKED_MIN_EFFECTS else "clusters"
     return engine
@@ -262,13 +271,17 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
         random = [random]
     spec = inspect_model(model, list(random), noncentered)
     structure = build_structure(spec, statistics=False)
-    engine = _choose_engine(spec, structure, engine)
+    engine = _choose_engine(spec, structure, engine, nagq)
     if engine != "blocked":
         structure = build_structure(spec)
     scales = ScaleMaps(spec, fixed_labels)
     base_method = "ML" if method == "MAP" else method
     nagq = _check_nagq(nagq, spec, structure)
-    if engine == "blocked":
+    if engine == "blocked" and not spec.gaussian:
+        from ..engines.blocked_laplace import BlockedLaplaceFunctions
+
+        fns = BlockedLaplaceFunctions(spec, structure, base_method)
+    elif engine == "blocked":
         fns = BlockedLMMFunctions(spec, structure, base_method)
     elif spec.gaussian:
         fns = LMMFunctions(spec, structure, base_method)
