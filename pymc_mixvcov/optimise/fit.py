@@ -612,6 +612,9 @@ def _newton(fns, spec, nat, iterations, warn: bool = True) -> OptimResult:
     # parameters the criterion involves: all (ML) or the variance parameters (REML)
     active = np.ones(spec.n_params, bool) if fns.method == "ML" else np.isin(np.arange(spec.n_params), vi)
     info = fns.information(nat)
+    # a trial point costs only the criterion where the engine has a cheaper route to it; the
+    # information is computed once a step is accepted
+    cheap = getattr(fns, "loglik", None)
     decrement = np.inf
     for _ in range(20):
         g, A = info["grad"], info["observed"]
@@ -626,11 +629,21 @@ def _newton(fns, spec, nat, iterations, warn: bool = True) -> OptimResult:
         decrement = float(g[free] @ step[free])
         if decrement < 1e-12:
             break
+        # a step may lower the criterion by its rounding error (about 1e-13 of its size) near the optimum
+        slack = 1e-12 + 1e-13 * abs(info["loglik"])
         t = 1.0
         while t > 1e-6:
             trial = np.clip(nat + t * step, lower, upper)
-            new = fns.information(trial)
-            if new["loglik"] >= info["loglik"] - 1e-12:
+            if cheap is not None:
+                with np.errstate(all="ignore"):
+                    try:
+                        value = cheap(trial)
+                    except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+                        value = -np.inf
+                new = fns.information(trial) if value >= info["loglik"] - slack else None
+            else:
+                new = fns.information(trial)
+            if new is not None and new["loglik"] >= info["loglik"] - slack:
                 nat, info = trial, new
                 iterations += 1
                 break

@@ -1,0 +1,201 @@
+"""Traces over ``W = Z^T V^{-1} Z`` that the blocked engine's derivatives need, two ways.
+
+For every variance parameter ``a`` of a term ``k``, ``V_a = Z Gamma_a Z^T`` with ``Gamma_a`` equal to
+one ``r_k x r_k`` matrix ``gamma_a`` on every level of term ``k``. The gradient and the Hessian then
+need, per term and pair of terms,
+
+.. math::
+
+    \\bar W_k = \\sum_{l \\in k} W_{ll}, \\qquad
+    F_{km}[j,s,i,t] = \\sum_{l \\in k,\\, l' \\in m} W_{ll'}[j,s]\\, W_{ll'}[i,t], \\qquad
+    \\overline{U^T U}_k = \\sum_{l \\in k} (U^T U)_{ll},
+
+(``tr(W Gamma_a) = tr(W_k gamma_a)``, ``tr(W Gamma_a W Gamma_b) = sum gamma_a[i,j] gamma_b[s,t] F[j,s,i,t]``),
+with ``U = M^{-1} Lambda^T C`` and ``M = Lambda^T C Lambda + sigma^2 I``, and the traces
+``tr(P C) = tr(Lambda U)`` and ``tr((P C)^2)``.
+
+**Through ``K`` (:class:`FactorTraces`).** Where every ``L_k`` is invertible, ``Lambda^T W Lambda = K``
+with ``K = I - sigma^2 M^{-1}`` (expand ``W = (C - C Lambda M^{-1} Lambda^T C) / sigma^2`` with
+``Lambda^T C Lambda = M - sigma^2 I``), so ``W_{ll'} = L_k^{-T} K_{ll'} L_m^{-1}``, ``U = K Lambda^{-1}`` and
+``U^T U = Lambda^{-T} K^2 Lambda^{-1}``. Sums over levels of blocks of ``K`` come from the pieces of
+:class:`~pymc_mixvcov.engines.blocked_factor.BlockedFactor` (``Sigma = S^{-1}``, ``A_ij = T_i^T T_j``,
+``X_ij = Sigma A_ij``, ``D_l = I - sigma^2 m_l^{-1}``, ``G_l = T_l Sigma T_l^T``):
+
+.. math::
+
+    \\textstyle\\sum_l K_{ll} &= \\textstyle\\sum_l D_l - \\sigma^2 [\\operatorname{tr}(\\Sigma A_{ji})]_{ij}
+        \\quad\\text{(first term)}, \\qquad n_k I - \\sigma^2 \\sum_{l\\in k} \\Sigma_{ll} \\quad\\text{(others)},\\\\
+    F^K_{11}[j,s,i,t] &= \\textstyle\\sum_l D_l[j,s] D_l[i,t]
+        - \\sigma^2 (Q[j,s,i,t] + Q[i,t,j,s]) + \\sigma^4 \\operatorname{tr}(X_{st} X_{ij}),
+        \\quad Q[j,s,i,t] = \\sum_l D_l[j,s] G_l[i,t],\\\\
+    F^K_{1m}[j,s,i,t] &= \\sigma^4 \\textstyle\\sum_{l' \\in m} (X_{ji} \\Sigma)_{(l',s),(l',t)},
+        \\qquad F^K_{km} \\text{ from the blocks of } I - \\sigma^2 \\Sigma \\quad (k, m \\ge 2),
+
+(``K_12 = sigma^2 T Sigma``; ``sum_{l,l'} (T Sigma T^T)_{ll'} (x) (T Sigma T^T)_{ll'}`` is
+``tr(Sigma A_st Sigma A_ij)``), and ``F`` is ``F^K`` with ``L_k^{-1}`` applied on each index. Nothing of
+size ``q_1`` beyond ``T`` is formed: the cost is that of a few ``q_2 x q_2`` products. Where some
+``L_k`` is near singular (a variance at or near 0), dividing by it loses digits, so:
+
+**Densely (:class:`DenseTraces`).** ``M^{-1}`` as a dense ``q x q`` matrix, then ``U`` and ``W`` from
+their definitions (two sparse-times-dense products): valid everywhere, ``O(q^3)``.
+
+References
+----------
+Searle, S. R., Casella, G., McCulloch, C. E. (1992). Variance Components. Wiley, ch. 6.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .blocked_factor import BlockedFactor
+
+__all__ = ["DenseTraces", "FactorTraces", "GradientTraces", "K_MIN_SIGNAL", "traces"]
+
+#: :class:`FactorTraces` is used when, for every term, the smallest eigenvalue of
+#: ``L_k^T Cbar_k L_k / sigma^2`` (``Cbar_k`` the mean over levels of the term's block of ``Z^T Z``:
+#: the term's signal-to-noise ratio per level) is at least this; dividing by ``L_k`` then costs at
+#: most about ``1e-16 / K_MIN_SIGNAL`` in relative precision.
+K_MIN_SIGNAL = 1e-6
+
+
+def _block_sums(A: np.ndarray, n: int, r: int) -> np.ndarray:
+    """``sum_l A[(l, i), (l, j)]`` for a square ``A`` of ``n`` levels of ``r``: an ``r x r`` matrix."""
+    idx = np.arange(n)
+    return A.reshape(n, r, n, r)[idx, :, idx, :].sum(axis=0)
+
+
+def _pair_tensor(A: np.ndarray, nk: int, rk: int, nm: int, rm: int) -> np.ndarray:
+    """``sum_{l, l'} A_{ll'}[j, s] A_{ll'}[i, t]`` for the ``(nk rk) x (nm rm)`` matrix ``A``."""
+    Y = A.reshape(nk, rk, nm, rm).transpose(1, 3, 0, 2).reshape(rk * rm, -1)
+    return (Y @ Y.T).reshape(rk, rm, rk, rm)
+
+
+def conditioned(F: BlockedFactor) -> bool:
+    """Whether :class:`FactorTraces` may divide by every ``L_k`` (see :data:`K_MIN_SIGNAL`)."""
+    for L, bt in zip(F.L, F.d.terms, strict=True):
+        if not np.all(np.isfinite(L)) or np.any(np.diag(L) == 0):
+            return False
+        sig = L.T @ bt.c_mean @ L / F.s2
+        if np.linalg.eigvalsh(0.5 * (sig + sig.T))[0] < K_MIN_SIGNAL:
+            return False
+    return True
+
+
+class GradientTraces:
+    """``bar U_k`` and ``tr(P C)``: what a gradient needs (valid everywhere;
+    :meth:`pymc_mixvcov.engines.blocked_factor.BlockedFactor.usum`)."""
+
+    def __init__(self, F: BlockedFactor):
+        self.usum = F.usum()
+        self.trPC = float(sum(np.trace(L @ u) for L, u in zip(F.L, self.usum, strict=True)))
+
+
+class FactorTraces(GradientTraces):
+    """The traces of the module docstring through ``K`` (every ``L_k`` invertible)."""
+
+    def __init__(self, F: BlockedFactor):
+        super().__init__(F)
+        d, s2 = F.d, F.s2
+        terms = d.terms
+        q1, r1 = d.q1, d.r1
+        Li = [np.linalg.inv(L) for L in F.L]
+        Sig = F.Sigma
+        D = np.eye(r1) - s2 * F.minv  # (n1, r1, r1)
+        # sum_l K_ll = bar U_k L_k (K = U Lambda)
+        kap = [u @ L for u, L in zip(self.usum, F.L, strict=True)]
+        kap = [0.5 * (k + k.T) for k in kap]
+        sl2 = [slice(bt.off - q1, bt.off - q1 + bt.q) for bt in terms[1:]]
+        self.bdW = [Li[k].T @ kap[k] @ Li[k] for k in range(len(terms))]
+        nk = len(terms)
+        FK = {}
+        # first term with itself
+        X = {(i, j): Sig @ F.A(i, j) for i in range(r1) for j in range(r1)} if F.q2 else {}
+        F11 = np.einsum("ljs,lit->jsit", D, D)
+        if F.q2:
+            if r1 == 1:
+                Q = np.full((1, 1, 1, 1), np.sum(Sig * F.AD))
+            else:
+                Q = np.einsum("ljs,lit->jsit", D, F.level_blocks())
+            F11 = F11 - s2 * (Q + Q.transpose(2, 3, 0, 1))
+            tXX = np.zeros((r1, r1, r1, r1))
+            for s in range(r1):
+                for t in range(r1):
+                    for i in range(r1):
+                        for j in range(r1):
+                            tXX[j, s, i, t] = np.sum(X[s, t] * X[i, j].T)
+            F11 = F11 + s2 * s2 * tXX
+        FK[0, 0] = F11
+        # first term with the others
+        for m in range(1, nk):
+            bt, sl = terms[m], sl2[m - 1]
+            out = np.zeros((r1, bt.r, r1, bt.r))
+            for s in range(bt.r):
+                rs = np.arange(sl.start + s, sl.stop, bt.r)
+                for t in range(bt.r):
+                    rt = np.arange(sl.start + t, sl.stop, bt.r)
+                    Srt = Sig[rt]
+                    for j in range(r1):
+                        for i in range(r1):
+                            out[j, s, i, t] = np.sum(X[j, i][rs] * Srt)
+            FK[0, m] = s2 * s2 * out
+        # the other terms among themselves: blocks of K_22 = I - sigma^2 Sigma
+        if nk > 1:
+            K22 = -s2 * Sig
+            K22[np.diag_indices_from(K22)] += 1.0
+            for k in range(1, nk):
+                for m in range(k, nk):
+                    bk, bm = terms[k], terms[m]
+                    FK[k, m] = _pair_tensor(K22[sl2[k - 1], sl2[m - 1]], bk.n_levels, bk.r, bm.n_levels, bm.r)
+        self.F = {
+            key: np.einsum("abcd,aj,bs,ci,dt->jsit", G, Li[key[0]], Li[key[1]], Li[key[0]], Li[key[1]])
+            for key, G in FK.items()
+        }
+        kap2 = []
+        for k in range(nk):
+            acc = np.zeros((terms[k].r, terms[k].r))
+            for m in range(nk):
+                if m >= k:
+                    acc += np.einsum("isjs->ij", FK[k, m])
+                else:
+                    acc += np.einsum("sisj->ij", FK[m, k])
+            kap2.append(acc)
+        self.bdUU = [Li[k].T @ kap2[k] @ Li[k] for k in range(nk)]
+        self.trPCPC = float(sum(np.trace(k) for k in kap2))
+
+
+class DenseTraces(GradientTraces):
+    """The traces of the module docstring from the dense ``M^{-1}``, ``U`` and ``W`` (valid everywhere)."""
+
+    def __init__(self, F: BlockedFactor):
+        super().__init__(F)
+        d, s2 = F.d, F.s2
+        Minv = F.inverse()
+        B = (F.Lam.T @ d.C).tocsr()  # Lambda^T C
+        U = np.ascontiguousarray(np.asarray(B.T @ Minv).T)  # M^{-1} B (M^{-1} symmetric)
+        W = (d.C.toarray() - np.asarray(B.T @ U)) / s2
+        W = 0.5 * (W + W.T)
+        self.W, self.U = W, U
+        self.bdW = [_block_sums(W[bt.sl, bt.sl], bt.n_levels, bt.r) for bt in d.terms]
+        LU = np.asarray(F.Lam @ U)  # P C
+        self.trPCPC = float(np.sum(LU * LU.T))
+        self.bdUU = []
+        for bt in d.terms:
+            Ub = U[:, bt.sl].reshape(d.q, bt.n_levels, bt.r)
+            self.bdUU.append(np.einsum("xlj,xli->ji", Ub, Ub))
+        self.F = {}
+        for k, bk in enumerate(d.terms):
+            for m in range(k, len(d.terms)):
+                bm = d.terms[m]
+                self.F[k, m] = _pair_tensor(W[bk.sl, bm.sl], bk.n_levels, bk.r, bm.n_levels, bm.r)
+
+
+def traces(F: BlockedFactor, second: bool, how: str = "auto"):
+    """The traces at the factor ``F``: :class:`GradientTraces` (``second=False``), else
+    :class:`FactorTraces` where :func:`conditioned` allows it (``how="auto"``) and :class:`DenseTraces`
+    otherwise; ``how="factor"`` or ``"dense"`` forces one."""
+    if not second:
+        return GradientTraces(F)
+    if how == "factor" or (how == "auto" and conditioned(F)):
+        return FactorTraces(F)
+    return DenseTraces(F)
