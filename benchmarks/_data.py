@@ -41,3 +41,46 @@ def glmm_100k() -> pd.DataFrame:
 
 def _factor(g: np.ndarray) -> pd.Categorical:
     return pd.Categorical.from_codes(g, [f"g{i:04d}" for i in range(int(g.max()) + 1)])
+
+
+def movielens() -> pd.DataFrame:
+    """A MovieLens-1M-shaped crossed design: 1,000,209 ratings of 3,706 items by 6,040 users, each
+    user at least 20 ratings and each item at least one, at most one rating per (user, item) pair.
+    Counts per user are heavy tailed (20 plus a log-normal share of the rest, at most 2,314, as in
+    MovieLens-1M); each user rates items drawn without replacement with log-normal popularity
+    weights, so counts per item are heavy tailed too. ``y = 3.6 + 0.3 x + u_user + v_item + e`` with
+    SDs 0.45, 0.55 and 0.9, ``x ~ N(0, 1)``; seed 2026."""
+    rng = np.random.default_rng(SEED)
+    n_users, n_items, n = 6_040, 3_706, 1_000_209
+    share = rng.lognormal(0.0, 1.0, n_users)
+    counts = np.minimum(20 + np.floor(share / share.sum() * (n - 20 * n_users)).astype(int), 2_314)
+    while counts.sum() < n:  # hand out the remainder one rating at a time, below the cap
+        room = np.flatnonzero(counts < 2_314)
+        counts[rng.choice(room, min(n - counts.sum(), room.size), replace=False)] += 1
+    log_pop = rng.normal(0.0, 1.2, n_items)
+    users, items = [], []
+    for u in range(n_users):  # Gumbel top-k: sampling without replacement, weights exp(log_pop)
+        keys = log_pop + rng.gumbel(size=n_items)
+        items.append(np.argpartition(-keys, counts[u] - 1)[: counts[u]])
+        users.append(np.full(counts[u], u))
+    user, item = np.concatenate(users), np.concatenate(items)
+    # every item rated at least once: an unrated item replaces one rating of a frequently rated item
+    seen = np.bincount(item, minlength=n_items)
+    for it in np.flatnonzero(seen == 0):
+        k = rng.choice(np.flatnonzero(seen[item] > 50))
+        while np.any((user == user[k]) & (item == it)):
+            k = rng.choice(np.flatnonzero(seen[item] > 50))
+        seen[item[k]] -= 1
+        item[k] = it
+        seen[it] += 1
+    x = rng.standard_normal(n)
+    y = 3.6 + 0.3 * x + 0.45 * rng.standard_normal(n_users)[user] + 0.55 * rng.standard_normal(n_items)[item]
+    y = y + 0.9 * rng.standard_normal(n)
+    return pd.DataFrame(
+        {
+            "y": y,
+            "x": x,
+            "user": pd.Categorical.from_codes(user, [f"u{i:04d}" for i in range(n_users)]),
+            "item": pd.Categorical.from_codes(item, [f"i{i:04d}" for i in range(n_items)]),
+        }
+    )

@@ -427,7 +427,7 @@ class ModelMap:
                 return [nat_s], [phi, J, upper, T, u, jacobian_of(u, nat_s)]
 
             try:
-                key = "modelmap-" + hashlib.sha256(cache.dumps_graph([nat_s], [phi, upper, u])).hexdigest()[:24]
+                key = "modelmap-" + _graph_key([nat_s], [phi, upper, u])
             except ValueError:  # shared variables in the map: it is not keyed by its graph alone
                 key = None
             inputs, outputs = _cached_graph(key, make_graph)
@@ -470,6 +470,18 @@ class ModelMap:
         """PyMC's unconstrained values at ``nat`` and their Jacobian in ``nat``."""
         u, J = self._functions()[2](np.asarray(nat, float))
         return np.asarray(u), np.asarray(J)
+
+
+def _graph_key(inputs, outputs) -> str:
+    """A hash of the computation ``inputs -> outputs`` that is the same in every process.
+
+    ``OpFromGraph`` nodes (``pt.diag``'s ``AllocDiag``, ``einsum``) pickle with their inner
+    graph's generated variables, which differ from one build to the next: they are inlined first
+    (in a copy), so that the same model always finds its cached map.
+    """
+    fg = FunctionGraph(list(inputs), list(outputs), clone=True)
+    dfs_rewriter(inline_op_from_graph).rewrite(fg)
+    return hashlib.sha256(cache.dumps_graph(list(fg.inputs), list(fg.outputs))).hexdigest()[:24]
 
 
 def _scales(model_map: ModelMap, scales_fn, nat: np.ndarray) -> dict[str, np.ndarray]:

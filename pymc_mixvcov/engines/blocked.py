@@ -74,7 +74,7 @@ import numpy as np
 from ..errors import MixVcovError
 from .blocked_factor import BlockedFactor
 from .blocked_layout import BlockedData, blocked_data
-from .blocked_traces import DenseTraces, traces
+from .blocked_traces import dense_u, traces
 from .marginal import LOG2PI, ClusterStructure, Signature
 
 __all__ = ["BlockedData", "BlockedFactor", "BlockedLMMFunctions", "blocked_data", "ml_derivatives", "profile"]
@@ -306,7 +306,6 @@ class _State:
         ``sigma`` ``2 sigma [V^{-1}]_ii`` and ``2 sigma [V^{-1} e]_i``, ``[V^{-1}]_ii = (1 - z_i^T P z_i) / sigma^2``.
         """
         d, F, s2, pp = self.d, self.F, self.s2, self.pp
-        dense = DenseTraces(F, second=False)
         Z = d.Z
         r = d.y - d.X @ self.beta
         e = (r - Z @ self.h) / s2
@@ -316,7 +315,7 @@ class _State:
         out[:, :p] = ViX * r[:, None]
         Minv = F.inverse()
         Pd = np.asarray(F.Lam @ np.asarray((F.Lam @ Minv).T)).T  # Lambda M^{-1} Lambda^T (symmetric)
-        LU = np.asarray(F.Lam @ dense.U)  # P C
+        LU = np.asarray(F.Lam @ dense_u(F))  # P C = Lambda M^{-1} Lambda^T C
         # the nonzeros of each row of Z: positions and values, (n, R)
         R = int(np.diff(Z.indptr).max()) if n else 0
         pos = np.zeros((n, R), int)

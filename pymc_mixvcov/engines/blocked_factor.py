@@ -61,6 +61,23 @@ from .crossprod import fill_upper, weighted_crossprods
 __all__ = ["BlockedFactor"]
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """``sum_ij a_ij b_ij`` without a temporary (``a``, ``b`` may be strided views)."""
+    return float(np.einsum("ij,ij->", a, b))
+
+
+def trace_product(a: np.ndarray, b: np.ndarray, block: int = 256) -> float:
+    """``tr(a b) = sum_ij a_ij b_ji`` for square ``a``, ``b``, tile by tile (cache-friendly)."""
+    n = a.shape[0]
+    return float(
+        sum(
+            np.einsum("ij,ji->", a[i : i + block, j : j + block], b[j : j + block, i : i + block])
+            for i in range(0, n, block)
+            for j in range(0, n, block)
+        )
+    )
+
+
 def _blockdiag(blocks: np.ndarray) -> sp.csr_matrix:
     """The block-diagonal sparse matrix of ``blocks`` (``(n, r, r)``)."""
     n, r, _ = blocks.shape
@@ -119,6 +136,12 @@ class BlockedFactor:
         self.Lam2 = self.Lam[q1:, q1:].tocsr()
         # Lambda_2 is diagonal when every term of block 2 is scalar: products become scalings
         self.lam2 = self.Lam2.diagonal() if all(bt.r == 1 for bt in d.terms[1:]) else None
+        # scalar terms of block 2: their positions there and their lambda
+        self.scalar_blocks = [
+            (slice(bt.off - q1, bt.off - q1 + bt.q), float(L[0, 0]))
+            for bt, L in zip(d.terms[1:], self.L[1:], strict=True)
+            if bt.r == 1
+        ]
         N = (d.C12 @ self.Lam2).tocsr() if self.lam2 is None else (d.C12 @ sp.diags_array(self.lam2)).tocsr()
         Rm = d.C22.copy()
         if r1 == 1:
@@ -151,9 +174,11 @@ class BlockedFactor:
 
     def sandwich(self, X: np.ndarray) -> np.ndarray:
         """``Lambda_2^T X Lambda_2`` for a dense symmetric ``q_2 x q_2`` matrix ``X`` (a new array)."""
-        if self.lam2 is not None:
-            out = X * self.lam2[:, None]
-            out *= self.lam2[None, :]
+        if self.lam2 is not None:  # scalar terms: one scaling per pair of terms' blocks
+            out = X.copy()
+            for sk, lk in self.scalar_blocks:
+                for sm, lm in self.scalar_blocks:
+                    out[sk, sm] *= lk * lm
             return out
         LX = np.asarray(self.Lam2.T @ X)  # Lambda_2^T X
         return np.asarray(self.Lam2.T @ LX.T)  # Lambda_2^T (X Lambda_2) (X symmetric)
@@ -245,19 +270,26 @@ class BlockedFactor:
             if lam1 != 0.0:
                 # B = sigma^2 lambda_1 Lambda_2^T C_21 diag(1 / m^2) C_12 Lambda_2
                 if self.lam2 is not None:
-                    tr = self.lam2 @ (Sig * self._raw_P(0)) @ self.lam2
+                    P0 = self._raw_P(0)
+                    tr = sum(
+                        lk * lm * _dot(Sig[sk, sm], P0[sk, sm])
+                        for sk, lk in self.scalar_blocks
+                        for sm, lm in self.scalar_blocks
+                    )
                 else:
-                    tr = np.sum(Sig * self._scalar_P(0))
+                    tr = _dot(Sig, self._scalar_P(0))
                 out[0] = u1 - s2 * lam1 * tr
         else:
             Z = np.zeros((r1, r1))  # Z[j, i] = tr(Sigma B_ij)
             for i in range(r1):
                 for j in range(r1):
-                    Z[j, i] = np.sum(Sig * (self._Nt[i::r1].T @ self.T[j::r1]).toarray())
+                    Z[j, i] = _dot(Sig, (self._Nt[i::r1].T @ self.T[j::r1]).toarray())
             out[0] = u1 - Z
         if self.lam2 is not None:  # scalar terms: sum_{i in k} ((Sigma o R) lambda_2)_i
-            v = (Sig * self.Rm) @ self.lam2
-            return out + [np.array([[np.sum(v[bt.off - q1 : bt.off - q1 + bt.q])]]) for bt in d.terms[1:]]
+            Rm = self.Rm
+            for sk, _ in self.scalar_blocks:
+                out.append(np.array([[sum(lm * _dot(Sig[sk, sm], Rm[sk, sm]) for sm, lm in self.scalar_blocks)]]))
+            return out
         RL = self.RL
         for bt in d.terms[1:]:
             o = bt.off - q1
@@ -265,7 +297,7 @@ class BlockedFactor:
             for j in range(bt.r):
                 rj = slice(o + j, o + bt.q, bt.r)
                 for i in range(bt.r):
-                    uk[j, i] = np.sum(Sig[rj] * RL[o + i : o + bt.q : bt.r])
+                    uk[j, i] = _dot(Sig[rj], RL[o + i : o + bt.q : bt.r])
             out.append(uk)
         return out
 

@@ -48,9 +48,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocked_factor import BlockedFactor
+from .blocked_factor import BlockedFactor, _dot, trace_product
 
-__all__ = ["DenseTraces", "FactorTraces", "GradientTraces", "K_MIN_SIGNAL", "traces"]
+__all__ = ["DenseTraces", "FactorTraces", "GradientTraces", "K_MIN_SIGNAL", "dense_u", "traces"]
 
 #: :class:`FactorTraces` is used when, for every term, the smallest eigenvalue of
 #: ``L_k^T Cbar_k L_k / sigma^2`` (``Cbar_k`` the mean over levels of the term's block of ``Z^T Z``:
@@ -114,7 +114,7 @@ class FactorTraces(GradientTraces):
         F11 = np.einsum("ljs,lit->jsit", D, D)
         if F.q2:
             if r1 == 1:
-                Q = np.full((1, 1, 1, 1), np.sum(Sig * F.AD))
+                Q = np.full((1, 1, 1, 1), _dot(Sig, F.AD))
             else:
                 Q = np.einsum("ljs,lit->jsit", D, F.level_blocks())
             F11 = F11 - s2 * (Q + Q.transpose(2, 3, 0, 1))
@@ -123,30 +123,43 @@ class FactorTraces(GradientTraces):
                 for t in range(r1):
                     for i in range(r1):
                         for j in range(r1):
-                            tXX[j, s, i, t] = np.sum(X[s, t] * X[i, j].T)
+                            tXX[j, s, i, t] = trace_product(X[s, t], X[i, j])
             F11 = F11 + s2 * s2 * tXX
         FK[0, 0] = F11
-        # first term with the others
+        # first term with the others: sum_{l'} (X_ji Sigma)[(l', s), (l', t)]
         for m in range(1, nk):
             bt, sl = terms[m], sl2[m - 1]
             out = np.zeros((r1, bt.r, r1, bt.r))
             for s in range(bt.r):
-                rs = np.arange(sl.start + s, sl.stop, bt.r)
+                rs = slice(sl.start + s, sl.stop, bt.r)
                 for t in range(bt.r):
-                    rt = np.arange(sl.start + t, sl.stop, bt.r)
-                    Srt = Sig[rt]
+                    Srt = Sig[sl.start + t : sl.stop : bt.r]
                     for j in range(r1):
                         for i in range(r1):
-                            out[j, s, i, t] = np.sum(X[j, i][rs] * Srt)
+                            out[j, s, i, t] = _dot(X[j, i][rs], Srt)
             FK[0, m] = s2 * s2 * out
-        # the other terms among themselves: blocks of K_22 = I - sigma^2 Sigma
-        if nk > 1:
-            K22 = -s2 * Sig
-            K22[np.diag_indices_from(K22)] += 1.0
-            for k in range(1, nk):
-                for m in range(k, nk):
-                    bk, bm = terms[k], terms[m]
-                    FK[k, m] = _pair_tensor(K22[sl2[k - 1], sl2[m - 1]], bk.n_levels, bk.r, bm.n_levels, bm.r)
+        # the other terms among themselves, from the blocks of K_22 = I - sigma^2 Sigma
+        for k in range(1, nk):
+            bk, sk = terms[k], sl2[k - 1]
+            for m in range(k, nk):
+                bm, sm = terms[m], sl2[m - 1]
+                out = np.zeros((bk.r, bm.r, bk.r, bm.r))
+                for j in range(bk.r):
+                    for s in range(bm.r):
+                        Sjs = Sig[sk.start + j : sk.stop : bk.r, sm.start + s : sm.stop : bm.r]
+                        for i in range(bk.r):
+                            for t in range(bm.r):
+                                Sit = Sig[sk.start + i : sk.stop : bk.r, sm.start + t : sm.stop : bm.r]
+                                out[j, s, i, t] = s2 * s2 * _dot(Sjs, Sit)
+                if k == m:  # the identity: n delta_js delta_it - sigma^2 (delta_js tr S_it + delta_it tr S_js)
+                    tr = np.zeros((bk.r, bk.r))
+                    for i in range(bk.r):
+                        for t in range(bk.r):
+                            tr[i, t] = np.trace(Sig[sk.start + i : sk.stop : bk.r, sk.start + t : sk.stop : bk.r])
+                    eye = np.eye(bk.r)
+                    out += bk.n_levels * np.einsum("js,it->jsit", eye, eye)
+                    out -= s2 * (np.einsum("js,it->jsit", eye, tr) + np.einsum("js,it->jsit", tr, eye))
+                FK[k, m] = out
         self.F = {
             key: np.einsum("abcd,aj,bs,ci,dt->jsit", G, Li[key[0]], Li[key[1]], Li[key[0]], Li[key[1]])
             for key, G in FK.items()
@@ -170,9 +183,8 @@ class DenseTraces(GradientTraces):
     def __init__(self, F: BlockedFactor):
         super().__init__(F)
         d, s2 = F.d, F.s2
-        Minv = F.inverse()
         B = (F.Lam.T @ d.C).tocsr()  # Lambda^T C
-        U = np.ascontiguousarray(np.asarray(B.T @ Minv).T)  # M^{-1} B (M^{-1} symmetric)
+        U = dense_u(F)
         W = (d.C.toarray() - np.asarray(B.T @ U)) / s2
         W = 0.5 * (W + W.T)
         self.W, self.U = W, U
@@ -188,6 +200,12 @@ class DenseTraces(GradientTraces):
             for m in range(k, len(d.terms)):
                 bm = d.terms[m]
                 self.F[k, m] = _pair_tensor(W[bk.sl, bm.sl], bk.n_levels, bk.r, bm.n_levels, bm.r)
+
+
+def dense_u(F: BlockedFactor) -> np.ndarray:
+    """``U = M^{-1} Lambda^T C`` as a dense ``q x q`` matrix."""
+    B = (F.Lam.T @ F.d.C).tocsr()
+    return np.ascontiguousarray(np.asarray(B.T @ F.inverse()).T)  # (B^T M^{-1})^T, M^{-1} symmetric
 
 
 def traces(F: BlockedFactor, second: bool, how: str = "auto"):
