@@ -122,6 +122,18 @@ class _Params:
         return Ea @ Eb.T + Eb @ Ea.T
 
 
+def factor_at(d: BlockedData, theta, sigma: float, level: int) -> BlockedFactor:
+    """The factor at ``(theta, sigma)``: the last one built when it is at the same point (an optimiser
+    asks for the criterion at a trial point, then for its derivatives there), else a new one."""
+    key = (np.asarray(theta, float).tobytes(), float(sigma))
+    last = d.cache.get("factor")
+    if last is not None and last[0] == key:
+        return last[1]
+    F = BlockedFactor(d, theta, sigma, level=level)
+    d.cache["factor"] = (key, F)
+    return F
+
+
 class _State:
     """Everything the formulas need at ``phi = (beta, theta, sigma)`` (``beta`` may be ``None``: GLS).
 
@@ -131,12 +143,11 @@ class _State:
 
     def __init__(self, d: BlockedData, beta, theta, sigma, level: int = 2, how: str = "auto"):
         self.d = d
-        self.F = F = BlockedFactor(d, theta, sigma, level=level)
+        self.F = F = factor_at(d, theta, sigma, level)
         self.s2 = s2 = F.s2
         self.pp = _Params(d, theta, F.sigma)
         # GLS pieces
-        LZX = F.Lam.T @ d.ZX
-        self.Hx = F.Lam @ F.solve(LZX)  # Lambda M^{-1} Lambda^T Z^T X
+        self.Hx = F.P(d.ZX)  # Lambda M^{-1} Lambda^T Z^T X
         self.XVX = (d.XX - d.ZX.T @ self.Hx) / s2  # X^T V^{-1} X
         self.XVX = 0.5 * (self.XVX + self.XVX.T)
         if beta is None:
@@ -145,9 +156,9 @@ class _State:
         self.beta = np.asarray(beta, float)
         self.zr = d.Zy - d.ZX @ self.beta
         self.rr = d.yy - 2.0 * self.beta @ d.Xy + self.beta @ d.XX @ self.beta
-        w = F.Lam.T @ self.zr
+        w = F.lamT(self.zr)
         Mw = F.solve(w)
-        self.h = F.Lam @ Mw  # P Z^T r
+        self.h = F.lam(Mw)  # P Z^T r
         self.loglik = (
             -0.5 * d.n * LOG2PI - 0.5 * (d.n - d.q) * np.log(s2) - 0.5 * F.logdet - (self.rr - w @ Mw) / (2.0 * s2)
         )
@@ -434,6 +445,9 @@ class BlockedLMMFunctions:
 
     profiled = True
     engine = "blocked"
+    #: the information costs a few evaluations of the profiled criterion (not one per cluster):
+    #: the optimiser starts with Newton's method (:func:`pymc_mixvcov.optimise.fit.optimise`)
+    newton_start = True
 
     def __init__(self, spec, structure: ClusterStructure, method: str):
         from ..compilation.derivatives import ModelMap

@@ -111,7 +111,8 @@ class BlockedFactor:
         self.s2 = s2 = self.sigma**2
         self.level = level
         self.L = d.factors(self.theta)
-        self.Lam = d.lam(self.theta)
+        self._Lam = None
+        self.lamv = self.theta[d.lam_index] if d.lam_index is not None else None  # diagonal Lambda
         q1, r1 = d.q1, d.r1
         self.q2 = q2 = d.q2
         L1 = self.L[0]
@@ -130,19 +131,25 @@ class BlockedFactor:
         self._AD = None
         self._Praw, self._Pl = {}, {}
         if not q2:
-            self.T = sp.csr_matrix((q1, 0))
+            self.T = self.TT = sp.csr_matrix((q1, 0))
             self.cS, self.logdet = None, logdet11
             return
-        self.Lam2 = self.Lam[q1:, q1:].tocsr()
+        self.Lam2 = self.Lam[q1:, q1:].tocsr() if d.lam_index is None else None
         # Lambda_2 is diagonal when every term of block 2 is scalar: products become scalings
-        self.lam2 = self.Lam2.diagonal() if all(bt.r == 1 for bt in d.terms[1:]) else None
+        if d.lam_index is not None:
+            self.lam2 = self.lamv[q1:]
+        else:
+            self.lam2 = self.Lam2.diagonal() if all(bt.r == 1 for bt in d.terms[1:]) else None
         # scalar terms of block 2: their positions there and their lambda
         self.scalar_blocks = [
             (slice(bt.off - q1, bt.off - q1 + bt.q), float(L[0, 0]))
             for bt, L in zip(d.terms[1:], self.L[1:], strict=True)
             if bt.r == 1
         ]
-        N = (d.C12 @ self.Lam2).tocsr() if self.lam2 is None else (d.C12 @ sp.diags_array(self.lam2)).tocsr()
+        if self.lam2 is not None:  # N = C_12 Lambda_2: a scaling of C_12's columns
+            N = sp.csr_matrix((d.C12.data * self.lam2[d.C12.indices], d.C12.indices, d.C12.indptr), shape=d.C12.shape)
+        else:
+            N = (d.C12 @ self.Lam2).tocsr()
         Rm = d.C22.copy()
         if r1 == 1:
             lam1, mm, c = L1[0, 0], self.m[:, 0, 0], d.C11[:, 0, 0]
@@ -151,10 +158,11 @@ class BlockedFactor:
                 weights.append(1.0 / (mm * mm))
             if level >= 2:
                 weights.append(c / (mm * mm * mm))
-            prods = weighted_crossprods(d.C12, np.array(weights), compiled)
+            prods = weighted_crossprods(d.C12, np.array(weights), compiled, d.C12_dense)
             Rm -= prods[0]
             self._Praw = dict(enumerate(prods[1:]))  # C_21 diag(1 / m^2) C_12, C_21 diag(c / m^3) C_12
-            self.T = (sp.diags_array(lam1 / mm) @ N).tocsr()
+            Tdata = N.data * (lam1 / mm)[d.C12_rows]
+            self.T = sp.csr_matrix((Tdata, N.indices, N.indptr), shape=N.shape)
         else:
             Rinv = np.linalg.inv(self.R)
             Y = (_blockdiag(np.einsum("lij,kj->lik", Rinv, L1)) @ d.C12).tocsr()  # R_l^{-1} L_1^T C_12
@@ -162,6 +170,10 @@ class BlockedFactor:
             self.T = (_blockdiag(np.einsum("lij,kj->lik", self.minv, L1)) @ N).tocsr()
             E = np.eye(r1) - np.einsum("ij,ljk,kt,lts->lis", L1, self.minv, L1.T, d.C11)
             self._Nt = (_blockdiag(np.swapaxes(E, 1, 2)) @ N).tocsr()  # E_l^T N_l
+        if r1 == 1 and self.lam2 is not None:  # T^T with the transpose's structure kept by the data
+            self.TT = sp.csr_matrix((Tdata[d.C21_perm], d.C21.indices, d.C21.indptr), shape=d.C21.shape)
+        else:
+            self.TT = self.T.T.tocsr()
         self.Rm = Rm
         S = self.sandwich(Rm)
         S[np.diag_indices(q2)] += s2
@@ -198,12 +210,31 @@ class BlockedFactor:
         x1 = self.apply_m11inv(b[:q1])
         if not self.q2:
             return x1
-        x2 = sla.cho_solve((self.cS, True), b[q1:] - self.T.T @ b[:q1], check_finite=False)
+        x2 = sla.cho_solve((self.cS, True), b[q1:] - self.TT @ b[:q1], check_finite=False)
         return np.concatenate([x1 - self.T @ x2, x2], axis=0)
+
+    @property
+    def Lam(self) -> sp.csr_matrix:
+        """``Lambda`` as a sparse ``q x q`` matrix."""
+        if self._Lam is None:
+            self._Lam = self.d.lam(self.theta)
+        return self._Lam
+
+    def lam(self, v: np.ndarray) -> np.ndarray:
+        """``Lambda v`` (``v``: ``(q,)`` or ``(q, k)``)."""
+        if self.lamv is not None:
+            return self.lamv * v if v.ndim == 1 else self.lamv[:, None] * v
+        return np.asarray(self.Lam @ v)
+
+    def lamT(self, v: np.ndarray) -> np.ndarray:
+        """``Lambda^T v``."""
+        if self.lamv is not None:
+            return self.lam(v)
+        return np.asarray(self.Lam.T @ v)
 
     def P(self, v: np.ndarray) -> np.ndarray:
         """``Lambda M^{-1} Lambda^T v``."""
-        return self.Lam @ self.solve(self.Lam.T @ v)
+        return self.lam(self.solve(self.lamT(v)))
 
     # -- the pieces of the inverse -----------------------------------------------------------------
     @property
@@ -225,7 +256,7 @@ class BlockedFactor:
         if k not in self._Praw:
             mm, c = self.m[:, 0, 0], self.d.C11[:, 0, 0]
             w = 1.0 / (mm * mm) if k == 0 else c / (mm * mm * mm)
-            (self._Praw[k],) = weighted_crossprods(self.d.C12, w[None])
+            (self._Praw[k],) = weighted_crossprods(self.d.C12, w[None], dense=self.d.C12_dense)
         return self._Praw[k]
 
     def _scalar_P(self, k: int) -> np.ndarray:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from .crossprod import DENSE_MAX_FLOPS
+
 __all__ = ["BlockedData", "LayoutTerm", "blocked_data"]
 
 
@@ -82,6 +84,16 @@ class BlockedData:
     Z: sp.csr_matrix = field(repr=False)  # (n, q)
     X: np.ndarray = field(repr=False)
     y: np.ndarray = field(repr=False)  # net of the offset
+    # C12's row of each stored entry; C21 = C12^T (CSR) and, for each of its entries, C12's entry
+    C12_rows: np.ndarray = field(repr=False)
+    C21: sp.csr_matrix = field(repr=False)
+    C21_perm: np.ndarray = field(repr=False)
+    # all terms scalar: Lambda is diagonal, its diagonal theta[lam_index]
+    lam_index: np.ndarray | None = field(repr=False)
+    # C12 as a dense array where its dense cross products are cheap (crossprod.DENSE_MAX_FLOPS)
+    C12_dense: np.ndarray | None = field(repr=False)
+    # the last factor built (blocked.factor_at): a value, then the derivatives at the same point
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def q2(self) -> int:
@@ -157,6 +169,17 @@ def blocked_data(spec) -> BlockedData:
     C12 = C[:q1, q1:].tocsr()
     C12.sort_indices()
     C22 = C[q1:, q1:].toarray()
+    C12_rows = np.repeat(np.arange(q1), np.diff(C12.indptr))
+    # the transpose's structure, with where each entry comes from
+    order = sp.csr_matrix((np.arange(C12.nnz, dtype=float) + 1.0, C12.indices, C12.indptr), shape=C12.shape).T.tocsr()
+    order.sort_indices()
+    C21_perm = order.data.astype(np.int64) - 1
+    C21 = sp.csr_matrix((C12.data[C21_perm], order.indices, order.indptr), shape=(C12.shape[1], q1))
+    lam_index = None
+    if all(bt.r == 1 for bt in terms):
+        lam_index = np.zeros(q, np.int64)
+        for bt in terms:
+            lam_index[bt.sl] = bt.theta_off
     lr, lc, lt = [], [], []
     for bt in terms:
         lev = np.arange(bt.n_levels)
@@ -186,4 +209,9 @@ def blocked_data(spec) -> BlockedData:
         Z=Z,
         X=X,
         y=y,
+        C12_rows=C12_rows,
+        C21=C21,
+        C21_perm=C21_perm,
+        lam_index=lam_index,
+        C12_dense=C12.toarray() if q1 * (q - q1) ** 2 <= DENSE_MAX_FLOPS else None,
     )

@@ -71,15 +71,17 @@ def _pair_tensor(A: np.ndarray, nk: int, rk: int, nm: int, rm: int) -> np.ndarra
     return (Y @ Y.T).reshape(rk, rm, rk, rm)
 
 
-def conditioned(F: BlockedFactor) -> bool:
-    """Whether :class:`FactorTraces` may divide by every ``L_k`` (see :data:`K_MIN_SIGNAL`)."""
-    for L, bt in zip(F.L, F.d.terms, strict=True):
+def ill_conditioned(F: BlockedFactor) -> list[int]:
+    """The terms (layout order) that :class:`FactorTraces` may not divide by (see :data:`K_MIN_SIGNAL`)."""
+    out = []
+    for k, (L, bt) in enumerate(zip(F.L, F.d.terms, strict=True)):
         if not np.all(np.isfinite(L)) or np.any(np.diag(L) == 0):
-            return False
+            out.append(k)
+            continue
         sig = L.T @ bt.c_mean @ L / F.s2
         if np.linalg.eigvalsh(0.5 * (sig + sig.T))[0] < K_MIN_SIGNAL:
-            return False
-    return True
+            out.append(k)
+    return out
 
 
 class GradientTraces:
@@ -92,29 +94,49 @@ class GradientTraces:
 
 
 class FactorTraces(GradientTraces):
-    """The traces of the module docstring through ``K`` (every ``L_k`` invertible)."""
+    """The traces of the module docstring through ``K``, the first term's ``L_1`` invertible.
 
-    def __init__(self, F: BlockedFactor):
+    ``solve``: terms of block 2 whose ``L_k`` is (near) singular; their columns of ``U``, ``K`` and
+    ``W`` are computed by ``q_k`` solves with ``M`` instead (``U_k = M^{-1} (Lambda^T C)_k``,
+    ``K_k = U_k L_k``, ``W_k = (C_k - C Lambda U_k) / sigma^2``), and every trace that involves them
+    from those columns: exact at a variance of 0, at the cost of ``q_k`` solves.
+    """
+
+    def __init__(self, F: BlockedFactor, solve: list[int] | tuple = ()):
         super().__init__(F)
         d, s2 = F.d, F.s2
         terms = d.terms
         q1, r1 = d.q1, d.r1
-        Li = [np.linalg.inv(L) for L in F.L]
+        solve = sorted(k for k in solve if k > 0)
+        # (a scalar first term is divided out exactly below, not by inverting L_1)
+        Li = [None if k in solve or (k == 0 and r1 == 1) else np.linalg.inv(L) for k, L in enumerate(F.L)]
         Sig = F.Sigma
-        D = np.eye(r1) - s2 * F.minv  # (n1, r1, r1)
+        L1 = F.L[0]
+        # D_l = I - sigma^2 m_l^-1 = m_l^-1 L_1^T c_l L_1, without the cancellation of the first form
+        D = np.einsum("lij,jk,lkt,ts->lis", F.minv, L1.T, d.C11, L1)
+        D = 0.5 * (D + np.swapaxes(D, 1, 2))
         # sum_l K_ll = bar U_k L_k (K = U Lambda)
         kap = [u @ L for u, L in zip(self.usum, F.L, strict=True)]
         kap = [0.5 * (k + k.T) for k in kap]
         sl2 = [slice(bt.off - q1, bt.off - q1 + bt.q) for bt in terms[1:]]
-        self.bdW = [Li[k].T @ kap[k] @ Li[k] for k in range(len(terms))]
+        self.bdW = [Li[k].T @ kap[k] @ Li[k] if Li[k] is not None else None for k in range(len(terms))]
         nk = len(terms)
         FK = {}
-        # first term with itself
-        X = {(i, j): Sig @ F.A(i, j) for i in range(r1) for j in range(r1)} if F.q2 else {}
-        F11 = np.einsum("ljs,lit->jsit", D, D)
+        # first term with itself. A scalar first term's pieces carry its lambda_1 as a factor
+        # (D = lambda_1^2 c / m, A = lambda_1^2 A', X = lambda_1^2 X'): computed without it, so that
+        # dividing by lambda_1 is exact (and lambda_1 = 0 allowed)
+        scalar1 = r1 == 1
+        lam1 = float(L1[0, 0]) if scalar1 else 1.0
+        if scalar1:
+            Dp = (d.C11[:, 0, 0] / F.m[:, 0, 0])[:, None, None]  # D / lambda_1^2
+            X = {(0, 0): Sig @ F._scalar_P(0)} if F.q2 else {}  # X / lambda_1^2
+        else:
+            Dp = D
+            X = {(i, j): Sig @ F.A(i, j) for i in range(r1) for j in range(r1)} if F.q2 else {}
+        F11 = np.einsum("ljs,lit->jsit", Dp, Dp)
         if F.q2:
-            if r1 == 1:
-                Q = np.full((1, 1, 1, 1), _dot(Sig, F.AD))
+            if scalar1:
+                Q = np.full((1, 1, 1, 1), _dot(Sig, F._scalar_P(1)))  # tr(Sigma A^D) / lambda_1^4
             else:
                 Q = np.einsum("ljs,lit->jsit", D, F.level_blocks())
             F11 = F11 - s2 * (Q + Q.transpose(2, 3, 0, 1))
@@ -137,7 +159,7 @@ class FactorTraces(GradientTraces):
                     for j in range(r1):
                         for i in range(r1):
                             out[j, s, i, t] = _dot(X[j, i][rs], Srt)
-            FK[0, m] = s2 * s2 * out
+            FK[0, m] = s2 * s2 * out  # / lambda_1^2 for a scalar first term
         # the other terms among themselves, from the blocks of K_22 = I - sigma^2 Sigma
         for k in range(1, nk):
             bk, sk = terms[k], sl2[k - 1]
@@ -160,20 +182,68 @@ class FactorTraces(GradientTraces):
                     out += bk.n_levels * np.einsum("js,it->jsit", eye, eye)
                     out -= s2 * (np.einsum("js,it->jsit", eye, tr) + np.einsum("js,it->jsit", tr, eye))
                 FK[k, m] = out
-        self.F = {
-            key: np.einsum("abcd,aj,bs,ci,dt->jsit", G, Li[key[0]], Li[key[1]], Li[key[0]], Li[key[1]])
-            for key, G in FK.items()
-        }
+        # the columns of the terms solved for: U_k, K_k = U_k L_k, W_k (q x q_k)
+        cols = {}
+        if solve:
+            B = (F.Lam.T @ d.C).tocsr()  # Lambda^T C
+            for k in solve:
+                bt = terms[k]
+                Bk = B[:, bt.sl].toarray()
+                Uk = F.solve(Bk)
+                Kk = (Uk.reshape(d.q, bt.n_levels, bt.r) @ F.L[k]).reshape(d.q, bt.q)
+                Wk = (d.C[:, bt.sl].toarray() - np.asarray(B.T @ Uk)) / s2
+                cols[k] = (Uk, Kk, Wk)
+                for m in range(nk):  # F^K with the term, from its columns of K
+                    bm = terms[m]
+                    G = _pair_tensor(Kk[bm.sl], bm.n_levels, bm.r, bt.n_levels, bt.r)  # pairs (m, k)
+                    FK[m, k] = G if m <= k else G.transpose(1, 0, 3, 2)
+                    if m > k:
+                        FK[k, m] = FK.pop((m, k))
+        # F^K with the first term's lambda_1 put back (scalar first term), for the sums over K
+        FKu = dict(FK)
+        if scalar1:
+            FKu[0, 0] = lam1**4 * FK[0, 0]
+            for m in range(1, nk):
+                if (0, m) in FK and m not in cols:
+                    FKu[0, m] = lam1**2 * FK[0, m]
+        if scalar1:
+            Li[0] = np.ones((1, 1))  # FK[0, .] already carries 1 / lambda_1 per index of the first term
+        self.F = {}
+        for (k, m), G in FK.items():
+            if k in cols or m in cols:
+                ks, ms = (k, m) if m in cols else (m, k)  # W columns of ms, rows of ks
+                bk, bm = terms[ks], terms[ms]
+                G = _pair_tensor(cols[ms][2][bk.sl], bk.n_levels, bk.r, bm.n_levels, bm.r)
+                self.F[k, m] = G if (ks, ms) == (k, m) else G.transpose(1, 0, 3, 2)
+            else:
+                self.F[k, m] = np.einsum("abcd,aj,bs,ci,dt->jsit", G, Li[k], Li[m], Li[k], Li[m])
         kap2 = []
         for k in range(nk):
             acc = np.zeros((terms[k].r, terms[k].r))
             for m in range(nk):
                 if m >= k:
-                    acc += np.einsum("isjs->ij", FK[k, m])
+                    acc += np.einsum("isjs->ij", FKu[k, m])
                 else:
-                    acc += np.einsum("sisj->ij", FK[m, k])
+                    acc += np.einsum("sisj->ij", FKu[m, k])
             kap2.append(acc)
-        self.bdUU = [Li[k].T @ kap2[k] @ Li[k] for k in range(nk)]
+        self.bdUU = [Li[k].T @ kap2[k] @ Li[k] if Li[k] is not None else None for k in range(nk)]
+        if scalar1:  # bar W_1 = bar U_1 / lambda_1 and (U^T U)-sum = kap2_1 / lambda_1^2, without dividing
+            br = np.einsum("l,l->", d.C11[:, 0, 0], 1.0 / F.m[:, 0, 0])
+            if F.q2:
+                br -= s2 * _dot(Sig, F._scalar_P(0))
+            self.bdW[0] = np.array([[br]])
+            uu = lam1**2 * np.einsum("isjs->ij", FK[0, 0])
+            for m in range(1, nk):
+                if m not in cols:
+                    uu += np.einsum("isjs->ij", FK[0, m])
+                elif lam1 != 0.0:  # (at lambda_1 = 0 this sum multiplies 0 in every trace)
+                    uu += np.einsum("isjs->ij", FKu[0, m]) / lam1**2
+            self.bdUU[0] = uu
+        for k, (Uk, _, Wk) in cols.items():
+            bt = terms[k]
+            self.bdW[k] = _block_sums(Wk[bt.sl], bt.n_levels, bt.r)
+            Ub = Uk.reshape(d.q, bt.n_levels, bt.r)
+            self.bdUU[k] = np.einsum("xlj,xli->ji", Ub, Ub)
         self.trPCPC = float(sum(np.trace(k) for k in kap2))
 
 
@@ -210,10 +280,18 @@ def dense_u(F: BlockedFactor) -> np.ndarray:
 
 def traces(F: BlockedFactor, second: bool, how: str = "auto"):
     """The traces at the factor ``F``: :class:`GradientTraces` (``second=False``), else
-    :class:`FactorTraces` where :func:`conditioned` allows it (``how="auto"``) and :class:`DenseTraces`
-    otherwise; ``how="factor"`` or ``"dense"`` forces one."""
+    :class:`FactorTraces` with the terms of :func:`ill_conditioned` solved for (``how="auto"``), or
+    :class:`DenseTraces` where the first term is one of them; ``how="factor"`` (no term solved for),
+    ``"solve"`` (every term of block 2 solved for) or ``"dense"`` forces a route."""
     if not second:
         return GradientTraces(F)
-    if how == "factor" or (how == "auto" and conditioned(F)):
+    if how == "factor":
         return FactorTraces(F)
-    return DenseTraces(F)
+    if how == "solve":
+        return FactorTraces(F, solve=range(1, len(F.d.terms)))
+    if how == "dense":
+        return DenseTraces(F)
+    ill = ill_conditioned(F)
+    if 0 in ill and F.d.r1 > 1:
+        return DenseTraces(F)
+    return FactorTraces(F, solve=ill)

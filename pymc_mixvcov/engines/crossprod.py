@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["COMPILED_MIN_WORK", "fill_upper", "weighted_crossprods"]
+__all__ = ["COMPILED_MIN_WORK", "DENSE_MAX_FLOPS", "fill_upper", "weighted_crossprods"]
 
 #: Above this many multiply-adds per output (``sum_i nnz_i^2 / 2``), the compiled kernel is used.
 COMPILED_MIN_WORK = 5e5
@@ -34,7 +34,14 @@ def work(G: sp.csr_matrix) -> float:
     return float(np.sum(nnz * (nnz + 1.0)) / 2.0)
 
 
-def weighted_crossprods(G: sp.csr_matrix, weights: np.ndarray, compiled: bool | None = None) -> list[np.ndarray]:
+#: Below this many multiply-adds of the dense product (``rows m^2``), a dense copy of a small ``G``
+#: is multiplied by BLAS instead (SciPy's sparse product costs milliseconds of overhead).
+DENSE_MAX_FLOPS = 2e7
+
+
+def weighted_crossprods(
+    G: sp.csr_matrix, weights: np.ndarray, compiled: bool | None = None, dense: np.ndarray | None = None
+) -> list[np.ndarray]:
     """``[G^T diag(w_o) G for w_o in weights]`` as dense symmetric ``m x m`` arrays.
 
     Parameters
@@ -46,9 +53,17 @@ def weighted_crossprods(G: sp.csr_matrix, weights: np.ndarray, compiled: bool | 
     compiled : bool, optional
         Force (``True``) or forbid (``False``) the compiled kernel; by default it is used when the
         work exceeds :data:`COMPILED_MIN_WORK`.
+    dense : ndarray, optional
+        ``G`` as a dense array, used (BLAS) when given and ``compiled`` is not forced.
     """
     weights = np.atleast_2d(np.asarray(weights, float))
     m = G.shape[1]
+    if dense is not None and compiled is None:
+        out = []
+        for w in weights:
+            prod = (dense * w[:, None]).T @ dense
+            out.append(0.5 * (prod + prod.T))
+        return out
     if compiled is None:
         compiled = work(G) > COMPILED_MIN_WORK
     if not compiled:
