@@ -84,3 +84,43 @@ def movielens() -> pd.DataFrame:
             "item": pd.Categorical.from_codes(item, [f"i{i:04d}" for i in range(n_items)]),
         }
     )
+
+
+def kb07() -> pd.DataFrame:
+    """A kb07-shaped crossed design (Kronmueller and Barr, 2007): 56 subjects by 32 items, each subject
+    sees each item once in one of eight conditions (a Latin square over the 2 x 2 x 2 design of the
+    +-1 contrasts ``S``, ``T``, ``U``), three cells dropped: 1,789 rows. Random intercepts and slopes
+    of all three contrasts for subjects and for items, correlated 4 x 4 terms:
+    ``rt = 2180 + 68 S - 333 T + 79 U + (subject) + (item) + e``, subject SDs (300, 150, 200, 120),
+    item SDs (350, 150, 250, 150), residual SD 500, correlations from one draw of an LKJ(2)-like
+    construction; seed 2026."""
+    rng = np.random.default_rng(SEED)
+    n_subj, n_item = 56, 32
+    subj = np.repeat(np.arange(n_subj), n_item)
+    item = np.tile(np.arange(n_item), n_subj)
+    cond = (subj + item) % 8
+    S, T, U = (2 * ((cond >> b) & 1) - 1 for b in (0, 1, 2))
+
+    def cov(sd):
+        A = rng.standard_normal((4, 6))
+        C = A @ A.T
+        C = C / np.sqrt(np.outer(np.diag(C), np.diag(C)))
+        return C * np.outer(sd, sd)
+
+    bs = rng.multivariate_normal(np.zeros(4), cov(np.array([300.0, 150.0, 200.0, 120.0])), size=n_subj)
+    bi = rng.multivariate_normal(np.zeros(4), cov(np.array([350.0, 150.0, 250.0, 150.0])), size=n_item)
+    Zr = np.stack([np.ones(subj.size), S, T, U], axis=1)
+    rt = Zr @ np.array([2180.0, 68.0, -333.0, 79.0]) + np.sum(Zr * bs[subj], 1) + np.sum(Zr * bi[item], 1)
+    rt = rt + 500.0 * rng.standard_normal(subj.size)
+    keep = np.ones(subj.size, bool)
+    keep[rng.choice(subj.size, 3, replace=False)] = False
+    return pd.DataFrame(
+        {
+            "rt": rt[keep],
+            "S": S[keep].astype(float),
+            "T": T[keep].astype(float),
+            "U": U[keep].astype(float),
+            "subj": pd.Categorical.from_codes(subj[keep], [f"S{i:02d}" for i in range(n_subj)]),
+            "item": pd.Categorical.from_codes(item[keep], [f"I{i:02d}" for i in range(n_item)]),
+        }
+    )
