@@ -15,6 +15,7 @@ data <- switch(workload,
   sleepstudy = lme4::sleepstudy,
   verbagg = lme4::VerbAgg,
   insteval = lme4::InstEval,
+  insteval_3000 = lme4::InstEval[1:3000, ],
   read.csv(args[2], stringsAsFactors = TRUE)
 )
 spec <- switch(workload,
@@ -22,8 +23,13 @@ spec <- switch(workload,
   lmm_100k = list(f = y ~ x + (x | g), family = NULL),
   glmm_100k = list(f = y ~ x + (x | g), family = binomial),
   verbagg = list(f = r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item), family = binomial),
-  insteval = list(f = y ~ service + (1 | s) + (1 | d) + (1 | dept:service), family = NULL)
+  insteval = list(f = y ~ service + (1 | s) + (1 | d) + (1 | dept:service), family = NULL),
+  insteval_3000 = list(f = y ~ service + (1 | s) + (1 | d), family = NULL),
+  kb07 = list(f = rt ~ S + T + U + (1 + S + T + U | subj) + (1 + S + T + U | item), family = NULL),
+  # glmmTMB is not timed here: lme4 alone takes many minutes on a million rows
+  movielens = list(f = y ~ x + (1 | user) + (1 | item), family = NULL, tmb = FALSE)
 )
+if (identical(spec$tmb, FALSE)) have_tmb <- FALSE
 timed <- function(expr) unname(system.time(expr, gcFirst = TRUE)["elapsed"])
 if (is.null(spec$family)) {
   cat("lme4", timed({ m <- lmer(spec$f, data, REML = FALSE); v <- vcov(m) }), "\n")

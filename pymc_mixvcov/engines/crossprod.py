@@ -69,8 +69,8 @@ def weighted_crossprods(
     if not compiled:
         out = []
         for w in weights:
-            prod = (G.T @ sp.diags_array(w) @ G).tocsr()
-            out.append(prod.toarray())
+            prod = (G.T @ sp.diags_array(w) @ G).toarray()
+            out.append(0.5 * (prod + prod.T))
         return out
     from ._crossprod_kernel import lower_crossprods
 
