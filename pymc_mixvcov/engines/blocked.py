@@ -141,9 +141,9 @@ class _State:
     (:mod:`pymc_mixvcov.engines.blocked_traces`; ``how`` picks their route).
     """
 
-    def __init__(self, d: BlockedData, beta, theta, sigma, level: int = 2, how: str = "auto"):
+    def __init__(self, d: BlockedData, beta, theta, sigma, level: int = 2, how: str = "auto", factor_level=None):
         self.d = d
-        self.F = F = factor_at(d, theta, sigma, level)
+        self.F = F = factor_at(d, theta, sigma, level if factor_level is None else factor_level)
         self.s2 = s2 = F.s2
         self.pp = _Params(d, theta, F.sigma)
         # GLS pieces
@@ -367,10 +367,13 @@ def criterion(d: BlockedData, phi: np.ndarray, method: str) -> float:
     """The ML log-likelihood at ``phi = (beta, theta, sigma)``, or the REML criterion at its ``(theta, sigma)``:
     the value alone (no traces)."""
     p, nt = d.p, d.n_theta
+    # the factor is built with the Hessian's cross products in the same pass (level 2): an optimiser
+    # asks for the criterion at a trial point and, once it accepts it (usually), for the derivatives
+    # there, which then reuse this factor (factor_at)
     if method == "REML":
-        st = _State(d, None, phi[p : p + nt], phi[p + nt], level=0)
+        st = _State(d, None, phi[p : p + nt], phi[p + nt], level=0, factor_level=2)
         return float(st.loglik + 0.5 * d.p * LOG2PI - 0.5 * np.linalg.slogdet(st.XVX)[1])
-    return float(_State(d, phi[:p], phi[p : p + nt], phi[p + nt], level=0).loglik)
+    return float(_State(d, phi[:p], phi[p : p + nt], phi[p + nt], level=0, factor_level=2).loglik)
 
 
 def profile(d: BlockedData, ts: np.ndarray, method: str, how: str = "auto") -> tuple[float, np.ndarray, np.ndarray]:
