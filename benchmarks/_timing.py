@@ -100,3 +100,62 @@ def print_report(phases: dict[str, float], t0: float, end: float, since_start: f
             f"loglik: {fit.loglik:.4f}   cluster scores: {scores.shape[0]} x {scores.shape[1]}, column sums max |.| "
             f"{np.max(np.abs(scores.sum().to_numpy())):.2g}"
         )
+
+
+def crossed_benchmark(title: str, formula: str, load, repeats: int, t0: float) -> int:
+    """The crossed-design benchmarks (``insteval*.py``, ``kb07.py``, ``movielens.py``): imports (the
+    package, and ``formulae``, which ``pmv.lmm`` imports on first use), data in memory, then
+    ``repeats`` times in this process *build model* (``pmv.lmm``), *fit* (ML, which
+    evaluates the exact observed information at the optimum) and *vcov* (the full covariance of the
+    fixed effects and variance components on the SD scale, ``f.vcov("sd")``).
+
+    Prints the phases of the first repetition (the first fit of the process, with what it loads
+    from the compile cache), its ``in-process`` total and the ``repeat`` median of the later
+    repetitions (a fitting session), the peak resident memory and the estimates with their SEs.
+    Returns the exit status: 0 when every fit converged.
+    """
+    import resource
+    import statistics
+    import time
+
+    phases: dict[str, float] = {}
+    t = time.perf_counter()
+    # pymc_mixvcov first: it imports its dependencies with the garbage collector paused
+    import pymc_mixvcov as pmv  # noqa: I001
+
+    import numpy as np
+    import pandas as pd
+
+    from pymc_mixvcov._startup import import_formulae
+
+    import_formulae()  # the formula parser, which pmv.lmm would otherwise import on first use
+    phases["imports"] = time.perf_counter() - t
+    t = time.perf_counter()
+    data = load()
+    phases["load data"] = time.perf_counter() - t
+    runs, fits = [], []
+    for k in range(max(repeats, 1)):
+        ph: dict[str, float] = {}
+        t = time.perf_counter()
+        model = pmv.lmm(formula, data)
+        ph["build model"] = time.perf_counter() - t
+        t = time.perf_counter()
+        f = model.fit()
+        ph["fit"] = time.perf_counter() - t
+        t = time.perf_counter()
+        V = f.vcov("sd")
+        ph["vcov"] = time.perf_counter() - t
+        runs.append(ph)
+        fits.append(f)
+        if k == 0:
+            phases.update(ph)
+    print(title)
+    print_report(phases, t0, time.perf_counter(), since_process_start(), fits[0])
+    totals = [sum(ph.values()) for ph in runs]
+    print("in-process runs  " + "  ".join(f"{v:.3f}" for v in totals))
+    if len(totals) > 1:
+        print(f"{'repeat':<16} {statistics.median(totals[1:]):7.3f}   (median of the later runs in this process)")
+    print(f"engine: {f.engine}   peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    table = pd.DataFrame({"estimate": f.params("sd"), "se": np.sqrt(np.diag(V.to_numpy()))})
+    print(table.to_string(float_format=lambda v: f"{v:.6g}"))
+    return 0 if all(fit.converged for fit in fits) else 1

@@ -41,6 +41,7 @@ data <- switch(workload,
   verbagg = lme4::VerbAgg,
   insteval = lme4::InstEval,
   insteval_binary = within(lme4::InstEval, yb <- as.integer(y >= 4)),
+  insteval_3000 = lme4::InstEval[1:3000, ],
   read.csv(args[2], stringsAsFactors = TRUE)
 )
 spec <- switch(workload,
@@ -49,8 +50,13 @@ spec <- switch(workload,
   glmm_100k = list(f = y ~ x + (x | g), family = binomial),
   verbagg = list(f = r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item), family = binomial),
   insteval = list(f = y ~ service + (1 | s) + (1 | d) + (1 | dept:service), family = NULL),
-  insteval_binary = list(f = yb ~ service + (1 | s) + (1 | d), family = binomial)
+  insteval_binary = list(f = yb ~ service + (1 | s) + (1 | d), family = binomial),
+  insteval_3000 = list(f = y ~ service + (1 | s) + (1 | d), family = NULL),
+  kb07 = list(f = rt ~ S + T + U + (1 + S + T + U | subj) + (1 + S + T + U | item), family = NULL),
+  # glmmTMB is not timed here: lme4 alone takes many minutes on a million rows
+  movielens = list(f = y ~ x + (1 | user) + (1 | item), family = NULL, tmb = FALSE)
 )
+if (identical(spec$tmb, FALSE)) have_tmb <- FALSE
 timed <- function(expr) unname(system.time(expr, gcFirst = TRUE)["elapsed"])
 wanted <- strsplit(Sys.getenv("PMV_ANCHORS", "lme4,glmmTMB"), ",")[[1]]
 if ("lme4" %in% wanted) {

@@ -386,6 +386,9 @@ COMPILED_MAXSIZE = 64
 #: Compiled core functions of this process, by key and compilation mode, least recently used first.
 _COMPILED: OrderedDict[tuple[str, str], object] = OrderedDict()
 
+#: Compiled model maps of this process, by the key of their graph (:func:`_graph_key`).
+_MAPS: OrderedDict[tuple[str, str], tuple] = OrderedDict()
+
 
 # -- the model map nat -> phi ------------------------------------------------------------------------
 class ModelMap:
@@ -403,6 +406,8 @@ class ModelMap:
     def __init__(self, spec, sig: Signature):
         self.spec, self.sig = spec, sig
         self._fns: tuple | None = None
+        self._affine = False
+        self._ref: tuple | None = None
 
     def _phi(self, nat: TensorVariable) -> TensorVariable:
         spec = self.spec
@@ -434,15 +439,27 @@ class ModelMap:
                 return [nat_s], [phi, J, upper, T, u, jacobian_of(u, nat_s)]
 
             try:
-                key = "modelmap-" + hashlib.sha256(cache.dumps_graph([nat_s], [phi, upper, u])).hexdigest()[:24]
+                key = "modelmap-" + _graph_key([nat_s], [phi, upper, u])
             except ValueError:  # shared variables in the map: it is not keyed by its graph alone
                 key = None
+            entry = (key, compile_mode())
+            if key is not None and entry in _MAPS:  # the same map, compiled earlier in this process
+                self._fns, self._affine = _MAPS[entry]
+                _MAPS.move_to_end(entry)
+                return self._fns
             inputs, outputs = _cached_graph(key, make_graph)
             self._fns = (
                 compile_fn(inputs, outputs[:3], rewrite=False),
                 compile_fn(inputs, outputs[3:4], rewrite=False),
                 compile_fn(inputs, outputs[4:], rewrite=False),
             )
+            # a map whose Jacobian and upper-triangle check do not involve the values of nat
+            # (only its shape) is affine: phi(nat) = phi(nat_0) + J (nat - nat_0), T = 0 exactly
+            self._affine = not _uses_values(outputs[1], inputs[0]) and not _uses_values(outputs[2], inputs[0])
+            if key is not None:
+                _MAPS[entry] = (self._fns, self._affine)
+                while len(_MAPS) > COMPILED_MAXSIZE:
+                    _MAPS.popitem(last=False)
         return self._fns
 
     def __call__(self, nat: np.ndarray, second: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -452,7 +469,13 @@ class ModelMap:
         """
         nat = np.asarray(nat, float)
         first, second_fn, _ = self._functions()
+        if self._affine and self._ref is not None:
+            nat0, phi0, J = self._ref
+            phi = phi0 + J @ (nat - nat0)
+            return phi, J.copy(), (np.zeros((self.sig.dim, nat.size, nat.size)) if second else None)
         phi, J, upper = first(nat)
+        if self._affine and np.all(np.isfinite(phi)) and np.all(np.isfinite(J)):
+            self._ref = (nat.copy(), np.asarray(phi, float).copy(), np.asarray(J, float).copy())
         if np.any(np.abs(upper) > 0):
             raise MixVcovError(
                 "a random-effect covariance factor is not lower triangular; give the covariance "
@@ -477,6 +500,35 @@ class ModelMap:
         """PyMC's unconstrained values at ``nat`` and their Jacobian in ``nat``."""
         u, J = self._functions()[2](np.asarray(nat, float))
         return np.asarray(u), np.asarray(J)
+
+
+def _uses_values(out: TensorVariable, x: TensorVariable) -> bool:
+    """Whether ``out`` depends on the values of ``x``, not only on its shape."""
+    from pytensor.graph.traversal import io_toposort
+    from pytensor.tensor.shape import Shape, Shape_i
+
+    tainted = {x}
+    for node in io_toposort([x], [out]):
+        if isinstance(node.op, Shape | Shape_i):
+            continue
+        ins = node.inputs
+        if isinstance(node.op, Elemwise) and isinstance(node.op.scalar_op, ps.Second):
+            ins = ins[1:]  # fill(a, b): b broadcast to a's shape
+        if any(v in tainted for v in ins):
+            tainted.update(node.outputs)
+    return out in tainted
+
+
+def _graph_key(inputs, outputs) -> str:
+    """A hash of the computation ``inputs -> outputs`` that is the same in every process.
+
+    ``OpFromGraph`` nodes (``pt.diag``'s ``AllocDiag``, ``einsum``) pickle with their inner
+    graph's generated variables, which differ from one build to the next: they are inlined first
+    (in a copy), so that the same model always finds its cached map.
+    """
+    fg = FunctionGraph(list(inputs), list(outputs), clone=True)
+    dfs_rewriter(inline_op_from_graph).rewrite(fg)
+    return hashlib.sha256(cache.dumps_graph(list(fg.inputs), list(fg.outputs))).hexdigest()[:24]
 
 
 def _scales(model_map: ModelMap, scales_fn, nat: np.ndarray) -> dict[str, np.ndarray]:

@@ -69,242 +69,15 @@ Wang, T. and Merkle, E. C. (2018). merDeriv. JSS 87, Code Snippet 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
-import scipy.linalg as sla
-import scipy.sparse as sp
 
 from ..errors import MixVcovError
-from ..model.weights import half_log_weights, whitened
+from .blocked_factor import BlockedFactor
+from .blocked_layout import BlockedData, blocked_data
+from .blocked_traces import dense_u, traces
 from .marginal import LOG2PI, ClusterStructure, Signature
 
-__all__ = ["BlockedData", "BlockedFactor", "BlockedLMMFunctions", "blocked_data"]
-
-
-@dataclass(frozen=True)
-class _Term:
-    """One random-effect term in the blocked layout: positions ``off + level * r + j``."""
-
-    spec_index: int
-    r: int
-    n_levels: int
-    off: int
-    theta_off: int  # start of its entries in theta (spec order)
-
-    @property
-    def q(self) -> int:
-        return self.r * self.n_levels
-
-    @property
-    def sl(self) -> slice:
-        return slice(self.off, self.off + self.q)
-
-    def lower(self) -> list[tuple[int, int]]:
-        return [(i, j) for j in range(self.r) for i in range(j, self.r)]
-
-
-@dataclass(frozen=True)
-class BlockedData:
-    """Sufficient statistics of the whole model in the blocked layout (computed once).
-
-    ``terms`` are in the layout's order (most levels first); ``C = Z^T Z`` (sparse, CSC),
-    ``ZX = Z^T X``, ``Zy = Z^T y`` and the fixed-effect moments.
-    """
-
-    terms: list[_Term]
-    n_theta: int
-    q: int
-    q1: int
-    n: int
-    p: int
-    C: sp.csc_matrix = field(repr=False)
-    ZX: np.ndarray = field(repr=False)
-    Zy: np.ndarray = field(repr=False)
-    XX: np.ndarray = field(repr=False)
-    Xy: np.ndarray = field(repr=False)
-    yy: float
-    # Lambda's sparsity: for each nonzero, its row, column and index in theta
-    lam_rows: np.ndarray = field(repr=False)
-    lam_cols: np.ndarray = field(repr=False)
-    lam_theta: np.ndarray = field(repr=False)
-    Z: sp.csr_matrix = field(repr=False)  # (n, q), R nonzeros per row
-    X: np.ndarray = field(repr=False)
-    y: np.ndarray = field(repr=False)  # minus the offset
-    half_logw: float = 0.0  # prior weights: sum log(w) / 2, added to the log-likelihood of the scaled rows
-
-
-def blocked_data(spec) -> BlockedData:
-    """Build the blocked layout and statistics of a Gaussian ``spec`` (NumPy/SciPy, once); with
-    precision weights, of its rows scaled by ``sqrt(w_i)`` (:mod:`pymc_mixvcov.model.weights`)."""
-    X, y, row_scale = whitened(spec)
-    n, p = X.shape
-    theta_off, off_t = [], 0
-    for t in spec.terms:
-        theta_off.append(off_t)
-        off_t += t.r * (t.r + 1) // 2
-    order = sorted(range(len(spec.terms)), key=lambda k: -len(spec.terms[k].levels) * spec.terms[k].r)
-    terms, off = [], 0
-    for k in order:
-        t = spec.terms[k]
-        terms.append(_Term(k, t.r, len(t.levels), off, theta_off[k]))
-        off += t.r * len(t.levels)
-    q = off
-    rows, cols, vals = [], [], []
-    for bt in terms:
-        t = spec.terms[bt.spec_index]
-        used = np.flatnonzero(t.codes >= 0)
-        for j in range(bt.r):
-            rows.append(used)
-            cols.append(bt.off + t.codes[used] * bt.r + j)
-            vals.append(np.asarray(t.z[used, j], float) * (1.0 if row_scale is None else row_scale[used]))
-    Z = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, q))
-    Zt = Z.T.tocsr()
-    C = (Zt @ Z).tocsc()
-    C.sum_duplicates()
-    lr, lc, lt = [], [], []
-    for bt in terms:
-        lev = np.arange(bt.n_levels)
-        for a, (i, j) in enumerate(bt.lower()):
-            lr.append(bt.off + lev * bt.r + i)
-            lc.append(bt.off + lev * bt.r + j)
-            lt.append(np.full(bt.n_levels, bt.theta_off + a))
-    return BlockedData(
-        terms=terms,
-        n_theta=off_t,
-        q=q,
-        q1=terms[0].q,
-        n=n,
-        p=p,
-        C=C,
-        ZX=np.asarray(Zt @ X),
-        Zy=np.asarray(Zt @ y),
-        XX=X.T @ X,
-        Xy=X.T @ y,
-        yy=float(y @ y),
-        lam_rows=np.concatenate(lr),
-        lam_cols=np.concatenate(lc),
-        lam_theta=np.concatenate(lt),
-        Z=Z,
-        X=X,
-        y=y,
-        half_logw=0.0 if row_scale is None else float(np.sum(half_log_weights(spec))),
-    )
-
-
-class BlockedFactor:
-    """``M = Lambda^T C Lambda + sigma^2 I`` at ``(theta, sigma)``, factorised blockwise.
-
-    Raises ``numpy.linalg.LinAlgError`` where ``M`` is not numerically positive definite.
-    """
-
-    def __init__(self, data: BlockedData, theta: np.ndarray, sigma: float):
-        self.d, self.theta, self.sigma = data, np.asarray(theta, float), float(sigma)
-        d = data
-        s2 = self.sigma**2
-        q, q1, r1 = d.q, d.q1, d.terms[0].r
-        self.Lam = sp.csr_matrix((self.theta[d.lam_theta], (d.lam_rows, d.lam_cols)), shape=(q, q))
-        self.B = (self.Lam.T @ d.C).tocsr()  # Lambda^T C
-        M = (self.B @ self.Lam).tocsr() + s2 * sp.identity(q, format="csr")
-        # M_11: block diagonal, r1 x r1 blocks
-        M11 = M[:q1, :q1].tocoo()
-        n1 = q1 // r1
-        blocks = np.zeros((n1, r1, r1))
-        np.add.at(blocks, (M11.row // r1, M11.row % r1, M11.col % r1), M11.data)
-        self.L11 = np.linalg.cholesky(blocks)  # raises LinAlgError if not positive definite
-        inv11 = np.linalg.inv(blocks)
-        self.inv11 = 0.5 * (inv11 + np.swapaxes(inv11, 1, 2))
-        lev = np.repeat(np.arange(n1), r1 * r1)
-        ii = np.tile(np.repeat(np.arange(r1), r1), n1)
-        jj = np.tile(np.tile(np.arange(r1), r1), n1)
-        self.M11inv = sp.csr_matrix((self.inv11.ravel(), (lev * r1 + ii, lev * r1 + jj)), shape=(q1, q1))
-        M12 = M[:q1, q1:].tocsc()
-        self.T = (self.M11inv @ M12).tocsr()  # M_11^{-1} M_12, sparse
-        S = M[q1:, q1:].toarray() - (M12.T @ self.T).toarray()
-        self.q2 = q - q1
-        if self.q2:
-            self.cS = sla.cho_factor(S, lower=True, check_finite=True)
-            logdet_S = 2.0 * float(np.sum(np.log(np.diag(self.cS[0]))))
-        else:
-            self.cS, logdet_S = None, 0.0
-        self.logdet = 2.0 * float(np.sum(np.log(np.diagonal(self.L11, axis1=1, axis2=2)))) + logdet_S
-        self._Z22 = None
-        self._dense = None
-
-    # -- solves ---------------------------------------------------------------------------------
-    def solve(self, b: np.ndarray) -> np.ndarray:
-        """``M^{-1} b`` by block elimination (``b``: ``(q,)`` or ``(q, m)``)."""
-        q1 = self.d.q1
-        b1, b2 = b[:q1], b[q1:]
-        x1 = self.M11inv @ b1
-        if not self.q2:
-            return x1
-        x2 = sla.cho_solve(self.cS, b2 - self.T.T @ b1)
-        return np.concatenate([x1 - self.T @ x2, x2], axis=0)
-
-    def P(self, v: np.ndarray) -> np.ndarray:
-        """``Lambda M^{-1} Lambda^T v``."""
-        return self.Lam @ self.solve(self.Lam.T @ v)
-
-    # -- inverse ----------------------------------------------------------------------------------
-    @property
-    def Z22(self) -> np.ndarray:
-        if self._Z22 is None:
-            if self.q2:
-                # S^{-1} from its Cholesky factor (LAPACK potri: a third of the work of q2 solves)
-                inv, info = sla.lapack.dpotri(self.cS[0], lower=1)
-                if info != 0:
-                    raise np.linalg.LinAlgError(f"potri failed ({info})")
-                self._Z22 = np.tril(inv) + np.tril(inv, -1).T
-            else:
-                self._Z22 = np.zeros((0, 0))
-            self._Z12 = -np.asarray(self.T @ self._Z22)
-        return self._Z22
-
-    def inverse(self) -> np.ndarray:
-        """The dense ``M^{-1}`` (``q x q``)."""
-        if self._dense is None:
-            q1 = self.d.q1
-            Z22 = self.Z22
-            Z12 = self._Z12
-            out = np.empty((self.d.q, self.d.q))
-            out[:q1, :q1] = self.M11inv.toarray() - np.asarray(self.T @ Z12.T)
-            out[:q1, q1:] = Z12
-            out[q1:, :q1] = Z12.T
-            out[q1:, q1:] = Z22
-            self._dense = out
-        return self._dense
-
-    def inverse_at(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """Entries ``M^{-1}[x, z]`` on the pattern of ``M`` (the selected inverse), without forming it.
-
-        Pairs inside the first term's block must share a level (its block of ``M`` is block diagonal).
-        """
-        q1, r1 = self.d.q1, self.d.terms[0].r
-        out = np.empty(x.size)
-        Z22 = self.Z22
-        Z12 = self._Z12
-        both1 = (x < q1) & (z < q1)
-        if both1.any():
-            xs, zs = x[both1], z[both1]
-            lev = xs // r1
-            if np.any(zs // r1 != lev):
-                raise AssertionError("selected inverse asked outside the pattern")
-            # diagonal block l of M_11^{-1} + T S^{-1} T^T, with T S^{-1} = -Z12
-            extra = np.asarray(self.T[zs].multiply(Z12[xs]).sum(axis=1)).ravel() if self.q2 else 0.0
-            out[both1] = self.inv11[lev, xs % r1, zs % r1] - extra
-        m12 = (x < q1) & (z >= q1)
-        out[m12] = Z12[x[m12], z[m12] - q1]
-        m21 = (x >= q1) & (z < q1)
-        out[m21] = Z12[z[m21], x[m21] - q1]
-        m22 = (x >= q1) & (z >= q1)
-        out[m22] = Z22[x[m22] - q1, z[m22] - q1]
-        return out
-
-    def trace_inverse(self) -> float:
-        """``tr(M^{-1})`` from the diagonal of the selected inverse."""
-        idx = np.arange(self.d.q)
-        return float(np.sum(self.inverse_at(idx, idx)))
+__all__ = ["BlockedData", "BlockedFactor", "BlockedLMMFunctions", "blocked_data", "ml_derivatives", "profile"]
 
 
 def _gamma(L: np.ndarray, i: int, j: int) -> np.ndarray:
@@ -319,12 +92,7 @@ class _Params:
 
     def __init__(self, d: BlockedData, theta: np.ndarray, sigma: float):
         self.d = d
-        self.L = []
-        for bt in d.terms:
-            L = np.zeros((bt.r, bt.r))
-            for a, (i, j) in enumerate(bt.lower()):
-                L[i, j] = theta[bt.theta_off + a]
-            self.L.append(L)
+        self.L = d.factors(theta)
         self.owner = [None] * d.n_theta  # per theta entry: (layout term index, i, j)
         for k, bt in enumerate(d.terms):
             for a, (i, j) in enumerate(bt.lower()):
@@ -354,24 +122,32 @@ class _Params:
         return Ea @ Eb.T + Eb @ Ea.T
 
 
-def _block_sums(A: np.ndarray, bt: _Term) -> np.ndarray:
-    """``sum_l A[(l, i), (l, j)]`` over the levels of term ``bt``: an ``r x r`` matrix."""
-    blk = A[bt.sl, bt.sl].reshape(bt.n_levels, bt.r, bt.n_levels, bt.r)
-    idx = np.arange(bt.n_levels)
-    return blk[idx, :, idx, :].sum(axis=0)
+def factor_at(d: BlockedData, theta, sigma: float, level: int) -> BlockedFactor:
+    """The factor at ``(theta, sigma)``: the last one built when it is at the same point (an optimiser
+    asks for the criterion at a trial point, then for its derivatives there), else a new one."""
+    key = (np.asarray(theta, float).tobytes(), float(sigma))
+    last = d.cache.get("factor")
+    if last is not None and last[0] == key:
+        return last[1]
+    F = BlockedFactor(d, theta, sigma, level=level)
+    d.cache["factor"] = (key, F)
+    return F
 
 
 class _State:
-    """Everything the formulas need at ``phi = (beta, theta, sigma)`` (``beta`` may be ``None``: GLS)."""
+    """Everything the formulas need at ``phi = (beta, theta, sigma)`` (``beta`` may be ``None``: GLS).
 
-    def __init__(self, d: BlockedData, beta, theta, sigma):
+    ``level``: 0 the log-likelihood, 1 also the traces of a gradient, 2 those of a Hessian
+    (:mod:`pymc_mixvcov.engines.blocked_traces`; ``how`` picks their route).
+    """
+
+    def __init__(self, d: BlockedData, beta, theta, sigma, level: int = 2, how: str = "auto", factor_level=None):
         self.d = d
-        self.F = F = BlockedFactor(d, theta, sigma)
-        self.s2 = s2 = F.sigma**2
+        self.F = F = factor_at(d, theta, sigma, level if factor_level is None else factor_level)
+        self.s2 = s2 = F.s2
         self.pp = _Params(d, theta, F.sigma)
         # GLS pieces
-        LZX = F.Lam.T @ d.ZX
-        self.Hx = F.Lam @ F.solve(LZX)  # Lambda M^{-1} Lambda^T Z^T X
+        self.Hx = F.P(d.ZX)  # Lambda M^{-1} Lambda^T Z^T X
         self.XVX = (d.XX - d.ZX.T @ self.Hx) / s2  # X^T V^{-1} X
         self.XVX = 0.5 * (self.XVX + self.XVX.T)
         if beta is None:
@@ -380,44 +156,31 @@ class _State:
         self.beta = np.asarray(beta, float)
         self.zr = d.Zy - d.ZX @ self.beta
         self.rr = d.yy - 2.0 * self.beta @ d.Xy + self.beta @ d.XX @ self.beta
-        w = F.Lam.T @ self.zr
+        w = F.lamT(self.zr)
         Mw = F.solve(w)
-        self.h = F.Lam @ Mw  # P Z^T r
+        self.h = F.lam(Mw)  # P Z^T r
         self.loglik = (
             -0.5 * d.n * LOG2PI - 0.5 * (d.n - d.q) * np.log(s2) - 0.5 * F.logdet - (self.rr - w @ Mw) / (2.0 * s2)
         )
         self.loglik += d.half_logw  # prior weights (0 without)
+        if level == 0:
+            return
         self.ze = (self.zr - d.C @ self.h) / s2  # Z^T e
         Xr = d.Xy - d.XX @ self.beta
         self.Xe = (Xr - d.ZX.T @ self.h) / s2  # X^T e
         self.ee = (self.rr - 2.0 * self.h @ self.zr + self.h @ (d.C @ self.h)) / s2**2  # e^T e
         self.ZVX = (d.ZX - d.C @ self.Hx) / s2  # Z^T V^{-1} X
-        self.trPC = d.q - s2 * F.trace_inverse()
+        self.tr = traces(F, second=level >= 2, how=how)
+        self.trPC = self.tr.trPC
         self.trVinv = (d.n - self.trPC) / s2
 
-    # -- gradient (selected inverse) --------------------------------------------------------------
-    def trace_W_gamma(self) -> np.ndarray:
-        """``tr(W Gamma_a) = 2 sum_l U[(l, j), (l, i)]`` for every theta entry (selected inverse)."""
-        d, F = self.d, self.F
-        out = np.zeros(d.n_theta)
-        Bc = F.B.tocsc()
-        for bt in d.terms:
-            # U[(l, j), (l, i)] = sum_z M^{-1}[(l, j), z] B[z, (l, i)]
-            Ud = np.zeros((bt.n_levels, bt.r, bt.r))
-            sub = Bc[:, bt.sl].tocoo()
-            lev, i = sub.col // bt.r, sub.col % bt.r
-            for j in range(bt.r):
-                x = bt.off + lev * bt.r + j
-                vals = F.inverse_at(x, sub.row) * sub.data
-                np.add.at(Ud, (lev, np.full(lev.size, j), i), vals)
-            Usum = Ud.sum(axis=0)
-            for a, (i0, j0) in enumerate(bt.lower()):
-                out[bt.theta_off + a] = 2.0 * Usum[j0, i0]
-        return out
-
+    # -- first order --------------------------------------------------------------------------------
     def tr_ViVa(self) -> np.ndarray:
-        """``tr(V^{-1} V_a)`` for ``psi = (theta, sigma)``."""
-        return np.concatenate([self.trace_W_gamma(), [2.0 * self.pp.sigma * self.trVinv]])
+        """``tr(V^{-1} V_a)`` for ``psi = (theta, sigma)``: ``2 bar U_k[j, i]`` for entry ``(i, j)`` of ``L_k``
+        (``tr(W Gamma_a) = 2 tr(U D_a)``, ``D_a = dLambda / dtheta_a``) and ``2 sigma tr(V^{-1})``."""
+        pp, usum = self.pp, self.tr.usum
+        th = [2.0 * usum[k][j, i] for (k, i, j) in pp.owner]
+        return np.array([*th, 2.0 * pp.sigma * self.trVinv])
 
     def quad_e(self) -> np.ndarray:
         """``e^T V_a e`` for ``psi``."""
@@ -438,38 +201,113 @@ class _State:
         C = self.d.C
         return (self.d.XX - 2.0 * self.d.ZX.T @ self.Hx + self.Hx.T @ (C @ self.Hx)) / self.s2**2
 
-    # -- second order (dense inverse) ----------------------------------------------------------------
-    def dense(self):
-        """``W``, ``U`` and the traces that the information needs."""
-        if hasattr(self, "_W"):
-            return
-        d, F, s2 = self.d, self.F, self.s2
-        Minv = F.inverse()
-        Ut = np.asarray(F.B.T @ Minv)  # (M^{-1} B)^T = B^T M^{-1}
-        U = np.ascontiguousarray(Ut.T)
-        W = (d.C.toarray() - np.asarray(F.B.T @ U)) / s2
-        self._W = 0.5 * (W + W.T)
-        self._U = U
-        LU = np.asarray(F.Lam @ U)  # P C
-        self.trPCPC = float(np.sum(LU * LU.T))
-        self.trV2 = (d.n - 2.0 * self.trPC + self.trPCPC) / s2**2
-        # block sums of W and of U^T U per term
-        self.bdW = [_block_sums(self._W, bt) for bt in d.terms]
-        self.bdUU = []
-        for bt in d.terms:
-            Ub = U[:, bt.sl].reshape(d.q, bt.n_levels, bt.r)
-            self.bdUU.append(np.einsum("xlj,xli->ji", Ub, Ub))
-        self.bdW2 = [(w - uu) / s2 for w, uu in zip(self.bdW, self.bdUU, strict=True)]
-        # F tensors per pair of terms
-        self.Ften = {}
-        for k, bk in enumerate(d.terms):
-            for m, bm in enumerate(d.terms):
-                if m < k:
-                    continue
-                blk = self._W[bk.sl, bm.sl].reshape(bk.n_levels, bk.r, bm.n_levels, bm.r)
-                Y = blk.transpose(1, 3, 0, 2).reshape(bk.r * bm.r, -1)
-                G = (Y @ Y.T).reshape(bk.r, bm.r, bk.r, bm.r)  # [j, s, i, t]
-                self.Ften[k, m] = G
+    def W(self, v: np.ndarray) -> np.ndarray:
+        """``W v = Z^T V^{-1} Z v = (C v - C P C v) / sigma^2`` (``P = Lambda M^{-1} Lambda^T``)."""
+        Cv = self.d.C @ v
+        return (Cv - self.d.C @ self.F.P(Cv)) / self.s2
+
+    def Qt(self, v: np.ndarray) -> np.ndarray:
+        """``Q^T v = (v - C P v) / sigma^2`` (so that ``Z^T V^{-2} Z v``-type products stay in q-space)."""
+        return (v - self.d.C @ self.F.P(v)) / self.s2
+
+    # -- second order -------------------------------------------------------------------------------
+    def trace_pairs(self) -> np.ndarray:
+        """``tr(V^{-1} V_a V^{-1} V_b)`` for all pairs of ``psi``."""
+        d, pp, tr = self.d, self.pp, self.tr
+        s2 = self.s2
+        nt = d.n_theta
+        out = np.zeros((nt + 1, nt + 1))
+        bdW2 = [(w - uu) / s2 for w, uu in zip(tr.bdW, tr.bdUU, strict=True)]  # sum_l (Z^T V^-2 Z)_ll
+        for a in range(nt):
+            ka = pp.owner[a][0]
+            for b in range(a, nt):
+                kb = pp.owner[b][0]
+                if ka <= kb:
+                    v = np.einsum("ij,st,jsit->", pp.gam[a], pp.gam[b], tr.F[ka, kb])
+                else:
+                    v = np.einsum("ij,st,jsit->", pp.gam[b], pp.gam[a], tr.F[kb, ka])
+                out[a, b] = out[b, a] = v
+            # theta-sigma: 2 sigma tr(Gamma_a Z^T V^-2 Z)
+            out[a, nt] = out[nt, a] = 2.0 * pp.sigma * np.sum(pp.gam[a] * bdW2[ka].T)
+        trV2 = (d.n - 2.0 * self.trPC + tr.trPCPC) / s2**2
+        out[nt, nt] = 4.0 * pp.sigma**2 * trV2
+        return out
+
+    def tr_Vab(self) -> np.ndarray:
+        """``tr(V^{-1} V_ab)``."""
+        d, pp = self.d, self.pp
+        nt = d.n_theta
+        out = np.zeros((nt + 1, nt + 1))
+        for a in range(nt):
+            for b in range(nt):
+                g = pp.second(a, b)
+                if g is not None:
+                    out[a, b] = np.sum(g * self.tr.bdW[pp.owner[a][0]].T)
+        out[nt, nt] = 2.0 * self.trVinv
+        return out
+
+    def e_Vab_e(self) -> np.ndarray:
+        d, pp = self.d, self.pp
+        nt = d.n_theta
+        out = np.zeros((nt + 1, nt + 1))
+        for a in range(nt):
+            for b in range(nt):
+                g = pp.second(a, b)
+                if g is not None:
+                    bt = d.terms[pp.owner[a][0]]
+                    zb = self.ze[bt.sl].reshape(bt.n_levels, bt.r)
+                    out[a, b] = np.einsum("li,ij,lj->", zb, g, zb)
+        out[nt, nt] = 2.0 * self.ee
+        return out
+
+    def Va_e(self):
+        """``g_a = Gamma_a Z^T e`` (theta) and the pieces of ``(V_a e)^T V^{-1} (V_b e)``."""
+        d, pp = self.d, self.pp
+        nt = d.n_theta
+        G = np.stack([pp.apply(a, self.ze) for a in range(nt)], axis=1) if nt else np.zeros((d.q, 0))
+        Qze = self.Qt(self.ze)  # Z^T V^{-2} r
+        eVe = (self.ee - self.ze @ self.F.P(self.ze)) / self.s2
+        out = np.zeros((nt + 1, nt + 1))
+        out[:nt, :nt] = G.T @ self.W(G)
+        out[:nt, nt] = out[nt, :nt] = 2.0 * pp.sigma * (G.T @ Qze)
+        out[nt, nt] = 4.0 * pp.sigma**2 * eVe
+        # X^T V^{-1} V_a e
+        XVe = (self.Xe - self.d.ZX.T @ self.F.P(self.ze)) / self.s2
+        XVae = np.concatenate([self.ZVX.T @ G, (2.0 * pp.sigma * XVe)[:, None]], axis=1)  # (p, nt + 1)
+        return out, XVae
+
+    def K2(self) -> np.ndarray:
+        """``X^T V^{-1} V_a V^{-1} V_b V^{-1} X``, shape ``(nt+1, nt+1, p, p)``."""
+        d, pp = self.d, self.pp
+        nt, p = d.n_theta, d.p
+        GX = [pp.apply(a, self.ZVX) for a in range(nt)]  # (q, p) each
+        QZVX = self.Qt(self.ZVX)  # Z^T V^{-2} X
+        out = np.zeros((nt + 1, nt + 1, p, p))
+        WG = self.W(np.concatenate(GX, axis=1)) if nt else np.zeros((d.q, 0))
+        for a in range(nt):
+            WGa = WG[:, a * p : (a + 1) * p]
+            for b in range(nt):
+                out[a, b] = WGa.T @ GX[b]
+            out[a, nt] = 2.0 * pp.sigma * GX[a].T @ QZVX
+            out[nt, a] = out[a, nt].T
+        XV3X = (self.XV2X - self.ZVX.T @ self.F.P(self.ZVX)) / self.s2
+        out[nt, nt] = 4.0 * pp.sigma**2 * XV3X
+        return out
+
+    def XVabVX(self) -> np.ndarray:
+        """``X^T V^{-1} V_ab V^{-1} X``."""
+        d, pp = self.d, self.pp
+        nt, p = d.n_theta, d.p
+        out = np.zeros((nt + 1, nt + 1, p, p))
+        for a in range(nt):
+            for b in range(nt):
+                g = pp.second(a, b)
+                if g is not None:
+                    bt = d.terms[pp.owner[a][0]]
+                    zb = self.ZVX[bt.sl].reshape(bt.n_levels, bt.r, p)
+                    out[a, b] = np.einsum("lip,ij,ljs->ps", zb, g, zb)
+        out[nt, nt] = 2.0 * self.XV2X
+        return out
 
     def observation_scores(self) -> np.ndarray:
         """merDeriv's casewise scores (see :mod:`pymc_mixvcov.inference.scores`) in ``phi``, shape ``(n, dim)``.
@@ -479,7 +317,6 @@ class _State:
         ``[V^{-1} V_a]_ii = z_i^T Q Gamma_a z_i`` and ``[V^{-1} V_a e]_i = z_i^T Q Gamma_a Z^T e``; for
         ``sigma`` ``2 sigma [V^{-1}]_ii`` and ``2 sigma [V^{-1} e]_i``, ``[V^{-1}]_ii = (1 - z_i^T P z_i) / sigma^2``.
         """
-        self.dense()
         d, F, s2, pp = self.d, self.F, self.s2, self.pp
         Z = d.Z
         r = d.y - d.X @ self.beta
@@ -490,7 +327,7 @@ class _State:
         out[:, :p] = ViX * r[:, None]
         Minv = F.inverse()
         Pd = np.asarray(F.Lam @ np.asarray((F.Lam @ Minv).T)).T  # Lambda M^{-1} Lambda^T (symmetric)
-        LU = np.asarray(F.Lam @ self._U)  # P C
+        LU = np.asarray(F.Lam @ dense_u(F))  # P C = Lambda M^{-1} Lambda^T C
         # the nonzeros of each row of Z: positions and values, (n, R)
         R = int(np.diff(Z.indptr).max()) if n else 0
         pos = np.zeros((n, R), int)
@@ -525,115 +362,24 @@ class _State:
             out[:, p + a] = -0.5 * diag + 0.5 * r * quad
         return out
 
-    def Qt(self, v: np.ndarray) -> np.ndarray:
-        """``Q^T v = (v - C P v) / sigma^2`` (so that ``Z^T V^{-1} Z v``-type products stay in q-space)."""
-        return (v - self.d.C @ self.F.P(v)) / self.s2
-
-    def trace_pairs(self) -> np.ndarray:
-        """``tr(V^{-1} V_a V^{-1} V_b)`` for all pairs of ``psi``."""
-        self.dense()
-        d, pp = self.d, self.pp
-        nt = d.n_theta
-        out = np.zeros((nt + 1, nt + 1))
-        for a in range(nt):
-            ka = pp.owner[a][0]
-            for b in range(a, nt):
-                kb = pp.owner[b][0]
-                if ka <= kb:
-                    G = self.Ften[ka, kb]
-                    v = np.einsum("ij,st,jsit->", pp.gam[a], pp.gam[b], G)
-                else:
-                    G = self.Ften[kb, ka]
-                    v = np.einsum("ij,st,jsit->", pp.gam[b], pp.gam[a], G)
-                out[a, b] = out[b, a] = v
-            # theta-sigma: 2 sigma tr(Gamma_a Z^T V^-2 Z)
-            out[a, nt] = out[nt, a] = 2.0 * pp.sigma * np.sum(pp.gam[a] * self.bdW2[ka].T)
-        out[nt, nt] = 4.0 * pp.sigma**2 * self.trV2
-        return out
-
-    def tr_Vab(self) -> np.ndarray:
-        """``tr(V^{-1} V_ab)``."""
-        self.dense()
-        d, pp = self.d, self.pp
-        nt = d.n_theta
-        out = np.zeros((nt + 1, nt + 1))
-        for a in range(nt):
-            for b in range(nt):
-                g = pp.second(a, b)
-                if g is not None:
-                    out[a, b] = np.sum(g * self.bdW[pp.owner[a][0]].T)
-        out[nt, nt] = 2.0 * self.trVinv
-        return out
-
-    def e_Vab_e(self) -> np.ndarray:
-        d, pp = self.d, self.pp
-        nt = d.n_theta
-        out = np.zeros((nt + 1, nt + 1))
-        for a in range(nt):
-            for b in range(nt):
-                g = pp.second(a, b)
-                if g is not None:
-                    bt = d.terms[pp.owner[a][0]]
-                    zb = self.ze[bt.sl].reshape(bt.n_levels, bt.r)
-                    out[a, b] = np.einsum("li,ij,lj->", zb, g, zb)
-        out[nt, nt] = 2.0 * self.ee
-        return out
-
-    def Va_e(self):
-        """``g_a = Gamma_a Z^T e`` (theta) and the pieces of ``(V_a e)^T V^{-1} (V_b e)``."""
-        d, pp = self.d, self.pp
-        nt = d.n_theta
-        G = np.stack([pp.apply(a, self.ze) for a in range(nt)], axis=1) if nt else np.zeros((d.q, 0))
-        Qze = self.Qt(self.ze)  # Z^T V^{-2} r
-        eVe = (self.ee - self.ze @ self.F.P(self.ze)) / self.s2
-        self.dense()
-        out = np.zeros((nt + 1, nt + 1))
-        out[:nt, :nt] = G.T @ self._W @ G
-        out[:nt, nt] = out[nt, :nt] = 2.0 * pp.sigma * (G.T @ Qze)
-        out[nt, nt] = 4.0 * pp.sigma**2 * eVe
-        # X^T V^{-1} V_a e
-        XVe = (self.Xe - self.d.ZX.T @ self.F.P(self.ze)) / self.s2
-        XVae = np.concatenate([self.ZVX.T @ G, (2.0 * pp.sigma * XVe)[:, None]], axis=1)  # (p, nt + 1)
-        return out, XVae
-
-    def K2(self) -> np.ndarray:
-        """``X^T V^{-1} V_a V^{-1} V_b V^{-1} X``, shape ``(nt+1, nt+1, p, p)``."""
-        self.dense()
-        d, pp = self.d, self.pp
-        nt, p = d.n_theta, d.p
-        GX = [pp.apply(a, self.ZVX) for a in range(nt)]  # (q, p) each
-        QZVX = self.Qt(self.ZVX)  # Z^T V^{-2} X
-        out = np.zeros((nt + 1, nt + 1, p, p))
-        for a in range(nt):
-            WGa = self._W @ GX[a]
-            for b in range(nt):
-                out[a, b] = WGa.T @ GX[b]
-            out[a, nt] = 2.0 * pp.sigma * GX[a].T @ QZVX
-            out[nt, a] = out[a, nt].T
-        XV3X = (self.XV2X - self.ZVX.T @ self.F.P(self.ZVX)) / self.s2
-        out[nt, nt] = 4.0 * pp.sigma**2 * XV3X
-        return out
-
-    def XVabVX(self) -> np.ndarray:
-        """``X^T V^{-1} V_ab V^{-1} X``."""
-        d, pp = self.d, self.pp
-        nt, p = d.n_theta, d.p
-        out = np.zeros((nt + 1, nt + 1, p, p))
-        for a in range(nt):
-            for b in range(nt):
-                g = pp.second(a, b)
-                if g is not None:
-                    bt = d.terms[pp.owner[a][0]]
-                    zb = self.ZVX[bt.sl].reshape(bt.n_levels, bt.r, p)
-                    out[a, b] = np.einsum("lip,ij,ljs->ps", zb, g, zb)
-        out[nt, nt] = 2.0 * self.XV2X
-        return out
-
 
 # -- the criteria and their derivatives in phi --------------------------------------------------------
-def profile(d: BlockedData, ts: np.ndarray, method: str) -> tuple[float, np.ndarray, np.ndarray]:
+def criterion(d: BlockedData, phi: np.ndarray, method: str) -> float:
+    """The ML log-likelihood at ``phi = (beta, theta, sigma)``, or the REML criterion at its ``(theta, sigma)``:
+    the value alone (no traces)."""
+    p, nt = d.p, d.n_theta
+    # the factor is built with the Hessian's cross products in the same pass (level 2): an optimiser
+    # asks for the criterion at a trial point and, once it accepts it (usually), for the derivatives
+    # there, which then reuse this factor (factor_at)
+    if method == "REML":
+        st = _State(d, None, phi[p : p + nt], phi[p + nt], level=0, factor_level=2)
+        return float(st.loglik + 0.5 * d.p * LOG2PI - 0.5 * np.linalg.slogdet(st.XVX)[1])
+    return float(_State(d, phi[:p], phi[p : p + nt], phi[p + nt], level=0, factor_level=2).loglik)
+
+
+def profile(d: BlockedData, ts: np.ndarray, method: str, how: str = "auto") -> tuple[float, np.ndarray, np.ndarray]:
     """Profiled criterion (``beta`` at its GLS value), its gradient in ``psi = (theta, sigma)``, ``beta``."""
-    st = _State(d, None, ts[:-1], ts[-1])
+    st = _State(d, None, ts[:-1], ts[-1], level=1, how=how)
     g = -0.5 * st.tr_ViVa() + 0.5 * st.quad_e()
     f = st.loglik
     if method == "REML":
@@ -643,10 +389,10 @@ def profile(d: BlockedData, ts: np.ndarray, method: str) -> tuple[float, np.ndar
     return float(f), g, st.beta
 
 
-def ml_derivatives(d: BlockedData, phi: np.ndarray, expected: bool = False) -> dict:
+def ml_derivatives(d: BlockedData, phi: np.ndarray, expected: bool = False, how: str = "auto") -> dict:
     """ML log-likelihood, gradient and Hessian in ``phi`` (and the expected information)."""
     p, nt = d.p, d.n_theta
-    st = _State(d, phi[:p], phi[p : p + nt], phi[p + nt])
+    st = _State(d, phi[:p], phi[p : p + nt], phi[p + nt], level=2, how=how)
     dim = p + nt + 1
     g = np.concatenate([st.Xe, -0.5 * st.tr_ViVa() + 0.5 * st.quad_e()])
     T2 = st.trace_pairs()
@@ -665,10 +411,10 @@ def ml_derivatives(d: BlockedData, phi: np.ndarray, expected: bool = False) -> d
     return out
 
 
-def reml_derivatives(d: BlockedData, ts: np.ndarray, expected: bool = False) -> dict:
+def reml_derivatives(d: BlockedData, ts: np.ndarray, expected: bool = False, how: str = "auto") -> dict:
     """REML criterion, gradient and Hessian in ``psi = (theta, sigma)``, ``X^T V^{-1} X`` (and the
     expected information of the error contrasts, ``1/2 tr(P V_a P V_b)``)."""
-    st = _State(d, None, ts[:-1], ts[-1])
+    st = _State(d, None, ts[:-1], ts[-1], level=2, how=how)
     A_inv = np.linalg.inv(st.XVX)
     Ba = st.XVaVX()
     ll = st.loglik + 0.5 * d.p * LOG2PI - 0.5 * np.linalg.slogdet(st.XVX)[1]
@@ -703,6 +449,9 @@ class BlockedLMMFunctions:
 
     profiled = True
     engine = "blocked"
+    #: the information costs a few evaluations of the profiled criterion (not one per cluster):
+    #: the optimiser starts with Newton's method (:func:`pymc_mixvcov.optimise.fit.optimise`)
+    newton_start = True
 
     def __init__(self, spec, structure: ClusterStructure, method: str):
         from ..compilation.derivatives import ModelMap
@@ -715,16 +464,33 @@ class BlockedLMMFunctions:
         self.P = spec.n_params
         self.vi = spec.variance_index
         self.fi = spec.fixed_index
+        self._profiles: list = []
 
     def profile(self, vv: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        """Profiled criterion (``beta`` at its GLS value), its gradient in ``vv`` and the full ``nat``."""
+        """Profiled criterion (``beta`` at its GLS value), its gradient in ``vv`` and the full ``nat``.
+
+        The last few results are kept: the optimiser asks again at points it has seen (its start,
+        its result).
+        """
+        vv = np.asarray(vv, float)
+        key = vv.tobytes()
+        for k, res in self._profiles:
+            if k == key:
+                return res[0], res[1].copy(), res[2].copy()
         nat = np.zeros(self.P)
         nat[self.vi] = vv
         phi, J, _ = self.map(nat, second=False)
         p = self.sig.p
         f, g, beta = profile(self.data, phi[p:], self.method)
         nat[self.fi] = beta
-        return f, J[p:, self.vi].T @ g, nat
+        out = (f, J[p:, self.vi].T @ g, nat)
+        self._profiles = [(key, out), *self._profiles[:3]]
+        return out[0], out[1].copy(), out[2].copy()
+
+    def loglik(self, nat: np.ndarray) -> float:
+        """The criterion alone at ``nat`` (ML log-likelihood or REML criterion): no traces."""
+        phi, _, _ = self.map(np.asarray(nat, float), second=False)
+        return criterion(self.data, phi, self.method)
 
     def information(self, nat: np.ndarray, expected: bool = False) -> dict[str, np.ndarray]:
         """Criterion, gradient and observed (optionally expected) information on the natural scale
@@ -819,7 +585,7 @@ class BlockedLMMFunctions:
             raise MixVcovError("observation-level scores are defined for ML fits")
         phi, J, _ = self.map(np.asarray(nat, float), second=False)
         p, nt = self.sig.p, self.data.n_theta
-        st = _State(self.data, phi[:p], phi[p : p + nt], phi[p + nt])
+        st = _State(self.data, phi[:p], phi[p : p + nt], phi[p + nt], level=1)
         return st.observation_scores() @ J
 
     def scales(self, nat: np.ndarray) -> dict[str, np.ndarray]:

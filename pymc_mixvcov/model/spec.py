@@ -798,8 +798,15 @@ def initial_natural(model) -> dict[str, np.ndarray]:
                 v = _value(tr.backward(pt.as_tensor(np.asarray(v)), *rv.owner.inputs))
             out[rv.name] = np.asarray(v, float)
         return out
-    shapes = pytensor.function([], [pt.as_tensor(rv.shape) for rv in free], mode=_FAST)() if free else []
+    from pymc.logprob.transforms import LogTransform
+
+    # static shapes need no evaluation (a formula's variables all have them)
+    if all(None not in rv.type.shape for rv in free):
+        shapes = [np.asarray(rv.type.shape, int) for rv in free]
+    else:
+        shapes = pytensor.function([], [pt.as_tensor(rv.shape) for rv in free], mode=_FAST)() if free else []
     outs, names = [], []
+    known: dict[str, np.ndarray] = {}
     for rv, shape in zip(free, shapes, strict=True):
         shape = tuple(int(k) for k in np.asarray(shape).reshape(-1))
         tr = model.rvs_to_transforms.get(rv)
@@ -807,11 +814,15 @@ def initial_natural(model) -> dict[str, np.ndarray]:
             continue
         if tr is None:
             continue
+        if type(tr) is LogTransform:  # exp(0)
+            known[rv.name] = np.ones(shape)
+            continue
         value = model.rvs_to_values[rv]
         zero = pt.zeros(tuple(value.type.shape) if None not in value.type.shape else shape)
         outs.append(pt.broadcast_to(tr.backward(zero, *rv.owner.inputs), shape))
         names.append(rv.name)
     values = dict(zip(names, pytensor.function([], outs, mode=_FAST)() if outs else [], strict=True))
+    values.update(known)
     result = {}
     for rv, shape in zip(free, shapes, strict=True):
         shape = tuple(int(k) for k in np.asarray(shape).reshape(-1))

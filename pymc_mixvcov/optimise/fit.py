@@ -347,21 +347,31 @@ def optimise(fns: LMMFunctions, spec, warn: bool = True) -> OptimResult:
     logged = np.isin(vi, spec.residual_index) & (lo_v == 0) & ~np.isfinite(up_v)
     check_not_exact(spec)
     # start in the data's units, coordinates in units of the curvature there (see start.py)
-    start = natural_start(fns.map, spec, spec.nat0)
+    newton_first = getattr(fns, "newton_start", False)
+    start = natural_start(fns.map, spec, spec.nat0, moments=newton_first)
     x0, natural, bounds = _search_space(start[vi], lo_v, up_v, logged)
     _, _, nat_start = fns.profile(natural(x0))
     # the observed information (the Newton steps need its functions anyway); the expected one
     # only where the observed one has no curvature along a parameter
     info0 = np.full((vi.size, vi.size), np.nan)
+    observed = None
     for expected in (False, True):
         with np.errstate(all="ignore"):
             try:
                 info = fns.information(nat_start, expected=expected)
             except (np.linalg.LinAlgError, FloatingPointError, ValueError):
                 continue
+        observed = observed or (None if expected else info)
         info0 = info["expected" if expected else "observed"][np.ix_(vi, vi)]
         if np.all(np.isfinite(np.diag(info0)) & (np.diag(info0) != 0)):
             break
+    if newton_first and observed is not None:
+        # an engine whose exact Hessian costs a few evaluations of the profiled criterion: Newton's
+        # method from the start (moment estimates where the model allows), kept where it converges
+        # to an interior point; otherwise the L-BFGS path below (boundary fits, an indefinite start)
+        out = _newton(fns, spec, nat_start, 0, warn=False, info=observed)
+        if out.converged and not _near_bound(spec, out.nat):
+            return out
     d = curvature_scales(info0, natural(x0), logged)
 
     calls = itertools.count(1)
@@ -683,13 +693,26 @@ def _warn_not_converged(message: str) -> None:
     )
 
 
-def _newton(fns, spec, nat, iterations, warn: bool = True) -> OptimResult:
-    """Newton steps with the exact Hessian from ``nat`` until the Newton decrement is below 1e-12."""
+def _near_bound(spec, nat: np.ndarray) -> np.ndarray:
+    """Whether any variance parameter is within ``1e-6`` (relative) of a finite bound of its support."""
+    vi = spec.variance_index
+    x, lo, up = nat[vi], spec.lower[vi], spec.upper[vi]
+    lo_f, up_f = np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(up), up, 0.0)
+    tol = 1e-6 * np.maximum(1.0, np.abs(x))
+    return bool(np.any((np.isfinite(lo) & (x <= lo_f + tol)) | (np.isfinite(up) & (x >= up_f - tol))))
+
+
+def _newton(fns, spec, nat, iterations, warn: bool = True, info: dict | None = None) -> OptimResult:
+    """Newton steps with the exact Hessian from ``nat`` until the Newton decrement is below 1e-12
+    (``info``: the information at ``nat``, when known)."""
     lower, upper = spec.lower, spec.upper
     vi = spec.variance_index
     # parameters the criterion involves: all (ML) or the variance parameters (REML)
     active = np.ones(spec.n_params, bool) if fns.method == "ML" else np.isin(np.arange(spec.n_params), vi)
-    info = fns.information(nat)
+    info = fns.information(nat) if info is None else info
+    # a trial point costs only the criterion where the engine has a cheaper route to it; the
+    # information is computed once a step is accepted
+    cheap = getattr(fns, "loglik", None)
     decrement = np.inf
     for step in range(20):
         progress_update(f"Newton steps with the exact Hessian: step {step + 1}")
@@ -705,11 +728,21 @@ def _newton(fns, spec, nat, iterations, warn: bool = True) -> OptimResult:
         decrement = float(g[free] @ step[free])
         if decrement < 1e-12:
             break
+        # a step may lower the criterion by its rounding error (about 1e-13 of its size) near the optimum
+        slack = 1e-12 + 1e-13 * abs(info["loglik"])
         t = 1.0
         while t > 1e-6:
             trial = np.clip(nat + t * step, lower, upper)
-            new = fns.information(trial)
-            if new["loglik"] >= info["loglik"] - 1e-12:
+            if cheap is not None:
+                with np.errstate(all="ignore"):
+                    try:
+                        value = cheap(trial)
+                    except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+                        value = -np.inf
+                new = fns.information(trial) if value >= info["loglik"] - slack else None
+            else:
+                new = fns.information(trial)
+            if new is not None and new["loglik"] >= info["loglik"] - slack:
                 nat, info = trial, new
                 iterations += 1
                 break

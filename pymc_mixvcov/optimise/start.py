@@ -42,6 +42,7 @@ __all__ = [
     "core_start",
     "natural_for",
     "curvature_scales",
+    "moment_start",
     "natural_start",
     "rms_columns",
 ]
@@ -123,13 +124,63 @@ def core_start(spec) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(target, float), np.asarray(unit, float)
 
 
-def natural_start(model_map, spec, nat0: np.ndarray) -> np.ndarray:
-    """Natural parameters whose covariance factors (and residual SD) are those of :func:`core_start`.
+def moment_start(spec) -> np.ndarray | None:
+    """Moment estimates of the SDs of a Gaussian model whose random-effect terms are all scalar, and
+    of its residual SD; ``None`` for other models.
+
+    With ``r`` the least-squares residuals, ``w_l = sum_{i in l} z_i^2`` and ``s_l = sum_{i in l} z_i r_i / w_l``
+    for the levels ``l`` of term ``k``, the weighted mean square of the ``s_l`` estimates
+    ``sigma_k^2 + (sum_{m != k} sigma_m^2 mean(z_m^2) + sigma^2) n_k / sum_l w_l`` (the other terms and the
+    residual averaged over a level's observations, as if they were independent there), and
+    ``mean(r^2)`` estimates ``sum_k sigma_k^2 mean(z_k^2) + sigma^2``: a linear system in the
+    variances (``K + 1`` equations), solved once; each SD is kept at least ``0.05`` of the residual
+    SD in its term's units. Exact for no design, but within a few per cent of the maximum
+    likelihood estimates on crossed designs with many levels (InstEval, MovieLens-shaped data),
+    where it spares Newton's method most of its iterations.
+    """
+    if not spec.gaussian or not spec.terms or any(t.r != 1 for t in spec.terms):
+        return None
+    X, y = np.asarray(spec.X, float), np.asarray(spec.y - spec.offset, float)
+    r = y - X @ np.linalg.lstsq(X, y, rcond=None)[0] if X.shape[1] else y
+    K = len(spec.terms)
+    zz = [np.where(t.codes >= 0, np.asarray(t.z[:, 0], float) ** 2, 0.0) for t in spec.terms]
+    A, b = np.zeros((K + 1, K + 1)), np.zeros(K + 1)
+    for k, t in enumerate(spec.terms):
+        used = t.codes >= 0
+        w = np.bincount(t.codes[used], weights=zz[k][used], minlength=len(t.levels))
+        sz = np.bincount(t.codes[used], weights=np.asarray(t.z[used, 0], float) * r[used], minlength=len(t.levels))
+        ok = w > 0
+        if not ok.any():
+            return None
+        c = ok.sum() / np.sum(w[ok])
+        A[k] = [c * np.mean(zz[m]) if m != k else 1.0 for m in range(K)] + [c]
+        b[k] = np.sum(sz[ok] ** 2 / w[ok]) / np.sum(w[ok])
+    A[K] = [np.mean(z) for z in zz] + [1.0]
+    b[K] = np.mean(r**2)
+    try:
+        v = np.linalg.solve(A, b)
+    except np.linalg.LinAlgError:
+        return None
+    if not np.all(np.isfinite(v)):
+        return None
+    s0 = residual_scale(X, y)
+    sigma = float(np.sqrt(v[K])) if v[K] > 0 else s0
+    floor = np.array([0.05 * sigma / rms_columns(t.z, t.codes)[0] for t in spec.terms])
+    return np.concatenate([np.maximum(np.sqrt(np.maximum(v[:K], 0.0)), floor), [sigma]])
+
+
+def natural_start(model_map, spec, nat0: np.ndarray, moments: bool = False) -> np.ndarray:
+    """Natural parameters whose covariance factors (and residual SD) are those of :func:`core_start`
+    (or, with ``moments=True`` where it applies, of :func:`moment_start`).
 
     See :func:`natural_for`; fixed effects and a likelihood's own parameters keep their values
     in ``nat0``.
     """
     target, unit = core_start(spec)
+    if moments:
+        m = moment_start(spec)
+        if m is not None:
+            target = m
     return natural_for(model_map, spec, nat0, target, unit)
 
 
