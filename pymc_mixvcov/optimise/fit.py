@@ -19,9 +19,9 @@ import pytensor
 from scipy.optimize import minimize
 
 from .._startup import paused_gc
-from ..compilation.derivatives import LaplaceFunctions, LMMFunctions, MAPFunctions
-from ..engines.blocked import BlockedLMMFunctions
+from ..compilation.derivatives import LMMFunctions
 from ..engines.marginal import build_structure
+from ..engines.select import BLOCKED_MIN_EFFECTS, ENGINES, Engine, build_functions, choose_engine, diagnose
 from ..errors import MixVcovError
 from ..inference.results import MixedFit
 from ..inference.scales import ScaleMaps
@@ -37,18 +37,7 @@ __all__ = ["fit", "Method", "Engine", "BLOCKED_MIN_EFFECTS"]
 Method = Literal["ML", "REML", "MAP"]
 METHODS: tuple[str, ...] = get_args(Method)
 
-#: Engines: ``"clusters"`` (cluster by cluster: the exact Gaussian marginal likelihood, pytensor
-#: graphs, :mod:`pymc_mixvcov.engines.marginal`; the Laplace approximation or quadrature of other
-#: likelihoods, :mod:`pymc_mixvcov.engines.jets`), ``"blocked"`` (the whole model at once with a blocked
-#: factor, closed-form derivatives: :mod:`pymc_mixvcov.engines.blocked`, and for other likelihoods
-#: the Laplace approximation of :mod:`pymc_mixvcov.engines.blocked_laplace`), or ``"auto"``.
-Engine = Literal["auto", "clusters", "blocked"]
-ENGINES: tuple[str, ...] = get_args(Engine)
-
-#: ``engine="auto"`` uses the blocked engine for a model whose largest cluster (connected component
-#: of the random effects: a crossed design is one) has more random effects than this (non-Gaussian
-#: models: with ``nAGQ=1``).
-BLOCKED_MIN_EFFECTS = 64
+#: Engines (``"auto"``, ``"clusters"``, ``"blocked"``): see :mod:`pymc_mixvcov.engines.select`.
 
 
 @dataclass(frozen=True)
@@ -240,23 +229,6 @@ def _check_nagq(nagq, spec, structure) -> int:
     return nagq
 
 
-def _choose_engine(spec, structure, engine: str, nagq: int = 1) -> str:
-    """The engine that fits ``spec`` (see :func:`fit`'s ``engine``)."""
-    if not spec.gaussian:
-        quadrature = isinstance(nagq, int | np.integer) and not isinstance(nagq, bool) and nagq > 1
-        if engine == "blocked" and quadrature:
-            raise MixVcovError(
-                f"engine='blocked' evaluates the Laplace approximation (nAGQ=1) only; nAGQ={nagq} needs the "
-                "cluster engine: use engine='auto' or 'clusters'"
-            )
-        if engine == "auto" and not quadrature and structure.largest > BLOCKED_MIN_EFFECTS:
-            return "blocked"
-        return "blocked" if engine == "blocked" else "laplace"
-    if engine == "auto":
-        return "blocked" if structure.largest > BLOCKED_MIN_EFFECTS else "clusters"
-    return engine
-
-
 def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=None, nagq=1, engine="auto") -> MixedFit:
     if method == "REML":
         from pytensor.tensor.random.basic import NormalRV
@@ -271,35 +243,20 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
         random = [random]
     spec = inspect_model(model, list(random), noncentered)
     structure = build_structure(spec, statistics=False)
-    engine = _choose_engine(spec, structure, engine, nagq)
-    if engine != "blocked":
-        structure = build_structure(spec)
+    engine = choose_engine(spec, structure, engine, nagq)
     scales = ScaleMaps(spec, fixed_labels)
-    base_method = "ML" if method == "MAP" else method
     nagq = _check_nagq(nagq, spec, structure)
-    if engine == "blocked" and not spec.gaussian:
-        from ..engines.blocked_laplace import BlockedLaplaceFunctions
-
-        fns = BlockedLaplaceFunctions(spec, structure, base_method)
-    elif engine == "blocked":
-        fns = BlockedLMMFunctions(spec, structure, base_method)
-    elif spec.gaussian:
-        fns = LMMFunctions(spec, structure, base_method)
-    else:
-        fns = LaplaceFunctions(spec, structure, nagq=nagq)
-    if method == "MAP":
-        fns = MAPFunctions(fns)
+    fns, structure = build_functions(spec, structure, engine, method, nagq)
     opt = optimise(fns, spec) if fns.profiled else _optimise_all(fns, spec)
-    if not spec.gaussian:
+    problems = diagnose(fns, opt.nat, scales.labels("sd")[: spec.fixed_index.size])
+    if problems:
         import warnings
 
         from ..errors import ConvergenceWarning
 
-        base = fns.base if method == "MAP" else fns
-        problems = base.diagnose(opt.nat, scales.labels("sd")[: spec.fixed_index.size])
         for message in problems:
             warnings.warn(message, ConvergenceWarning, stacklevel=3)
-        if problems and method != "MAP":
+        if method != "MAP":
             # the gradient vanishes as estimates drift to infinity (separation) or the modes do
             # not exist: a small Newton decrement there is not convergence to a maximum
             opt = replace(
@@ -371,7 +328,7 @@ def optimise(fns: LMMFunctions, spec, warn: bool = True) -> OptimResult:
         # to an interior point; otherwise the L-BFGS path below (boundary fits, an indefinite start)
         out = _newton(fns, spec, nat_start, 0, warn=False, info=observed)
         if out.converged and not _near_bound(spec, out.nat):
-            return out
+            return _with_gls_beta(fns, spec, out)
     d = curvature_scales(info0, natural(x0), logged)
 
     calls = itertools.count(1)
@@ -436,7 +393,20 @@ def optimise(fns: LMMFunctions, spec, warn: bool = True) -> OptimResult:
         out = _trust_region(fns, spec, out.nat, out.iterations, warn=warn)
     elif not out.converged and warn:
         _warn_not_converged(out.message)
-    return out
+    return _with_gls_beta(fns, spec, out)
+
+
+
+def _with_gls_beta(fns, spec, out: OptimResult) -> OptimResult:
+    """``out`` with ``beta`` at its GLS value for the final variance parameters (REML).
+
+    The REML criterion does not involve ``beta``: the Newton steps move only the variance
+    parameters, so the ``beta`` profiled at an earlier point is re-profiled at the end.
+    """
+    if fns.method != "REML":
+        return out
+    _, _, nat = fns.profile(out.nat[spec.variance_index])
+    return replace(out, nat=nat)
 
 
 def _boundary_saddles(fns, spec, nat: np.ndarray) -> np.ndarray:
