@@ -532,14 +532,13 @@ class ProfileLikelihood:
         if side not in (-1, 1):
             raise MixVcovError(f"side must be -1 (lower) or +1 (upper), got {side!r}")
         z = float(ndtri(0.5 + level / 2))
-        target = side * z
         kind, t_hat, se = self.kinds[k], self.estimates[k], self._se[k]
         if not self._depends[k]:
             return np.nan, None
         if kind == "correlation" and not np.isfinite(t_hat):
             return np.nan, None
         if kind == "positive" and t_hat <= 0:
-            return self._bound_from_zero(k, side, target, z)
+            return self._bound_from_zero(k, side, z)
         at_one = kind == "correlation" and abs(t_hat) >= 1.0 - BOUNDARY_REL
         if at_one and side == np.sign(t_hat):
             return float(np.sign(t_hat)), None  # a correlation estimated at +-1
@@ -552,14 +551,14 @@ class ProfileLikelihood:
             edge = (U(t_hat * BOUNDARY_REL), 0.0)
         elif kind == "correlation":
             edge = (U(side * (1.0 - BOUNDARY_REL)), float(side))
-        se_u = se * dT_inverse(U, t_hat)
+        se_u = se * _du_dt(U, t_hat)
         if np.isfinite(se_u) and se_u > 0:
             step0 = z * se_u
         else:  # no Wald interval (a parameter held at a bound): a first step of the parameter's size
             step0 = 0.5 if kind == "correlation" else 0.5 * (1.0 + abs(u_hat))
         return self._root(k, side, z, (U, T, dT), u_hat, u_hat + side * step0, step0, edge)
 
-    def _bound_from_zero(self, k: int, side: int, target: float, z: float) -> tuple[float, ProfilePoint | None]:
+    def _bound_from_zero(self, k: int, side: int, z: float) -> tuple[float, ProfilePoint | None]:
         """Bounds of an SD estimated at 0: the lower one is 0; the upper one is found on ``log t``
         from ``z se`` (or a hundredth of ``sigma``), growing or shrinking ``t`` fourfold until the
         root is bracketed."""
@@ -722,7 +721,7 @@ def _null_space(a: np.ndarray) -> np.ndarray:
     return Q[:, 1:]
 
 
-def dT_inverse(U, t: float) -> float:
+def _du_dt(U, t: float) -> float:
     """``du/dt`` at ``t`` for the transforms of :meth:`ProfileLikelihood._transform`."""
     if U is np.log:
         return 1.0 / t
