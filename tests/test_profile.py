@@ -145,11 +145,16 @@ def _data(name: str) -> pd.DataFrame:
     return pmv.datasets.load(name)
 
 
+# Orthodont compiles the graphs of a new signature (about a minute on a first run): slow. Penicillin
+# uses the session's fit (tests/conftest.py), whose dense graphs other tests compile anyway.
 @pytest.mark.filterwarnings("ignore::pymc_mixvcov.SingularFitWarning")
-@pytest.mark.parametrize("case", list(CASES))
-def test_cases_against_lme4(case, ref):
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "orthodont_ml" else c for c in CASES])
+def test_cases_against_lme4(case, ref, request):
     name, formula = CASES[case]
-    fit = pmv.lmm(formula, _data(name)).fit("ML")
+    if case == "penicillin_ml":
+        fit = request.getfixturevalue("penicillin_ml")
+    else:
+        fit = pmv.lmm(formula, _data(name)).fit("ML")
     ci = fit.confint()
     r = ref[case]
     got, exact = _bounds(ci, r["rownames"]), _exact(r)
@@ -314,26 +319,38 @@ def test_reml_criterion(sleep_reml):
         sleep_reml.confint(parm="Days", criterion="REML")
 
 
-def test_sd_scale_second_derivatives():
-    """The closed-form sd map (values, Jacobian, Hessians) against the compiled scale graph and central
-    differences of the Jacobian (terms of sizes 3, 1, 2 and a residual SD)."""
-    from pymc_mixvcov.compilation.derivatives import core_function
-    from pymc_mixvcov.engines.marginal import Signature
-
+def test_sd_scale_second_derivatives(sleep_ml):
+    """The closed-form sd map: values from ``G = L L^T`` directly, the Jacobian against central
+    differences of the values and the Hessians against central differences of the Jacobian (terms
+    of sizes 3, 1 and 2 and a residual SD); and against the compiled scale graph of a fit (whose
+    model map is the identity on ``phi[p:]``)."""
     rng = np.random.default_rng(1)
-    r, p = (3, 1, 2), 2
-    sig = Signature(p, r, ())
-    ts = rng.standard_normal(sig.n_theta + 1)
-    out = core_function("scales", sig)(np.concatenate([rng.standard_normal(p), ts]))
+    r = (3, 1, 2)
+    ts = rng.standard_normal(sum(k * (k + 1) // 2 for k in r) + 1)
     s, J, H = sd_scale_second(ts, r)
-    np.testing.assert_allclose(s, out[2][p:], rtol=1e-14, atol=1e-15)
-    np.testing.assert_allclose(J, out[3][p:, p:], rtol=1e-13, atol=1e-15)
+    want, off = [], 0
+    for k in r:
+        L = np.zeros((k, k))
+        pairs = [(i, j) for j in range(k) for i in range(j, k)]
+        for n, (i, j) in enumerate(pairs):
+            L[i, j] = ts[off + n]
+        G = L @ L.T
+        sd = np.sqrt(np.diag(G))
+        want += [sd[i] if i == j else G[i, j] / (sd[i] * sd[j]) for i, j in pairs]
+        off += len(pairs)
+    want.append(ts[-1])
+    np.testing.assert_allclose(s, want, rtol=1e-14)
     h = 1e-6
-    fd = np.stack(
-        [(sd_scale_second(ts + h * e, r)[1] - sd_scale_second(ts - h * e, r)[1]) / (2 * h) for e in np.eye(ts.size)],
-        axis=2,
-    )
-    np.testing.assert_allclose(H, fd, rtol=0, atol=1e-8)
+    steps = np.eye(ts.size) * h
+    fd_J = np.stack([(sd_scale_second(ts + e, r)[0] - sd_scale_second(ts - e, r)[0]) / (2 * h) for e in steps], axis=1)
+    np.testing.assert_allclose(J, fd_J, rtol=0, atol=1e-8)
+    fd_H = np.stack([(sd_scale_second(ts + e, r)[1] - sd_scale_second(ts - e, r)[1]) / (2 * h) for e in steps], axis=2)
+    np.testing.assert_allclose(H, fd_H, rtol=0, atol=1e-8)
+    p = 2
+    nat = sleep_ml.params("natural").to_numpy()
+    s2, J2, _ = sd_scale_second(nat[p:], (2,))
+    np.testing.assert_allclose(s2, sleep_ml.params("sd").to_numpy()[p:], rtol=1e-13)
+    np.testing.assert_allclose(J2, sleep_ml._opt["jac_sd"][p:, p:], rtol=1e-12, atol=1e-15)
 
 
 # -- bad input --------------------------------------------------------------------------------------------

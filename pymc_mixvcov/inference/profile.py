@@ -26,17 +26,20 @@ How the roots are found, exactly and with few evaluations:
   :class:`~pymc_mixvcov.compilation.derivatives.ModelMap`, chained with those of the sd-scale map
   ``phi -> s`` in closed form, :func:`~pymc_mixvcov.inference.scales.sd_scale_second`:
   ``grad s_k = J^T grad_phi s_k``, ``hess s_k = J^T hess_phi s_k J + sum_m (grad_phi s_k)_m T_m``).
-  Each step solves the KKT system
-
-      [ W    a ] [ dx ]   [ -(g - lambda a) ]
-      [ a^T  0 ] [ -dl] = [  t - s_k(x)     ],   W = hess l - lambda hess s_k,  a = grad s_k,
-
-  and is followed by a projection back onto ``s_k = t`` and a step-halving on ``l``; parameters
-  at a bound of their support that the Lagrangian gradient pushes outward are held there. It
-  stops when the predicted gain ``|dx^T (g - lambda a)|`` is below ``1e-12`` (log-likelihood
-  units), where the free gradient is ``lambda a`` to rounding. Each solve starts from the
-  nearest point already solved on the same side, so its first step is the first-order
-  predictor along the profile path.
+  Each step is a Newton step in the null space of ``a = grad s_k`` (``Z`` an orthonormal basis
+  of ``{dx : a . dx = 0}``): with the multiplier ``lambda = (a . g) / (a . a)`` and the Lagrangian's
+  Hessian ``W = hess l - lambda hess s_k``, ``dx = -Z (Z^T W Z)^{-1} Z^T g``, the reduced
+  Hessian's positive eigenvalues mirrored (so that every step ascends), followed by a projection
+  back onto ``s_k = t`` (a second-order correction) and a step-halving on ``l``. This is the KKT
+  system ``[W a; a^T 0] [dx; -dlambda] = [-(g - lambda a); t - s_k]`` solved on a feasible point.
+  Parameters at a bound of their support that the Lagrangian gradient pushes outward are held
+  there; one at a bound where that gradient vanishes and ``W`` curves upward into the interior
+  (an SD held at 0 becomes such a saddle when, say, a fixed effect is held away from its
+  estimate) is moved inside once and left to the iteration. It stops when the predicted gain
+  ``|dx^T g|`` is below ``1e-12`` (log-likelihood units), where the free gradient is ``lambda a``
+  to rounding. Each solve starts from the first-order predictor ``nat_q + (t - t_q) dnat/dt`` at
+  the nearest point ``q`` already solved on the same side (``dnat/dt`` from
+  ``[W a; a^T 0] [dx; y] = [0; 1]``); where it fails, it halves the distance (continuation).
 * **The root of zeta.** By the envelope theorem ``d l_p / dt = lambda`` (the multiplier at the
   solution), so ``d zeta / dt = -lambda / zeta``, exactly. The roots are found by Newton's
   method on ``zeta(u) = -+z`` in ``u = t`` (fixed effects, unbounded parameters), ``u = log t``
@@ -48,7 +51,12 @@ How the roots are found, exactly and with few evaluations:
 * **Boundaries.** An SD whose profile stays within ``-z`` down to ``10^-8`` of its estimate (where
   ``l_p`` equals its value at 0 to rounding, as it is even in the SD) gets the lower bound 0, and a
   correlation whose profile stays within ``-+z`` up to ``-+(1 - 10^-8)`` gets ``-+1``: lme4 reports
-  the same limits there. An SD estimated at 0 gets the lower bound 0.
+  the same limits there. An SD estimated at 0 gets the lower bound 0, a correlation estimated at
+  ``+-1`` the bound ``+-1`` on that side. A correlation's constrained maximum can run to one of its
+  SDs being 0 (the constraint's gradient then grows without bound; the solve stops when it has
+  grown a thousandfold): there every value of the correlation has the same likelihood ``l_b``, so
+  ``|zeta| <= sqrt(2 (l_hat - l_b))`` everywhere, with ``l_b`` from the SDs' profiles at 0. Below
+  ``z`` that makes the interval ``[-1, 1]``; otherwise such a point lies beyond the root.
 
 The criterion's value, gradient and Hessian come from the fit's engine; a Gaussian fit whose
 largest cluster is large (crossed factors) is profiled with the blocked engine's functions, the
@@ -524,14 +532,13 @@ class ProfileLikelihood:
         if side not in (-1, 1):
             raise MixVcovError(f"side must be -1 (lower) or +1 (upper), got {side!r}")
         z = float(ndtri(0.5 + level / 2))
-        target = side * z
         kind, t_hat, se = self.kinds[k], self.estimates[k], self._se[k]
         if not self._depends[k]:
             return np.nan, None
         if kind == "correlation" and not np.isfinite(t_hat):
             return np.nan, None
         if kind == "positive" and t_hat <= 0:
-            return self._bound_from_zero(k, side, target, z)
+            return self._bound_from_zero(k, side, z)
         at_one = kind == "correlation" and abs(t_hat) >= 1.0 - BOUNDARY_REL
         if at_one and side == np.sign(t_hat):
             return float(np.sign(t_hat)), None  # a correlation estimated at +-1
@@ -544,14 +551,14 @@ class ProfileLikelihood:
             edge = (U(t_hat * BOUNDARY_REL), 0.0)
         elif kind == "correlation":
             edge = (U(side * (1.0 - BOUNDARY_REL)), float(side))
-        se_u = se * dT_inverse(U, t_hat)
+        se_u = se * _du_dt(U, t_hat)
         if np.isfinite(se_u) and se_u > 0:
             step0 = z * se_u
         else:  # no Wald interval (a parameter held at a bound): a first step of the parameter's size
             step0 = 0.5 if kind == "correlation" else 0.5 * (1.0 + abs(u_hat))
         return self._root(k, side, z, (U, T, dT), u_hat, u_hat + side * step0, step0, edge)
 
-    def _bound_from_zero(self, k: int, side: int, target: float, z: float) -> tuple[float, ProfilePoint | None]:
+    def _bound_from_zero(self, k: int, side: int, z: float) -> tuple[float, ProfilePoint | None]:
         """Bounds of an SD estimated at 0: the lower one is 0; the upper one is found on ``log t``
         from ``z se`` (or a hundredth of ``sigma``), growing or shrinking ``t`` fourfold until the
         root is bracketed."""
@@ -714,7 +721,7 @@ def _null_space(a: np.ndarray) -> np.ndarray:
     return Q[:, 1:]
 
 
-def dT_inverse(U, t: float) -> float:
+def _du_dt(U, t: float) -> float:
     """``du/dt`` at ``t`` for the transforms of :meth:`ProfileLikelihood._transform`."""
     if U is np.log:
         return 1.0 / t
