@@ -11,8 +11,9 @@ shallow copy of the fit's with these inputs replaced and the per-point caches dr
   effect). With ``r = y - offset`` these are ``S_b r``, ``S_x r`` and ``S_1 (r * r)`` for sparse
   matrices ``S`` of the design, built once: a swap costs three sparse products, ``O(n R)``;
 * the blocked engine (:mod:`pymc_mixvcov.engines.blocked`): ``Z^T r``, ``X^T r`` and ``r^T r``;
-* the Laplace engine (:mod:`pymc_mixvcov.engines.jets`, :mod:`pymc_mixvcov.engines.laplace`): ``y``
-  itself; the conditional modes of the fit are kept as the inner search's start.
+* the Laplace engines (:mod:`pymc_mixvcov.engines.jets`, :mod:`pymc_mixvcov.engines.laplace`,
+  :mod:`pymc_mixvcov.engines.blocked_laplace`): ``y`` itself; the conditional modes of the fit are
+  kept as the inner search's start.
 
 :class:`ResponseSwap` holds the fit's functions and these maps, and is picklable (with
 ``cloudpickle``): it is what bootstrap workers receive, once per task.
@@ -92,7 +93,7 @@ class ResponseSwap:
             self._maps = cluster_response_maps(base.spec, base.structure)
             self._free = np.flatnonzero(base.structure.obs_cluster < 0)
             self._X_free = whitened(base.spec)[0][self._free]
-        elif self.kind not in ("BlockedLMMFunctions", "LaplaceFunctions"):
+        elif self.kind not in ("BlockedLMMFunctions", "LaplaceFunctions", "BlockedLaplaceFunctions"):
             raise MixVcovError(f"cannot give a new response to the functions of a {self.kind}")
 
     @property
@@ -124,6 +125,11 @@ class ResponseSwap:
             r = self.scaled(y)
             out.data = replace(d, Zy=np.asarray(d.Z.T @ r), Xy=d.X.T @ r, yy=float(r @ r), y=r)
             out.__dict__.pop("_last_ml", None)
+        elif self.kind == "BlockedLaplaceFunctions":  # the response is its jets' data alone
+            jet = copy.copy(fns.jet)
+            jet.y, jet.last_vprime, jet._mode_factor = y, None, None
+            out.jet = out._jet_pieces = jet
+            out._last, out._modes_at, out.modes_converged = None, None, True
         else:  # LaplaceFunctions: the response is one of the data inputs (laplace_data's third)
             out.data = [*fns.data[:2], y, *fns.data[3:]]
             jet = copy.copy(fns._jet_pieces)
