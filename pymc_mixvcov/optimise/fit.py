@@ -396,6 +396,7 @@ def optimise(fns: LMMFunctions, spec, warn: bool = True) -> OptimResult:
     return _with_gls_beta(fns, spec, out)
 
 
+
 def _with_gls_beta(fns, spec, out: OptimResult) -> OptimResult:
     """``out`` with ``beta`` at its GLS value for the final variance parameters (REML).
 
