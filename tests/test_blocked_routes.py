@@ -184,3 +184,22 @@ def test_moment_start():
     np.testing.assert_allclose(got[2], 0.1046, rtol=0.5)
     sleep = pmv.lmm("Reaction ~ Days + (Days | Subject)", pmv.datasets.load("sleepstudy"))
     assert moment_start(inspect_model(sleep.model, sleep.random)) is None
+
+
+@pytest.mark.parametrize("r", [(1, 1), (2, 1), (3, 2)])
+def test_closed_form_scales_match_the_graph(r):
+    """The blocked engine's scale values and Jacobians in closed form equal the pytensor graph's
+    (symbolic derivatives) to rounding, a zero SD (boundary fit) included."""
+    from pymc_mixvcov.compilation.derivatives import core_function
+    from pymc_mixvcov.engines.blocked_scales import closed_form_scales
+    from pymc_mixvcov.engines.marginal import Signature
+
+    sig = Signature(2, r, ())
+    graph = core_function("scales", sig)
+    rng = np.random.default_rng(7)
+    for zero in (False, True):
+        phi = np.concatenate([rng.normal(size=2), rng.normal(size=sig.n_theta), [0.8]])
+        if zero:
+            phi[2] = 0.0  # the first term's first SD
+        for got, want in zip(closed_form_scales(phi, 2, r), graph(phi), strict=True):
+            np.testing.assert_allclose(got, np.asarray(want), rtol=1e-12, atol=1e-12)

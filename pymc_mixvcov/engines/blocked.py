@@ -589,10 +589,13 @@ class BlockedLMMFunctions:
         return st.observation_scores() @ J
 
     def scales(self, nat: np.ndarray) -> dict[str, np.ndarray]:
-        """Values and Jacobians (with respect to the natural parameters) of every scale."""
-        from ..compilation.derivatives import _scales, core_function
+        """Values and Jacobians (with respect to the natural parameters) of every scale (closed form,
+        :mod:`pymc_mixvcov.engines.blocked_scales`)."""
+        from ..compilation.derivatives import _scales
+        from .blocked_scales import closed_form_scales
 
-        return _scales(self.map, core_function("scales", self.sig), nat)
+        sig = self.sig
+        return _scales(self.map, lambda phi: closed_form_scales(phi, sig.p, sig.r), nat)
 
     def _embed(self, gv: np.ndarray) -> np.ndarray:
         from ..compilation.derivatives import reml_gradient

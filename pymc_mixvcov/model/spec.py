@@ -777,6 +777,25 @@ def _through_deterministic(model, term: RandomTerm, u, det, shape, repl, nat, na
     return RandomTerm(name, group, term.levels, effects, term.codes, term.z, fac)
 
 
+def _known_shape(model, rv) -> np.ndarray | None:
+    """The shape of ``rv`` from its static type or from the lengths of its dims' coordinates, or ``None``."""
+    if None not in rv.type.shape:
+        return np.asarray(rv.type.shape, int)
+    dims = model.named_vars_to_dims.get(rv.name)
+    if dims is None or len(dims) != rv.type.ndim:
+        return None
+    out = []
+    for dim, static in zip(dims, rv.type.shape, strict=True):
+        values = model.coords.get(dim) if dim is not None else None
+        if values is None:
+            return None
+        n = len(values)
+        if static is not None and static != n:
+            return None
+        out.append(n)
+    return np.asarray(out, int)
+
+
 def initial_natural(model) -> dict[str, np.ndarray]:
     """Starting values of every free variable on its constrained (natural) scale.
 
@@ -800,9 +819,10 @@ def initial_natural(model) -> dict[str, np.ndarray]:
         return out
     from pymc.logprob.transforms import LogTransform
 
-    # static shapes need no evaluation (a formula's variables all have them)
-    if all(None not in rv.type.shape for rv in free):
-        shapes = [np.asarray(rv.type.shape, int) for rv in free]
+    # shapes known statically or from the variables' dims need no evaluation (a formula's all are)
+    known_shapes = [_known_shape(model, rv) for rv in free]
+    if all(k is not None for k in known_shapes):
+        shapes = known_shapes
     else:
         shapes = pytensor.function([], [pt.as_tensor(rv.shape) for rv in free], mode=_FAST)() if free else []
     outs, names = [], []
