@@ -32,7 +32,15 @@ import numpy as np
 from ..errors import MixVcovError
 from .marginal import build_structure
 
-__all__ = ["BLOCKED_MIN_EFFECTS", "ENGINES", "Engine", "build_functions", "choose_engine", "diagnose"]
+__all__ = [
+    "BLOCKED_MIN_EFFECTS",
+    "ENGINES",
+    "Engine",
+    "build_functions",
+    "choose_engine",
+    "diagnose",
+    "engine_structure",
+]
 
 #: What ``engine=`` accepts (see :func:`pymc_mixvcov.optimise.fit.fit`).
 Engine = Literal["auto", "clusters", "blocked"]
@@ -74,14 +82,11 @@ def build_functions(spec, structure, engine: str, method: str, nagq: int = 1):
 
     ``method`` is ``"ML"``, ``"REML"`` or ``"MAP"`` (the ML criterion plus the log prior:
     :class:`~pymc_mixvcov.compilation.derivatives.MAPFunctions` around the ML engine).
-    ``structure`` is the layout without statistics (:func:`build_structure` with
-    ``statistics=False``); the cluster engines get it with their statistics.
+    ``structure`` is :func:`engine_structure`'s.
     """
     from ..compilation.derivatives import LaplaceFunctions, LMMFunctions, MAPFunctions
 
     base_method = "ML" if method == "MAP" else method
-    if engine != "blocked":
-        structure = build_structure(spec)
     if engine == "blocked" and not spec.gaussian:
         from .blocked_laplace import BlockedLaplaceFunctions
 
@@ -97,6 +102,13 @@ def build_functions(spec, structure, engine: str, method: str, nagq: int = 1):
     if method == "MAP":
         fns = MAPFunctions(fns)
     return fns, structure
+
+
+def engine_structure(spec, structure, engine: str):
+    """The cluster structure ``engine`` works with: the blocked engines use the layout alone
+    (:func:`build_structure` with ``statistics=False``, as given); the cluster engines need each
+    cluster's statistics."""
+    return structure if engine == "blocked" else build_structure(spec)
 
 
 def diagnose(fns, nat: np.ndarray, labels: list[str]) -> list[str]:

@@ -21,7 +21,15 @@ from scipy.optimize import minimize
 from .._startup import paused_gc
 from ..compilation.derivatives import LMMFunctions
 from ..engines.marginal import build_structure
-from ..engines.select import BLOCKED_MIN_EFFECTS, ENGINES, Engine, build_functions, choose_engine, diagnose
+from ..engines.select import (
+    BLOCKED_MIN_EFFECTS,
+    ENGINES,
+    Engine,
+    build_functions,
+    choose_engine,
+    diagnose,
+    engine_structure,
+)
 from ..errors import MixVcovError
 from ..inference.results import MixedFit
 from ..inference.scales import ScaleMaps
@@ -244,6 +252,7 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
     spec = inspect_model(model, list(random), noncentered)
     structure = build_structure(spec, statistics=False)
     engine = choose_engine(spec, structure, engine, nagq)
+    structure = engine_structure(spec, structure, engine)
     scales = ScaleMaps(spec, fixed_labels)
     nagq = _check_nagq(nagq, spec, structure)
     fns, structure = build_functions(spec, structure, engine, method, nagq)
@@ -394,7 +403,6 @@ def optimise(fns: LMMFunctions, spec, warn: bool = True) -> OptimResult:
     elif not out.converged and warn:
         _warn_not_converged(out.message)
     return _with_gls_beta(fns, spec, out)
-
 
 
 def _with_gls_beta(fns, spec, out: OptimResult) -> OptimResult:
