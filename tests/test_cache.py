@@ -17,7 +17,9 @@ from pymc_mixvcov.model.spec import inspect_model
 
 @pytest.fixture
 def empty_cache(tmp_path, monkeypatch):
+    """An empty disk cache, and no model map compiled earlier in this process (kept in memory)."""
     monkeypatch.setenv("PYMC_MIXVCOV_CACHE", str(tmp_path))
+    monkeypatch.setattr(derivatives, "_MAPS", type(derivatives._MAPS)())
     return tmp_path
 
 

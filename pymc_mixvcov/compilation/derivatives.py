@@ -39,6 +39,7 @@ from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.replace import graph_replace
 from pytensor.graph.rewriting.basic import MergeOptimizer, SequentialGraphRewriter, dfs_rewriter, node_rewriter
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
+from pytensor.graph.utils import MissingInputError
 from pytensor.tensor import TensorVariable
 from pytensor.tensor.elemwise import Elemwise
 
@@ -440,7 +441,7 @@ class ModelMap:
 
             try:
                 key = "modelmap-" + _graph_key([nat_s], [phi, upper, u])
-            except ValueError:  # shared variables in the map: it is not keyed by its graph alone
+            except (ValueError, MissingInputError):  # shared variables in the map: not keyed by its graph alone
                 key = None
             entry = (key, compile_mode())
             if key is not None and entry in _MAPS:  # the same map, compiled earlier in this process
