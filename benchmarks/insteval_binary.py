@@ -49,7 +49,7 @@ def main() -> int:
     t = time.perf_counter()
     W = f.sandwich("sd", adjust="CR1", cluster=[data["s"].to_numpy(), data["d"].to_numpy()])
     print(f"two-way (s, d) CR1 sandwich  {time.perf_counter() - t:.3f} s (observation scores; not in in-process)")
-    print(f"engine: {f.engine}   peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(f"engine: {f.engine}   peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     se = np.sqrt(np.diag(V.to_numpy()))
     table = pd.DataFrame({"estimate": f.params("sd"), "se": se, "se CR1 (s, d)": np.sqrt(np.diag(W.to_numpy()))})
     print(table.to_string(float_format=lambda v: f"{v:.6g}"))

@@ -232,7 +232,7 @@ def test_verbagg_engines_agree(verbagg_fits):
     assert blocked.to_datatree()["estimates"].attrs["engine"] == "blocked"
     assert dense.converged and blocked.converged
     np.testing.assert_allclose(blocked.loglik, dense.loglik, rtol=1e-8)
-    for scale in ("sd", "var", "natural"):
+    for scale in ("sd", "var", "cholesky", "natural"):
         assert scaled_error(blocked.vcov(scale).to_numpy(), dense.vcov(scale).to_numpy()).max() < 1e-6
     pd.testing.assert_index_equal(blocked.summary().index, dense.summary().index)
 

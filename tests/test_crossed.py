@@ -87,7 +87,7 @@ def test_fits_agree(both_engines, information):
     dense, blocked = both_engines
     assert dense.converged and blocked.converged
     np.testing.assert_allclose(blocked.loglik, dense.loglik, rtol=1e-8)
-    for scale in ("sd", "var", "natural"):
+    for scale in ("sd", "var", "cholesky", "natural"):
         for cross in ("zero", "ml"):
             want = dense.vcov(scale, information, reml_cross=cross).to_numpy()
             got = blocked.vcov(scale, information, reml_cross=cross).to_numpy()

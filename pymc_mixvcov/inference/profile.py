@@ -60,7 +60,7 @@ How the roots are found, exactly and with few evaluations:
 
 The criterion's value, gradient and Hessian come from the fit's engine; a Gaussian fit whose
 largest cluster is large (crossed factors) is profiled with the blocked engine's functions, the
-same criterion at a fraction of the cost (:func:`_functions_for`).
+same criterion at a fraction of the cost (:func:`~pymc_mixvcov.engines.select.repeat_engine`).
 
 ML fits profile the ML log-likelihood. REML fits, by default, profile the ML log-likelihood of
 the same model refitted by ML, as lme4 does (its ``profile.merMod`` calls ``refitML``): the REML
@@ -119,9 +119,6 @@ GAIN_TOL = 1e-12
 BOUNDARY_REL = 1e-8
 #: A profile log-likelihood this much above the fit's maximum means the fit had not converged.
 HIGHER_TOL = 1e-6
-#: Gaussian fits by the cluster engine whose largest cluster has more random effects than this are
-#: profiled with the blocked engine's functions (see :func:`_functions_for`).
-BLOCKED_PROFILE_MIN = 8
 #: Halvings of the distance to a value whose constrained maximisation fails (continuation).
 MAX_HALVINGS = 8
 #: A constrained maximisation whose constraint gradient grows this many times is running to a
@@ -758,23 +755,19 @@ def _check_criterion(fit: MixedFit, criterion: str | None) -> str:
 def _functions_for(fit: MixedFit, criterion: str):
     """The engine functions, maximiser and held parameters of ``criterion`` for ``fit``.
 
-    The fit's own, or those of an ML refit of a REML fit (on the same spec and cluster structure,
-    cached on the fit). A Gaussian fit by the cluster engine whose largest cluster has more than
-    :data:`BLOCKED_PROFILE_MIN` random effects (crossed factors make one cluster of them all) is
-    profiled with the blocked engine's functions: the same criterion and exact derivatives
-    (they agree to 1e-11), at a fraction of the cost per evaluation there (Penicillin's 30
-    crossed effects: 30 ms against 390 ms).
+    The fit's own, or new ones when the engine that evaluates repeatedly is another
+    (:func:`~pymc_mixvcov.engines.select.repeat_engine`) or when a REML fit is profiled by ML (an
+    ML refit on the same spec and cluster structure); new ones are cached on the fit.
     """
-    blocked = fit.spec.gaussian and fit.engine == "clusters" and fit.structure.largest > BLOCKED_PROFILE_MIN
-    if fit.method == criterion and not blocked:
+    from ..engines.select import build_functions, engine_structure, repeat_engine
+
+    engine = repeat_engine(fit.spec, fit.structure, fit.engine)
+    if fit.method == criterion and engine == fit.engine:
         return fit._functions, fit._opt["nat"], fit.at_bound
     key = f"profile_functions_{criterion}"
     cached = fit._cache.get(key)
     if cached is None:
-        from ..engines.blocked import BlockedLMMFunctions
-
-        cls = BlockedLMMFunctions if blocked else type(fit._functions)
-        fns = cls(fit.spec, fit.structure, criterion)
+        fns, _ = build_functions(fit.spec, engine_structure(fit.spec, fit.structure, engine), engine, criterion)
         if fit.method == criterion:
             cached = (fns, fit._opt["nat"], fit.at_bound)
         else:
