@@ -55,7 +55,7 @@ from ..model.weights import half_log_weights, whitened
 from .marginal import LOG2PI, build_structure
 from .select import BLOCKED_MIN_EFFECTS
 
-__all__ = ["CHUNK_BUDGET", "DENSE_MAX", "ClusterGroups", "GaussianClusterPieces", "LaplaceClusterPieces", "restrict"]
+__all__ = ["CHUNK_BUDGET", "DENSE_MAX", "ClusterGroups", "GaussianClusterPieces", "LaplaceClusterPieces", "restrict", "without_empty_terms"]
 
 #: Clusters with at most this many random effects are evaluated batched with dense matrices; larger
 #: ones by the blocked engine, one sub-model each.
@@ -87,6 +87,23 @@ def restrict(spec, rows: np.ndarray):
         weights=None if w is None else np.asarray(w)[rows],
         terms=terms,
     )
+
+
+def without_empty_terms(sub, sig) -> tuple[object, object, np.ndarray, list[int]]:
+    """A sub-model without the terms none of its rows use (a component of a partially crossed
+    design that meets only some factors), for the blocked engines, which expect every term to have
+    levels: ``(sub, sig, keep, terms)`` with ``keep`` the entries of ``phi = (beta, theta, tail)`` it
+    has and ``terms`` the model's terms it keeps. The dropped terms' ``theta`` enter none of its
+    pieces (their derivatives are 0)."""
+    p, nt = sig.p, sig.n_theta
+    keep_t = [k for k, t in enumerate(sub.terms) if t.levels]
+    if len(keep_t) == len(sub.terms):
+        return sub, sig, np.arange(sig.dim), keep_t
+    off = np.concatenate([[0], np.cumsum([t.r * (t.r + 1) // 2 for t in sub.terms])])
+    theta = np.concatenate([np.arange(off[k], off[k + 1]) for k in keep_t]).astype(int)
+    keep = np.concatenate([np.arange(p), p + theta, np.arange(p + nt, sig.dim)])
+    sub = replace(sub, terms=[sub.terms[k] for k in keep_t])
+    return sub, replace(sig, r=tuple(t.r for t in sub.terms)), keep, keep_t
 
 
 class ClusterGroups:
@@ -168,7 +185,10 @@ class GaussianClusterPieces:
             st, orig = g.sub_structure(restrict(self.spec, rows), rows)
             half = np.zeros(st.n_clusters) if st.half_logw is None else np.asarray(st.half_logw, float)
             self._chunks.append((st, orig, half))
-        self._large = [(c, blocked_data(restrict(self.spec, g.rows[c]))) for c in g.large]
+        self._large = []
+        for c in g.large:
+            sub, _, keep, _ = without_empty_terms(restrict(self.spec, g.rows[c]), self.sig)
+            self._large.append((c, blocked_data(sub), keep))
 
     def __call__(self, phi: np.ndarray) -> dict[str, np.ndarray]:
         """``loglik`` ``(C,)`` (with each cluster's share of the prior weights' constant), ``grad``
@@ -195,11 +215,12 @@ class GaussianClusterPieces:
                 out["loglik"][ids] = res["loglik"] + half[bt.clusters]
                 for k in ("grad", "hess", "expected"):
                     out[k][ids] = res[k]
-        for c, d in self._large:
-            res = ml_derivatives(d, phi, expected=True)  # the sub-model's loglik has its weights' constant
+        for c, d, keep in self._large:
+            res = ml_derivatives(d, phi[keep], expected=True)  # the sub-model's loglik has its weights' constant
             out["loglik"][c] = res["loglik"]
-            for k, kk in (("grad", "grad"), ("hess", "hess"), ("expected", "expected")):
-                out[k][c] = res[kk]
+            out["grad"][c, keep] = res["grad"]
+            for k in ("hess", "expected"):
+                out[k][c][np.ix_(keep, keep)] = res[k]
         self._last = (key, out)
         return out
 
@@ -324,15 +345,15 @@ class LaplaceClusterPieces:
         self._large = []
         for c in g.large:
             rows = g.rows[c]
-            sub = restrict(spec, rows)
-            bj = BlockedJetLaplace(sub, self.sig, self.shared.rows(rows))
+            sub, sub_sig, keep, kept = without_empty_terms(restrict(spec, rows), self.sig)
+            bj = BlockedJetLaplace(sub, sub_sig, self.shared.rows(rows))
             idx = np.zeros(bj.lay.q, int)
             off = {bt.spec_index: bt.off for bt in bj.lay.terms}
-            for k, t in enumerate(sub.terms):
+            for ks, (k, t) in enumerate(zip(kept, sub.terms, strict=True)):
                 ok = t.codes >= 0
                 for j in range(t.r):
-                    idx[off[k] + t.codes[ok] * t.r + j] = self._full_positions(rows, k, j)[ok]
-            self._large.append((c, bj, idx))
+                    idx[off[ks] + t.codes[ok] * t.r + j] = self._full_positions(rows, k, j)[ok]
+            self._large.append((c, bj, idx, keep))
 
     def __call__(self, phi: np.ndarray, v: np.ndarray, order: int) -> dict[str, np.ndarray]:
         """``loglik`` ``(C,)``, ``loglik_free`` (the rows without random effects), ``grad``
@@ -359,10 +380,13 @@ class LaplaceClusterPieces:
                 ids = orig[bt.clusters]
                 for k in out:
                     out[k][ids] = res[k][b]
-        for c, bj, idx in self._large:
-            res = bj.evaluate(phi, v[idx], order)
-            for k in out:
-                out[k][c] = res[k]
+        for c, bj, idx, keep in self._large:
+            res = bj.evaluate(phi[keep], v[idx], order)
+            out["loglik"][c] = res["loglik"]
+            if order >= 1:
+                out["grad"][c, keep] = res["grad"]
+            if order >= 2:
+                out["hess"][c][np.ix_(keep, keep)] = res["hess"]
         free = self.groups.free
         out["loglik_free"] = float(np.sum(jet._jet(2, eta, phi)[0][free])) if free.size else 0.0
         self._last = (key, order, out)
