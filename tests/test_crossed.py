@@ -6,12 +6,10 @@ lme4 1.1-31 / merDeriv 0.2-4 (penicillin_crossed_ml.json), glmmTMB (tmb_insteval
 (kb07_numderiv.json). The engine's routes among themselves: test_blocked_routes.py.
 """
 
-import copy
-
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ref_matrix, reference, scaled_error
+from conftest import on_engine, ref_matrix, reference, scaled_error
 
 import pymc_mixvcov as pmv
 from pymc_mixvcov.engines import blocked_clusters
@@ -195,17 +193,6 @@ def test_observation_scores_and_multiway_sandwich(both_engines):
     assert scaled_error(got, want).max() < 1e-5
 
 
-def _on_engine(ref, fns):
-    """``ref``'s fit with its engine's functions replaced by ``fns``, at ``ref``'s estimates: the
-    results' code (scores, sandwiches) on another engine's pieces at the same parameters."""
-    fit = copy.copy(ref)
-    nat = ref._opt["nat"]
-    fit._functions = fns
-    fit._opt = {**fns.information(nat), **fns.scales(nat), "nat": nat}
-    fit._cache, fit._vcov_nat = {}, {}
-    return fit
-
-
 @pytest.mark.parametrize("route", ["dense", "blocked"])
 def test_per_cluster_pieces_of_several_clusters(both_engines, route, monkeypatch):
     """Pastes (10 clusters of 4 effects) on the blocked engine: at the cluster engine's estimates
@@ -231,7 +218,7 @@ def test_per_cluster_pieces_of_several_clusters(both_engines, route, monkeypatch
     np.testing.assert_allclose(got["scores"] / s, want["scores"] / s, rtol=0, atol=1e-8)
     np.testing.assert_allclose(got["observed_clusters"] / S, want["observed_clusters"] / S, rtol=0, atol=1e-8)
     np.testing.assert_allclose(got_e["expected_clusters"] / S, want_e["expected_clusters"] / S, rtol=0, atol=1e-8)
-    at = _on_engine(dense, fns)
+    at = on_engine(dense, fns)
     if dense.method != "ML":
         with pytest.raises(pmv.MixVcovError, match="maximum-likelihood fits"):
             at.scores("cluster")

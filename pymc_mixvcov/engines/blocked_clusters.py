@@ -55,7 +55,15 @@ from ..model.weights import half_log_weights, whitened
 from .marginal import LOG2PI, build_structure
 from .select import BLOCKED_MIN_EFFECTS
 
-__all__ = ["CHUNK_BUDGET", "DENSE_MAX", "ClusterGroups", "GaussianClusterPieces", "LaplaceClusterPieces", "restrict", "without_empty_terms"]
+__all__ = [
+    "CHUNK_BUDGET",
+    "DENSE_MAX",
+    "ClusterGroups",
+    "GaussianClusterPieces",
+    "LaplaceClusterPieces",
+    "restrict",
+    "without_empty_terms",
+]
 
 #: Clusters with at most this many random effects are evaluated batched with dense matrices; larger
 #: ones by the blocked engine, one sub-model each.
