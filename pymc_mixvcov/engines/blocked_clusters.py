@@ -70,8 +70,8 @@ __all__ = [
 DENSE_MAX = BLOCKED_MIN_EFFECTS
 
 #: Doubles of work arrays per batched evaluation of small clusters (about ``P s^2`` per cluster of
-#: ``s`` effects and ``P`` parameters plus ``P R^2`` per observation using ``R`` effects): 32 MB.
-CHUNK_BUDGET = 1 << 22
+#: ``s`` effects and ``P`` parameters plus ``P R^2`` per observation using ``R`` effects): 16 MB.
+CHUNK_BUDGET = 1 << 21
 
 
 def restrict(spec, rows: np.ndarray):

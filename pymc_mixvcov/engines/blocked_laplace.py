@@ -412,7 +412,7 @@ class SchurFactor:
             z = np.where(np.swapaxes(lay.ok12, 1, 2), z, 0.0)
             out[:, r1:, :r1] = z
             out[:, :r1, r1:] = np.swapaxes(z, 1, 2)
-            p1 = lay.pos[:, B1] - lay.q1
+            p1 = np.where(lay.used[:, B1], lay.pos[:, B1] - lay.q1, 0)  # (unused slots: any index in range)
             out[:, r1:, r1:] = np.where(lay.ok22, Z22[p1[:, :, None], p1[:, None, :]], 0.0)
         return out
 
