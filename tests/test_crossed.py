@@ -311,7 +311,9 @@ def test_partially_crossed_design_with_free_rows(partial_design, monkeypatch):
     clusters batched dense; the crossed component's sub-model on the blocked engine and the rest
     dense (``DENSE_MAX = 4``); every cluster on the blocked engine (``DENSE_MAX = 0``: the clusters of
     ``a`` alone drop the ``b`` term). At a point away from the optimum (all scores nonzero), the
-    clusters' pieces plus the free rows' (closed form) are the whole model's, evaluated at once."""
+    clusters' pieces plus the free rows' (closed form) are the whole model's, evaluated at once,
+    and the casewise scores sum within each cluster to its score (rows that leave the ``b`` term
+    unused included)."""
     fit = pmv.lmm(PARTIAL, partial_design).fit("ML", engine="blocked")
     st = fit.structure
     assert st.n_clusters == 13 and st.free[3] == 5 and sorted(st.sizes)[-1] == 10
@@ -335,14 +337,20 @@ def test_partially_crossed_design_with_free_rows(partial_design, monkeypatch):
     np.testing.assert_allclose((c["scores"].sum(0) + g) / s, c["grad"] / s, rtol=0, atol=1e-10)
     np.testing.assert_allclose((c["observed_clusters"].sum(0) + H) / S, c["observed"] / S, rtol=0, atol=1e-10)
     np.testing.assert_allclose((c["expected_clusters"].sum(0) + E) / S, c["expected"] / S, rtol=0, atol=1e-10)
+    # merDeriv's casewise scores: summed within each cluster its score, over the free rows theirs
+    obs = fns.observation_scores(nat)
+    oc = st.obs_cluster
+    summed = np.zeros_like(c["scores"])
+    np.add.at(summed, oc[oc >= 0], obs[oc >= 0])
+    np.testing.assert_allclose(summed / s, c["scores"] / s, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(obs[oc < 0].sum(0) / s, g / s, rtol=0, atol=1e-10)
 
 
 @pytest.mark.slow  # the cluster engine compiles graphs of clusters of 1, 2 and 10 effects (about 60 s on a first run)
 def test_partially_crossed_design_against_the_cluster_engine(partial_design):
     """The same design fitted by the cluster engine: at its estimates the blocked engine's pieces
     (the component on the blocked engine with ``DENSE_MAX = 4`` as well) are its to rounding, the
-    free rows' log-likelihood included, and so are CR1 and CR3 by the clusters (the observations
-    without random effects in none; the model's clusters given as labels)."""
+    free rows' log-likelihood included, and so are the casewise scores."""
     dense = pmv.lmm(PARTIAL, partial_design).fit("ML", engine="clusters")
     nat = dense._opt["nat"]
     want, want_e = dense._functions.clusters(nat), dense._functions.clusters_expected(nat)
@@ -360,6 +368,9 @@ def test_partially_crossed_design_against_the_cluster_engine(partial_design):
         np.testing.assert_allclose(got["scores"] / s, want["scores"] / s, rtol=0, atol=1e-8)
         np.testing.assert_allclose(got["observed_clusters"] / S, want["observed_clusters"] / S, rtol=0, atol=1e-8)
         np.testing.assert_allclose(got_e["expected_clusters"] / S, want_e["expected_clusters"] / S, rtol=0, atol=1e-8)
+    want_o = dense._functions.observation_scores(nat)
+    got_o = BlockedLMMFunctions(dense.spec, dense.structure, "ML").observation_scores(nat)
+    np.testing.assert_allclose(got_o / s, want_o / s, rtol=0, atol=1e-10)
 
 
 def test_handwritten_crossed_model_on_the_blocked_engine():

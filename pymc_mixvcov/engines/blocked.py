@@ -342,11 +342,12 @@ class _State:
         vinv = (1.0 - zPz) / s2
         Vie = (e - Z @ (Pd @ self.ze)) / s2
         out[:, -1] = pp.sigma * (r * Vie - vinv)
+        filled = np.arange(R)[None, :] < counts[:, None]  # the slots that hold a nonzero of Z
         for a in range(nt):
             k = pp.owner[a][0]
             bt = d.terms[k]
-            # obs i's block of term k: its level and its r values
-            in_k = (pos >= bt.off) & (pos < bt.off + bt.q)
+            # obs i's block of term k: its level and its r values (an empty slot's position 0 is no level)
+            in_k = filled & (pos >= bt.off) & (pos < bt.off + bt.q)
             lev = np.where(in_k, (pos - bt.off) // bt.r, -1).max(axis=1)
             zk = np.zeros((n, bt.r))
             rows, cols = np.nonzero(in_k)
