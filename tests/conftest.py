@@ -77,3 +77,16 @@ def cbpp():
 def cbpp_fit(cbpp):
     """lme4's cbpp binomial GLMM, Laplace (tests/reference/cbpp_binomial.json)."""
     return pmv.glmm("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial").fit()
+
+
+def on_engine(ref, fns):
+    """``ref``'s fit with its engine's functions replaced by ``fns``, at ``ref``'s estimates: the
+    results' code (scores, sandwiches) on another engine's pieces at the same parameters."""
+    import copy
+
+    fit = copy.copy(ref)
+    nat = ref._opt["nat"]
+    fit._functions = fns
+    fit._opt = {**fns.information(nat), **fns.scales(nat), "nat": nat}
+    fit._cache, fit._vcov_nat = {}, {}
+    return fit

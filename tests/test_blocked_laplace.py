@@ -20,10 +20,11 @@ Checked against four independent routes:
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ref_matrix, reference, scaled_error
+from conftest import on_engine, ref_matrix, reference, scaled_error
 
 import pymc_mixvcov as pmv
 from pymc_mixvcov.compilation.derivatives import LaplaceFunctions
+from pymc_mixvcov.engines import blocked_clusters
 from pymc_mixvcov.engines.blocked_laplace import BlockedLaplaceFunctions, BlockedLaplaceLayout, SchurFactor
 from pymc_mixvcov.engines.marginal import build_structure
 from pymc_mixvcov.model.spec import inspect_model
@@ -259,7 +260,8 @@ def test_verbagg_multiway_sandwich(verbagg_fits):
 def test_one_factor_observation_scores_give_the_cluster_sandwich(poisson_slope_data):
     """One grouping factor on the blocked engine (forced): the observation scores summed by the
     grouping column are the cluster engine's cluster scores, so the sandwich clustered by that
-    column is the cluster engine's default one."""
+    column is the cluster engine's default one; and so are the blocked engine's own cluster scores
+    and CR3 (engines/blocked_clusters.py). Separate fits: to the optimiser's tolerance."""
     model = pmv.glmm("y ~ x + (x | g)", poisson_slope_data, family="poisson")
     dense, blocked = model.fit(engine="clusters"), model.fit(engine="blocked")
     assert blocked.engine == "blocked"
@@ -267,8 +269,161 @@ def test_one_factor_observation_scores_give_the_cluster_sandwich(poisson_slope_d
     want = dense.sandwich("var", adjust="CR1").to_numpy()
     got = blocked.sandwich("var", adjust="CR1", cluster=poisson_slope_data["g"].to_numpy()).to_numpy()
     assert scaled_error(got, want).max() < 1e-6
-    with pytest.raises(pmv.MixVcovError, match="not available on the blocked Laplace engine"):
-        blocked.sandwich("var", adjust="CR3")
+    # the model's clusters (one per level of g) on the blocked engine: cluster scores and CR3
+    for adjust in ("CR1", "CR3"):
+        want = dense.sandwich("var", adjust=adjust).to_numpy()
+        assert scaled_error(blocked.sandwich("var", adjust=adjust).to_numpy(), want).max() < 1e-6
+
+
+@pytest.fixture(scope="module")
+def components():
+    """Two disconnected crossed components (6 levels of ``a`` x 4 of ``b``, 100 rows each: 10 effects
+    each) and 10 clusters of one level of each factor (3 to 5 rows each): 12 clusters (seed 3)."""
+    rng = np.random.default_rng(3)
+    a, b = [], []
+    for comp in range(2):
+        a += list(rng.integers(0, 6, 100) + 6 * comp)
+        b += list(rng.integers(0, 4, 100) + 4 * comp)
+    for k in range(10):
+        m = int(rng.integers(3, 6))
+        a += [12 + k] * m
+        b += [8 + k] * m
+    a, b = np.array(a), np.array(b)
+    x = rng.normal(size=a.size)
+    u, v, w = 0.8 * rng.normal(size=22), 0.7 * rng.normal(size=18), 0.4 * rng.normal(size=18)
+    eta = -0.2 + 0.6 * x + u[a] + v[b] + w[b] * x
+    return pd.DataFrame(
+        {
+            "y": rng.binomial(1, 1 / (1 + np.exp(-eta))),
+            "yc": rng.poisson(np.exp(0.5 * eta)),
+            "x": x,
+            "a": [f"a{k:02d}" for k in a],
+            "b": [f"b{k:02d}" for k in b],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def nested():
+    """10 levels of ``g``, 3 levels of ``h`` within each, 6 Poisson counts per cell (seed 3)."""
+    rng = np.random.default_rng(3)
+    g = np.repeat(np.arange(10), 18)
+    h = np.tile(np.repeat(np.arange(3), 6), 10)
+    x = rng.normal(size=g.size)
+    eta = 0.3 + 0.5 * x + 0.6 * rng.normal(size=10)[g] + 0.5 * rng.normal(size=30)[g * 3 + h]
+    return pd.DataFrame({"yc": rng.poisson(np.exp(eta)), "x": x, "g": [f"g{k}" for k in g], "h": [f"h{k}" for k in h]})
+
+
+@pytest.fixture(scope="module")
+def partial_counts():
+    """A partially crossed design (seed 11): one crossed component (6 levels of ``a`` x 4 of ``b``,
+    120 rows), 8 clusters of one level of each (5 rows each) and 4 clusters of a level of ``a``
+    alone (5 rows each, ``w = 0``: no ``b`` effect, so rows whose later term is unused)."""
+    rng = np.random.default_rng(11)
+    a = list(rng.integers(0, 6, 120)) + list(np.repeat(np.arange(6, 14), 5)) + list(np.repeat(np.arange(14, 18), 5))
+    b = list(rng.integers(0, 4, 120)) + list(np.repeat(np.arange(4, 12), 5)) + [0] * 20
+    w = np.r_[np.ones(160), np.zeros(20)]
+    a, b = np.array(a), np.array(b)
+    x = rng.normal(size=a.size)
+    eta = 0.3 + 0.5 * x + rng.normal(scale=0.7, size=18)[a] + w * rng.normal(scale=0.6, size=12)[b]
+    return pd.DataFrame(
+        {
+            "yc": rng.poisson(np.exp(eta)),
+            "x": x,
+            "w": w,
+            "a": [f"a{k:02d}" for k in a],
+            "b": [f"b{k:02d}" for k in b],
+        }
+    )
+
+
+SEVERAL = {
+    "binomial, two crossed components": ("y ~ x + (1 | a) + (1 | b)", "binomial", "components"),
+    "poisson, vector term, two crossed components": ("yc ~ x + (1 | a) + (1 + x | b)", "poisson", "components"),
+    "poisson, nested": ("yc ~ x + (1 | g/h)", "poisson", "nested"),
+    "poisson, partially crossed": ("yc ~ x + (1 | a) + (0 + w | b)", "poisson", "partial_counts"),
+}
+
+
+@pytest.fixture(scope="module")
+def several_fits(components, nested, partial_counts):
+    """The cases of ``SEVERAL`` fitted by the cluster Laplace engine (interior optima)."""
+    data = {"components": components, "nested": nested, "partial_counts": partial_counts}
+    out = {}
+    for case, (formula, family, which) in SEVERAL.items():
+        out[case] = pmv.glmm(formula, data[which], family=family).fit(engine="clusters")
+        assert out[case].engine == "laplace" and out[case].converged and not out[case].at_bound.any()
+    return out
+
+
+@pytest.mark.parametrize("dense_max", [64, 5, 0], ids=["dense", "mixed", "blocked"])
+@pytest.mark.parametrize("case", list(SEVERAL))
+def test_per_cluster_pieces_of_several_clusters(several_fits, case, dense_max, monkeypatch):
+    """A model of several clusters on the blocked Laplace engine: at the cluster engine's estimates
+    every cluster's Laplace log-likelihood, score and observed information are the cluster engine's,
+    by every route of engines/blocked_clusters.py (small clusters batched by jets.py at the
+    restriction of the whole model's modes; ``DENSE_MAX = 5``: the crossed components' sub-models on
+    the blocked engine; ``0``: every cluster's, those of ``a`` alone without the ``b`` term). The
+    two engines' inner modes agree to their
+    tolerance (1e-10), so the pieces to about that (measured 4e-11 relative); asserted 1e-8 of the
+    standard errors, and so are the CR1 and CR3 sandwiches by the model's clusters (from the
+    blocked engine's observation scores summed by cluster, against ``vcov_cluster`` of the cluster
+    engine's pieces; the nested model's by its outer factor as well). They add up to the whole
+    model's log-likelihood, gradient and information (evaluated at once) to rounding, and the
+    observation scores sum within each cluster to its score (through the mode equation: to the
+    modes' tolerance)."""
+    from pymc_mixvcov.inference.sandwich import vcov_cluster
+
+    monkeypatch.setattr(blocked_clusters, "DENSE_MAX", dense_max)
+    ref = several_fits[case]
+    nat = ref._opt["nat"]
+    fns = BlockedLaplaceFunctions(ref.spec, ref.structure)
+    got, want = fns.clusters(nat), ref._functions.clusters(nat)
+    got_o, want_o = fns.cluster_observed(nat), ref._functions.cluster_observed(nat)
+    info = fns.information(nat)
+    A = info["observed"]
+    s = np.sqrt(np.diag(A))
+    S = np.outer(s, s)
+    np.testing.assert_allclose(got["loglik"], want["loglik"], rtol=1e-10)
+    np.testing.assert_allclose(got["scores"] / s, want["scores"] / s, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(got_o / S, want_o / S, rtol=0, atol=1e-8)
+    # they add up
+    assert got["loglik_free"] == 0.0
+    np.testing.assert_allclose(got["loglik"].sum(), info["loglik"], rtol=1e-12)
+    np.testing.assert_allclose(got["scores"].sum(0) / s, info["grad"] / s, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got_o.sum(0) / S, A / S, rtol=0, atol=1e-10)
+    summed = np.zeros_like(got["scores"])
+    np.add.at(summed, ref.structure.obs_cluster, fns.observation_scores(nat))
+    # (an identity through the mode equation h_v = 0: to the modes' tolerance, 1e-10 relative)
+    np.testing.assert_allclose(summed / s, got["scores"] / s, rtol=0, atol=1e-8)
+    # sandwiches by the model's clusters, at the same point
+    at = on_engine(ref, fns)
+    # (CR3 of the vector-term model: without one crossed component the slope's covariance is not
+    # identified, A - A_g is indefinite and CR3 refuses, whichever engine)
+    for adjust in ("CR1",) if "vector" in case else ("CR1", "CR3"):
+        want_v = vcov_cluster(ref._information("observed"), want["scores"], adjust, want_o)
+        got_v = at.sandwich("natural", adjust=adjust, cluster=ref.structure.obs_cluster).to_numpy()
+        assert scaled_error(got_v, want_v).max() < 1e-8, adjust
+        if case == "poisson, nested":  # the outer factor names the clusters: the results' default
+            want_v = ref.sandwich("var", adjust=adjust).to_numpy()
+            assert scaled_error(at.sandwich("var", adjust=adjust).to_numpy(), want_v).max() < 1e-8, adjust
+
+
+def test_several_clusters_fit_by_the_blocked_laplace_engine(several_fits):
+    """The nested Poisson model fitted by the blocked Laplace engine (forced) on its own: its
+    cluster scores sum to ~0 at its optimum, its cluster log-likelihoods to its log-likelihood, and
+    its CR1 and CR3 sandwiches are the cluster engine's to the optimiser's tolerance (1e-6 of the
+    standard errors)."""
+    ref = several_fits["poisson, nested"]
+    fit = pmv.glmm("yc ~ x + (1 | g/h)", ref.data, family="poisson").fit(engine="blocked")
+    assert fit.engine == "blocked" and fit.converged and fit.n_clusters == 10
+    S = fit.scores("cluster", "natural")
+    s = np.sqrt(np.diag(fit._information("observed")))
+    assert np.max(np.abs(S.sum(axis=0).to_numpy() / s)) < 1e-3
+    np.testing.assert_allclose(fit.loglik_contributions().sum(), fit.loglik, rtol=1e-12)
+    for adjust in ("CR1", "CR3"):
+        want = ref.sandwich("var", adjust=adjust).to_numpy()
+        assert scaled_error(fit.sandwich("var", adjust=adjust).to_numpy(), want).max() < 1e-6, adjust
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +478,9 @@ def test_auto_engine_choice_and_refusals(crossed):
 def test_rows_without_random_effects():
     """Rows that use no random effect (design value 0), which the cluster engine refuses
     (test_glmm.py): on the blocked engine they add their GLM log-density at ``eta = x beta``, so the
-    log-likelihood is the cluster engine's on the other rows plus theirs (Poisson, closed form)."""
+    log-likelihood is the cluster engine's on the other rows plus theirs (Poisson, closed form).
+    Per cluster, the clusters' log-likelihoods, scores and information are the cluster engine's on
+    the other rows, and the free rows' log-likelihood is returned apart."""
     import pymc as pm
     from scipy.special import gammaln
 
@@ -350,6 +507,14 @@ def test_rows_without_random_effects():
         mu = np.exp(nat[0])
         free = np.sum(y[-3:] * np.log(mu) - mu - gammaln(y[-3:] + 1.0))
         np.testing.assert_allclose(fit._functions.loglik(nat), rest.loglik(nat) + free, rtol=1e-12)
+        # per cluster: the clusters' pieces are those of the model without the free rows, whose
+        # log-likelihood is apart
+        got, want = fit._functions.clusters(nat), rest.clusters(nat)
+        np.testing.assert_allclose(got["loglik"], want["loglik"], rtol=1e-10)
+        np.testing.assert_allclose(got["loglik_free"], free, rtol=1e-12)
+        np.testing.assert_allclose(got["scores"], want["scores"], rtol=0, atol=1e-8 * np.abs(want["scores"]).max())
+        go, wo = fit._functions.cluster_observed(nat), rest.cluster_observed(nat)
+        np.testing.assert_allclose(go, wo, rtol=0, atol=1e-8 * np.abs(wo).max())
 
 
 def test_gaussian_observation_scores_are_merderivs():

@@ -9,9 +9,10 @@ lme4 1.1-31 / merDeriv 0.2-4 (penicillin_crossed_ml.json), glmmTMB (tmb_insteval
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ref_matrix, reference, scaled_error
+from conftest import on_engine, ref_matrix, reference, scaled_error
 
 import pymc_mixvcov as pmv
+from pymc_mixvcov.engines import blocked_clusters
 from pymc_mixvcov.engines.blocked import BlockedLMMFunctions, blocked_data, ml_derivatives, profile, reml_derivatives
 
 
@@ -192,12 +193,184 @@ def test_observation_scores_and_multiway_sandwich(both_engines):
     assert scaled_error(got, want).max() < 1e-5
 
 
-def test_per_cluster_pieces_of_several_clusters_raise(both_engines):
+@pytest.mark.parametrize("route", ["dense", "blocked"])
+def test_per_cluster_pieces_of_several_clusters(both_engines, route, monkeypatch):
+    """Pastes (10 clusters of 4 effects) on the blocked engine: at the cluster engine's estimates
+    every cluster's log-likelihood, score and observed and expected information are the cluster
+    engine's (pytensor graphs) to rounding, by either route of engines/blocked_clusters.py (small
+    clusters batched with dense matrices; every cluster's sub-model on the blocked engine,
+    ``DENSE_MAX = 0``): measured 1e-13 relative, asserted 1e-10 (log-likelihoods) and 1e-8 of the
+    standard errors; so are the CR1 and CR3 sandwiches on both informations and the cluster
+    log-likelihoods of the result. REML fits get the ML pieces, as from the cluster engine."""
     dense, blocked = both_engines
+    if blocked.n_clusters == 1:
+        pytest.skip("a model of several clusters (Pastes)")
+    if route == "blocked":
+        monkeypatch.setattr(blocked_clusters, "DENSE_MAX", 0)
+    nat = dense._opt["nat"]
+    fns = BlockedLMMFunctions(dense.spec, blocked.structure, dense.method)
+    got, want = fns.clusters(nat), dense._functions.clusters(nat)
+    got_e, want_e = fns.clusters_expected(nat), dense._functions.clusters_expected(nat)
+    s = np.sqrt(np.diag(want["observed"]))
+    S = np.outer(s, s)
+    np.testing.assert_allclose(got["loglik"], want["loglik"], rtol=1e-10)
+    np.testing.assert_allclose(got["loglik_free"], want["loglik_free"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got["scores"] / s, want["scores"] / s, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(got["observed_clusters"] / S, want["observed_clusters"] / S, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(got_e["expected_clusters"] / S, want_e["expected_clusters"] / S, rtol=0, atol=1e-8)
+    at = on_engine(dense, fns)
+    if dense.method != "ML":
+        with pytest.raises(pmv.MixVcovError, match="maximum-likelihood fits"):
+            at.scores("cluster")
+        return
+    for information in ("observed", "expected"):
+        for adjust in ("CR1", "CR3"):
+            want_v = dense.sandwich("var", information, adjust=adjust).to_numpy()
+            got_v = at.sandwich("var", information, adjust=adjust).to_numpy()
+            assert scaled_error(got_v, want_v).max() < 1e-8, (information, adjust)
+    pd.testing.assert_series_equal(at.loglik_contributions(), dense.loglik_contributions(), rtol=1e-10)
+    pd.testing.assert_frame_equal(at.scores("cluster", "natural"), dense.scores("cluster", "natural"), atol=1e-8)
+
+
+def test_per_cluster_pieces_add_up(both_engines):
+    """The blocked fit's own per-cluster pieces (Pastes, ML) at its estimates: log-likelihoods,
+    scores and information contributions sum to the whole model's (evaluated at once) to rounding;
+    the scores sum to ~0 there (the optimiser stops at a Newton decrement below 1e-6, so
+    ``|g_k| / sqrt(A_kk) < 1e-3``; measured 5e-7); merDeriv's casewise scores (observation level)
+    sum within each cluster to its score."""
+    _, blocked = both_engines
     if blocked.method != "ML" or blocked.n_clusters == 1:
         pytest.skip("a model of several clusters (Pastes) fitted by ML")
-    with pytest.raises(pmv.MixVcovError, match="per cluster are not yet available on the blocked engine"):
-        blocked.scores("cluster")
+    fns, nat = blocked._functions, blocked._opt["nat"]
+    c, e = fns.clusters(nat), fns.clusters_expected(nat)
+    s = np.sqrt(np.diag(c["observed"]))
+    S = np.outer(s, s)
+    np.testing.assert_allclose(c["loglik"].sum() + c["loglik_free"], blocked.loglik, rtol=1e-12)
+    np.testing.assert_allclose(blocked.loglik_contributions().sum(), blocked.loglik, rtol=1e-12)
+    np.testing.assert_allclose(c["scores"].sum(0) / s, c["grad"] / s, rtol=0, atol=1e-10)
+    assert np.max(np.abs(c["scores"].sum(0) / s)) < 1e-3
+    np.testing.assert_allclose(c["observed_clusters"].sum(0) / S, c["observed"] / S, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(e["expected_clusters"].sum(0) / S, e["expected"] / S, rtol=0, atol=1e-10)
+    summed = np.zeros_like(c["scores"])
+    np.add.at(summed, blocked.structure.obs_cluster, fns.observation_scores(nat))
+    np.testing.assert_allclose(summed / s, c["scores"] / s, rtol=0, atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def partial_design():
+    """A partially crossed design (seed 11): one crossed component (6 levels of ``a`` x 4 of ``b``,
+    60 rows: 10 effects), 8 clusters of one level of each factor (4 rows each), 4 clusters of a
+    level of ``a`` alone (3 rows each, ``w = 0``: they use no ``b`` effect), and 5 rows that use no
+    random effect (``z = w = 0``)."""
+    rng = np.random.default_rng(11)
+    a, b, z, w = [], [], [], []
+    for _ in range(60):
+        a.append(rng.integers(0, 6)), b.append(rng.integers(0, 4)), z.append(1.0), w.append(1.0)
+    for k in range(8):
+        for _ in range(4):
+            a.append(6 + k), b.append(4 + k), z.append(1.0), w.append(1.0)
+    for k in range(4):
+        for _ in range(3):
+            a.append(14 + k), b.append(0), z.append(1.0), w.append(0.0)
+    for _ in range(5):
+        a.append(0), b.append(0), z.append(0.0), w.append(0.0)
+    a, b, z, w = map(np.array, (a, b, z, w))
+    x = rng.normal(size=a.size)
+    u, v = rng.normal(scale=0.8, size=18), rng.normal(scale=0.6, size=12)
+    y = 1.0 + 0.5 * x + z * u[a] + w * v[b] + rng.normal(scale=0.7, size=a.size)
+    return pd.DataFrame({"y": y, "x": x, "z": z, "w": w, "a": [f"a{k:02d}" for k in a], "b": [f"b{k:02d}" for k in b]})
+
+
+PARTIAL = "y ~ x + (0 + z | a) + (0 + w | b)"
+
+
+def _free_pieces(fns, nat, rows):
+    """Log-likelihood, gradient, observed and expected information of the rows without random
+    effects on the natural scale, in closed form: ``-n/2 log(2 pi sigma^2) - |y - X beta|^2 / (2 sigma^2)``
+    in ``phi = (beta, theta, sigma)`` (derivatives by hand), carried by the model map."""
+    phi, J, T = fns.map(nat)
+    X, y = np.asarray(fns.spec.X, float)[rows], np.asarray(fns.spec.y, float)[rows]
+    p, sg = fns.sig.p, phi.size - 1
+    beta, sigma = phi[:p], phi[-1]
+    r = y - X @ beta
+    n, rr = rows.size, r @ r
+    g = np.zeros(phi.size)
+    g[:p], g[sg] = X.T @ r / sigma**2, -n / sigma + rr / sigma**3
+    H = np.zeros((phi.size, phi.size))
+    H[:p, :p] = -X.T @ X / sigma**2
+    H[:p, sg] = H[sg, :p] = -2.0 * X.T @ r / sigma**3
+    H[sg, sg] = n / sigma**2 - 3.0 * rr / sigma**4
+    E = np.zeros_like(H)
+    E[:p, :p], E[sg, sg] = X.T @ X / sigma**2, 2.0 * n / sigma**2
+    ll = -0.5 * n * np.log(2 * np.pi * sigma**2) - rr / (2 * sigma**2)
+    return ll, J.T @ g, -(J.T @ H @ J + np.einsum("k,kij->ij", g, T)), J.T @ E @ J
+
+
+def test_partially_crossed_design_with_free_rows(partial_design, monkeypatch):
+    """The routes of engines/blocked_clusters.py give the same pieces to rounding (1e-10): all
+    clusters batched dense; the crossed component's sub-model on the blocked engine and the rest
+    dense (``DENSE_MAX = 4``); every cluster on the blocked engine (``DENSE_MAX = 0``: the clusters of
+    ``a`` alone drop the ``b`` term). At a point away from the optimum (all scores nonzero), the
+    clusters' pieces plus the free rows' (closed form) are the whole model's, evaluated at once,
+    and the casewise scores sum within each cluster to its score (rows that leave the ``b`` term
+    unused included)."""
+    fit = pmv.lmm(PARTIAL, partial_design).fit("ML", engine="blocked")
+    st = fit.structure
+    assert st.n_clusters == 13 and st.free[3] == 5 and sorted(st.sizes)[-1] == 10
+    nat = fit._opt["nat"] * 1.1 + 0.05
+    got = {}
+    for dense_max in (64, 4, 0):
+        monkeypatch.setattr(blocked_clusters, "DENSE_MAX", dense_max)
+        fns = BlockedLMMFunctions(fit.spec, st, "ML")
+        got[dense_max] = {**fns.clusters(nat), **fns.clusters_expected(nat)}
+    c = got[64]
+    s = np.sqrt(np.diag(c["observed"]))
+    S = np.outer(s, s)
+    for other in (got[4], got[0]):
+        np.testing.assert_allclose(other["loglik"], c["loglik"], rtol=1e-10)
+        np.testing.assert_allclose(other["scores"] / s, c["scores"] / s, rtol=0, atol=1e-10)
+        for k in ("observed_clusters", "expected_clusters"):
+            np.testing.assert_allclose(other[k] / S, c[k] / S, rtol=0, atol=1e-10)
+    ll, g, H, E = _free_pieces(fns, nat, np.flatnonzero(st.obs_cluster < 0))
+    np.testing.assert_allclose(c["loglik_free"], ll, rtol=1e-12)
+    np.testing.assert_allclose(c["loglik"].sum() + ll, c["loglik_total"], rtol=1e-12)
+    np.testing.assert_allclose((c["scores"].sum(0) + g) / s, c["grad"] / s, rtol=0, atol=1e-10)
+    np.testing.assert_allclose((c["observed_clusters"].sum(0) + H) / S, c["observed"] / S, rtol=0, atol=1e-10)
+    np.testing.assert_allclose((c["expected_clusters"].sum(0) + E) / S, c["expected"] / S, rtol=0, atol=1e-10)
+    # merDeriv's casewise scores: summed within each cluster its score, over the free rows theirs
+    obs = fns.observation_scores(nat)
+    oc = st.obs_cluster
+    summed = np.zeros_like(c["scores"])
+    np.add.at(summed, oc[oc >= 0], obs[oc >= 0])
+    np.testing.assert_allclose(summed / s, c["scores"] / s, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(obs[oc < 0].sum(0) / s, g / s, rtol=0, atol=1e-10)
+
+
+@pytest.mark.slow  # the cluster engine compiles graphs of clusters of 1, 2 and 10 effects (about 60 s on a first run)
+def test_partially_crossed_design_against_the_cluster_engine(partial_design):
+    """The same design fitted by the cluster engine: at its estimates the blocked engine's pieces
+    (the component on the blocked engine with ``DENSE_MAX = 4`` as well) are its to rounding, the
+    free rows' log-likelihood included, and so are the casewise scores."""
+    dense = pmv.lmm(PARTIAL, partial_design).fit("ML", engine="clusters")
+    nat = dense._opt["nat"]
+    want, want_e = dense._functions.clusters(nat), dense._functions.clusters_expected(nat)
+    s = np.sqrt(np.diag(want["observed"]))
+    S = np.outer(s, s)
+    for dense_max in (64, 4):
+        blocked_clusters.DENSE_MAX, keep = dense_max, blocked_clusters.DENSE_MAX
+        try:
+            fns = BlockedLMMFunctions(dense.spec, dense.structure, "ML")
+            got, got_e = fns.clusters(nat), fns.clusters_expected(nat)
+        finally:
+            blocked_clusters.DENSE_MAX = keep
+        np.testing.assert_allclose(got["loglik"], want["loglik"], rtol=1e-10)
+        np.testing.assert_allclose(got["loglik_free"], want["loglik_free"], rtol=1e-12)
+        np.testing.assert_allclose(got["scores"] / s, want["scores"] / s, rtol=0, atol=1e-8)
+        np.testing.assert_allclose(got["observed_clusters"] / S, want["observed_clusters"] / S, rtol=0, atol=1e-8)
+        np.testing.assert_allclose(got_e["expected_clusters"] / S, want_e["expected_clusters"] / S, rtol=0, atol=1e-8)
+    want_o = dense._functions.observation_scores(nat)
+    got_o = BlockedLMMFunctions(dense.spec, dense.structure, "ML").observation_scores(nat)
+    np.testing.assert_allclose(got_o / s, want_o / s, rtol=0, atol=1e-10)
 
 
 def test_handwritten_crossed_model_on_the_blocked_engine():

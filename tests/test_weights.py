@@ -109,7 +109,8 @@ def test_gaussian_full_vcov(ref, case, engine):
 def test_scores_loglik_contributions_and_sandwich(ref, case):
     """Cluster and casewise scores (merDeriv's decomposition of the weighted model), per-Subject
     log-likelihoods and the CR0 sandwich, against their closed forms at lme4's estimates: 1e-5 of
-    each column's RMS (measured 1.6e-6), 1e-6 absolute (measured 3.5e-7), 1e-5 scaled (4e-7)."""
+    each column's RMS (measured 1.6e-6), 1e-6 absolute (measured 3.5e-7), 1e-5 scaled (4e-7); by
+    the cluster engine and by the blocked engine."""
     r = ref[case]
     fit = _fit(ref, case, "clusters")
     S = fit.scores("cluster", "var")
@@ -128,8 +129,17 @@ def test_scores_loglik_contributions_and_sandwich(ref, case):
     want_s = _matrix(r["sandwich_observed_var_CR0"]).set_axis(r["sandwich_observed_var_CR0"]["colnames"], axis=0)
     assert scaled_error(sw.to_numpy(), want_s.loc[sw.index, sw.columns].to_numpy()).max() < 1e-5
     # the blocked engine's casewise scores are the same
-    blocked = _fit(ref, case, "blocked").scores("observation", "var")
+    bfit = _fit(ref, case, "blocked")
+    blocked = bfit.scores("observation", "var")
     np.testing.assert_allclose(blocked.to_numpy() / rms_o, obs.to_numpy() / rms_o, atol=1e-6)
+    # and so are its cluster scores, per-Subject log-likelihoods and CR0 sandwich (a model of 18
+    # clusters on the blocked engine: engines/blocked_clusters.py), against the same references
+    Sb = bfit.scores("cluster", "var")
+    np.testing.assert_allclose(Sb.to_numpy() / rms, want.to_numpy() / rms, atol=1e-5)
+    llb = bfit.loglik_contributions()
+    np.testing.assert_allclose(llb.to_numpy(), list(r["loglik_cluster"].values()), rtol=0, atol=1e-6)
+    swb = bfit.sandwich(scale="var", adjust="CR0")
+    assert scaled_error(swb.to_numpy(), want_s.loc[swb.index, swb.columns].to_numpy()).max() < 1e-5
 
 
 @pytest.mark.parametrize("case", ["sleepstudy_reml", "unbalanced_reml"])

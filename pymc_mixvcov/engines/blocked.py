@@ -342,11 +342,12 @@ class _State:
         vinv = (1.0 - zPz) / s2
         Vie = (e - Z @ (Pd @ self.ze)) / s2
         out[:, -1] = pp.sigma * (r * Vie - vinv)
+        filled = np.arange(R)[None, :] < counts[:, None]  # the slots that hold a nonzero of Z
         for a in range(nt):
             k = pp.owner[a][0]
             bt = d.terms[k]
-            # obs i's block of term k: its level and its r values
-            in_k = (pos >= bt.off) & (pos < bt.off + bt.q)
+            # obs i's block of term k: its level and its r values (an empty slot's position 0 is no level)
+            in_k = filled & (pos >= bt.off) & (pos < bt.off + bt.q)
             lev = np.where(in_k, (pos - bt.off) // bt.r, -1).max(axis=1)
             zk = np.zeros((n, bt.r))
             rows, cols = np.nonzero(in_k)
@@ -443,8 +444,8 @@ class BlockedLMMFunctions:
     blocked engine (same interface as :class:`pymc_mixvcov.compilation.derivatives.LMMFunctions`).
 
     ``beta`` is profiled out of the optimiser's criterion. The engine sees the whole model at
-    once: per-cluster pieces exist only when the model is one cluster (a crossed design), where
-    they are the totals.
+    once; per-cluster pieces are the totals where the model is one cluster (a crossed design),
+    else each cluster's sub-model's (:mod:`pymc_mixvcov.engines.blocked_clusters`).
     """
 
     profiled = True
@@ -465,6 +466,7 @@ class BlockedLMMFunctions:
         self.vi = spec.variance_index
         self.fi = spec.fixed_index
         self._profiles: list = []
+        self._per_cluster = None  # per-cluster pieces of a model of several clusters, built on first use
 
     def profile(self, vv: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """Profiled criterion (``beta`` at its GLS value), its gradient in ``vv`` and the full ``nat``.
@@ -546,37 +548,63 @@ class BlockedLMMFunctions:
         out[fv], out[vf] = ml[fv], ml[vf]
         return out
 
-    def _one_cluster(self, what: str) -> None:
-        if self.structure.n_clusters != 1 or self.structure.free[3] > 0:
-            raise MixVcovError(
-                f"{what} per cluster are not yet available on the blocked engine (used for large crossed or "
-                f"nested designs), which evaluates the {self.structure.n_clusters} clusters of this model "
-                "together; use the model-based covariance (vcov), or fit with engine='clusters'"
-            )
+    def _one_cluster(self) -> bool:
+        """Whether the model is one cluster holding every observation (a crossed design), whose pieces
+        are the totals."""
+        return self.structure.n_clusters == 1 and int(self.structure.free[3]) == 0
+
+    def _cluster_pieces(self):
+        """Every cluster's pieces in ``phi`` (:mod:`pymc_mixvcov.engines.blocked_clusters`), built once."""
+        pc = self._per_cluster
+        if pc is None or pc.spec is not self.spec:  # a new response (engines/response.py) has a new spec
+            from .blocked_clusters import GaussianClusterPieces
+
+            self._per_cluster = GaussianClusterPieces(self.spec, self.structure, self.sig)
+        return self._per_cluster
 
     def clusters(self, nat: np.ndarray, phi=None) -> dict[str, np.ndarray]:
-        """The model's log-likelihood, score and observed information as those of its one cluster (ML)."""
-        self._one_cluster("log-likelihoods, scores and information contributions")
+        """Per-cluster log-likelihoods, scores and observed information on the natural scale (ML), with
+        their totals (see :meth:`pymc_mixvcov.compilation.derivatives.LMMFunctions.clusters`).
+
+        One cluster holding every observation: the totals. Several: each cluster's sub-model
+        (:mod:`pymc_mixvcov.engines.blocked_clusters`); ``loglik_free`` is the log-likelihood of the
+        observations that use no random effect.
+        """
         nat = np.asarray(nat, float)
         phi, J, T = self.map(nat)
         res = self._ml(nat, phi, J, T, False)
+        if self._one_cluster():
+            return {
+                "loglik_total": res["loglik"],
+                "loglik": np.array([res["loglik"]]),
+                "loglik_free": 0.0,
+                "scores": res["grad"][None, :],
+                "observed_clusters": res["observed"][None],
+                "grad": res["grad"],
+                "observed": res["observed"],
+            }
+        pc = self._cluster_pieces()
+        per = pc(phi)
+        S = per["grad"]
         return {
             "loglik_total": res["loglik"],
-            "loglik": np.array([res["loglik"]]),
-            "loglik_free": 0.0,
-            "scores": res["grad"][None, :],
-            "observed_clusters": res["observed"][None],
+            "loglik": per["loglik"],
+            "loglik_free": pc.free_loglik(phi),
+            "scores": S @ J,
+            "observed_clusters": -(np.einsum("ki,ckl,lj->cij", J, per["hess"], J) + np.einsum("ck,kij->cij", S, T)),
             "grad": res["grad"],
             "observed": res["observed"],
         }
 
     def clusters_expected(self, nat: np.ndarray, phi=None) -> dict[str, np.ndarray]:
-        """The expected information as that of the model's one cluster (ML)."""
-        self._one_cluster("expected information contributions")
+        """Per-cluster expected information and its total on the natural scale (ML)."""
         nat = np.asarray(nat, float)
         phi, J, T = self.map(nat)
         E = self._ml(nat, phi, J, T, True)["expected"]
-        return {"expected_clusters": E[None], "expected": E}
+        if self._one_cluster():
+            return {"expected_clusters": E[None], "expected": E}
+        per = self._cluster_pieces()(phi)
+        return {"expected_clusters": np.einsum("ki,ckl,lj->cij", J, per["expected"], J), "expected": E}
 
     def observation_scores(self, nat: np.ndarray) -> np.ndarray:
         """Scores of every observation on the natural scale, ``(n, P)`` (merDeriv's casewise

@@ -412,7 +412,7 @@ class SchurFactor:
             z = np.where(np.swapaxes(lay.ok12, 1, 2), z, 0.0)
             out[:, r1:, :r1] = z
             out[:, :r1, r1:] = np.swapaxes(z, 1, 2)
-            p1 = lay.pos[:, B1] - lay.q1
+            p1 = np.where(lay.used[:, B1], lay.pos[:, B1] - lay.q1, 0)  # (unused slots: any index in range)
             out[:, r1:, r1:] = np.where(lay.ok22, Z22[p1[:, :, None], p1[:, None, :]], 0.0)
         return out
 
@@ -702,9 +702,9 @@ class BlockedLaplaceFunctions:
     """Criterion, derivatives and observation scores of a non-Gaussian mixed model by the blocked
     Laplace engine (same interface as :class:`pymc_mixvcov.compilation.derivatives.LaplaceFunctions`).
 
-    ``beta`` is optimised with the other parameters (``profiled = False``). Per-cluster pieces exist
-    where the model is one cluster (a crossed design), where they are the totals; observation
-    scores always (module docstring).
+    ``beta`` is optimised with the other parameters (``profiled = False``). Per-cluster pieces are
+    the totals where the model is one cluster (a crossed design), else each cluster's sub-model's
+    (:mod:`pymc_mixvcov.engines.blocked_clusters`); observation scores always (module docstring).
     """
 
     profiled = False
@@ -732,6 +732,7 @@ class BlockedLaplaceFunctions:
         self._modes_at = None
         self.modes_converged = True
         self._last = None
+        self._per_cluster = None  # per-cluster pieces of a model of several clusters, built on first use
 
     def modes(self, phi: np.ndarray) -> np.ndarray:
         """The modes of the (standardised) random effects at ``phi``, warm-started from the last ones
@@ -794,28 +795,52 @@ class BlockedLaplaceFunctions:
             res["expected"] = None
         return res
 
-    def _one_cluster(self, what: str) -> None:
-        if self.structure.n_clusters != 1:
-            raise MixVcovError(
-                f"{what} per cluster are not available on the blocked Laplace engine (used for large crossed "
-                f"designs), which evaluates the {self.structure.n_clusters} clusters of this model together; "
-                "use scores(level='observation'), a sandwich clustered by data columns, or fit with "
-                "engine='clusters'"
-            )
+    def _one_cluster(self) -> bool:
+        """Whether the model is one cluster holding every observation (a crossed design), whose pieces
+        are the totals."""
+        return self.structure.n_clusters == 1 and int(self.structure.free[3]) == 0
+
+    def _cluster_pieces(self, phi: np.ndarray, order: int) -> dict:
+        """Every cluster's pieces in ``phi`` at the whole model's modes
+        (:mod:`pymc_mixvcov.engines.blocked_clusters`; the design work is done once)."""
+        pc = self._per_cluster
+        if pc is None or pc.spec is not self.spec:  # a new response (engines/response.py) has a new spec
+            from .blocked_clusters import LaplaceClusterPieces
+
+            self._per_cluster = LaplaceClusterPieces(self.spec, self.structure, self.sig, self.jet)
+        return self._per_cluster(phi, self.modes(phi), order)
 
     def clusters(self, nat: np.ndarray) -> dict[str, np.ndarray]:
-        """The model's log-likelihood and score as those of its one cluster."""
-        self._one_cluster("log-likelihoods and scores")
+        """Per-cluster log-likelihoods and scores, and the total gradient (natural scale).
+
+        One cluster holding every observation: the totals. Several: each cluster's sub-model at the
+        whole model's modes (:mod:`pymc_mixvcov.engines.blocked_clusters`); ``loglik_free`` is the
+        log-likelihood of the observations that use no random effect.
+        """
         nat = np.asarray(nat, float)
         phi, J, _ = self.map(nat, second=False)
         out = self._pieces(phi, 1)
         g = J.T @ out["grad"]
-        return {"loglik_total": out["loglik"], "loglik": np.array([out["loglik"]]), "scores": g[None], "grad": g}
+        if self._one_cluster():
+            return {"loglik_total": out["loglik"], "loglik": np.array([out["loglik"]]), "scores": g[None], "grad": g}
+        per = self._cluster_pieces(phi, 1)
+        return {
+            "loglik_total": out["loglik"],
+            "loglik": per["loglik"],
+            "loglik_free": per["loglik_free"],
+            "scores": per["grad"] @ J,
+            "grad": g,
+        }
 
     def cluster_observed(self, nat: np.ndarray) -> np.ndarray:
-        """The observed information as that of the model's one cluster, ``(1, P, P)``."""
-        self._one_cluster("information contributions")
-        return self.information(nat)["observed"][None]
+        """Each cluster's observed information contribution on the natural scale, ``(C, P, P)``."""
+        nat = np.asarray(nat, float)
+        if self._one_cluster():
+            return self.information(nat)["observed"][None]
+        phi, J, T = self.map(nat)
+        per = self._cluster_pieces(phi, 2)
+        S = per["grad"]
+        return -(np.einsum("ki,ckl,lj->cij", J, per["hess"], J) + np.einsum("ck,kij->cij", S, T))
 
     def observation_scores(self, nat: np.ndarray) -> np.ndarray:
         """Scores of every observation on the natural scale, ``(n, P)`` (module docstring): they sum
