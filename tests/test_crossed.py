@@ -346,6 +346,19 @@ def test_partially_crossed_design_with_free_rows(partial_design, monkeypatch):
     np.testing.assert_allclose(obs[oc < 0].sum(0) / s, g / s, rtol=0, atol=1e-10)
 
 
+def test_partially_crossed_cluster_rows_are_refused_with_the_reason(partial_design):
+    """Without the rows that use no random effect the partially crossed design has 13 clusters, none
+    of them named by one grouping factor: cluster-level rows are refused with that reason (not as a
+    design of one cluster), and observation-level scores still sum to ~0 at the optimum."""
+    data = partial_design[partial_design["z"] > 0].reset_index(drop=True)
+    fit = pmv.lmm(PARTIAL, data).fit("ML", engine="blocked")
+    assert fit.structure.n_clusters == 13 and fit.structure.free[3] == 0
+    with pytest.raises(pmv.MixVcovError, match="partially crossed: its 13 independent clusters"):
+        fit.scores("cluster")
+    S = fit.scores("observation", "natural").to_numpy()
+    np.testing.assert_allclose(S.sum(0) * fit.se("natural").to_numpy(), 0, atol=1e-4)
+
+
 @pytest.mark.slow  # the cluster engine compiles graphs of clusters of 1, 2 and 10 effects (about 60 s on a first run)
 def test_partially_crossed_design_against_the_cluster_engine(partial_design):
     """The same design fitted by the cluster engine: at its estimates the blocked engine's pieces

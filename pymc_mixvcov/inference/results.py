@@ -583,11 +583,19 @@ class MixedFit:
                         per_cluster[c] += 1
             if np.all(per_cluster == 1) and (best is None or len(t.levels) < len(best[1])):
                 best = (owner, t.levels, t.group)
-        if best is None:
+        if best is None and st.n_clusters == 1:
             raise MixVcovError(
                 "this model's random effects are crossed: all observations form one cluster of the marginal "
                 "likelihood, which does not split into independent cluster contributions. Use "
                 "scores(level='observation'), or sandwich(cluster=[...]) with one or more grouping columns "
+                "(multi-way clustering)."
+            )
+        if best is None:
+            raise MixVcovError(
+                f"this model's random effects are partially crossed: its {st.n_clusters} independent clusters "
+                "(connected components of the random effects) are not the levels of any one grouping factor, "
+                "so there are no labels for cluster-level rows. Use scores(level='observation'), or "
+                "sandwich(cluster=...) with a column that groups whole clusters, or several grouping columns "
                 "(multi-way clustering)."
             )
         return best
