@@ -30,3 +30,13 @@ save(list(case="ddf_crossed", model="y ~ group * cond + (1 | subj) + (1 + cond |
           joint_kr=list(F=j2[["F value"]], ndf=j2$NumDF, ddf=j2$DenDF, p=j2[["Pr(>F)"]])),
      "ddf_crossed")
 cat("done\n")
+# InstEval (lme4), REML, y ~ service + (1 | s) + (1 | d) + (1 | dept:service): lmerTest's Satterthwaite
+# t-table (pbkrtest's Kenward-Roger forms n x n matrices: out of reach at 73,421 rows). Writes ddf_insteval.json
+fi <- lmerTest::lmer(y ~ service + (1|s) + (1|d) + (1|dept:service), InstEval, REML=TRUE,
+                     control=lmerControl(optimizer="bobyqa", optCtrl=list(rhoend=1e-10, maxfun=1e5), calc.derivs=FALSE))
+save(list(case="ddf_insteval", model="y ~ service + (1 | s) + (1 | d) + (1 | dept:service), REML",
+          versions=list(R=paste(R.version$major, R.version$minor, sep="."), lme4=as.character(packageVersion("lme4")),
+                        lmerTest=as.character(packageVersion("lmerTest"))),
+          logLik=as.numeric(logLik(fi)), satterthwaite=coefs(fi, "Satterthwaite")),
+     "ddf_insteval")
+cat("done insteval\n")
