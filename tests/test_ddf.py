@@ -211,19 +211,16 @@ def test_summary_with_ddf(unbal_reml):
 
 
 def test_closed_forms_against_the_symbolic_derivative(unbal_reml):
-    """var_scale_pieces: X'V^-1X and its first derivatives agree with pytensor's derivative of the
-    GLS graph (carried to the model's parameters by each scale's Jacobian), to rounding; its second
-    derivatives agree with central differences of its first ones (step 1e-4 relative: truncation
-    ~1e-8, rounding ~1e-12 relative)."""
-    from pymc_mixvcov.compilation.derivatives import core_function
-    from pymc_mixvcov.inference.ddf import var_scale_pieces
-
+    """The cluster engine's var_scale_pieces: X'V^-1X and its first derivatives agree with its xtvx,
+    pytensor's derivative of the GLS graph (carried to the model's parameters by each scale's
+    Jacobian), to rounding; its second derivatives agree with central differences of its first
+    ones (step 1e-4 relative: truncation ~1e-8, rounding ~1e-12 relative)."""
     fns = unbal_reml._functions
     p = fns.sig.p
     nat = unbal_reml._opt["nat"]
     phi, J, _ = fns.map(nat, second=False)
-    XtVX, P, H = var_scale_pieces(fns, phi[p:-1], phi[-1])
-    X_sym, D = core_function("xtvx_theta", fns.sig)(phi[p:], np.zeros((p, p)), *fns.data)
+    XtVX, P, H = fns.var_scale_pieces(phi)
+    X_sym, D = fns.xtvx(phi)
     assert_allclose(XtVX, X_sym, rtol=1e-12)
     d_sym = np.einsum("kab,kv->vab", np.asarray(D), J[p:][:, fns.vi])
     d_closed = np.einsum("kab,kv->vab", P, unbal_reml._opt["jac_var"][p:][:, fns.vi])
@@ -232,7 +229,7 @@ def test_closed_forms_against_the_symbolic_derivative(unbal_reml):
     def pieces_at(vs):  # the var scale (G lower triangle column-major, sigma^2) -> (theta, sigma)
         G = np.array([[vs[0], vs[1]], [vs[1], vs[2]]])
         Lc = np.linalg.cholesky(G)
-        return var_scale_pieces(fns, np.array([Lc[0, 0], Lc[1, 0], Lc[1, 1]]), np.sqrt(vs[3]))
+        return fns.var_scale_pieces(np.concatenate([phi[:p], [Lc[0, 0], Lc[1, 0], Lc[1, 1], np.sqrt(vs[3])]]))
 
     vs = np.asarray(unbal_reml._opt["value_var"])[p:]
     for i in range(vs.size):

@@ -714,6 +714,24 @@ class LMMFunctions:
         """Values and Jacobians (with respect to the natural parameters) of every scale."""
         return _scales(self.map, self._fn("scales"), nat)
 
+    def xtvx(self, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``X^T V^{-1} X`` at the core parameters ``phi = (beta, theta, sigma)`` and its derivatives in
+        ``(theta, sigma)``, ``(n_theta + 1, p, p)``: pytensor's derivative of the GLS graph
+        (``xtvx_theta``), one reverse pass per variance parameter."""
+        p = self.sig.p
+        XtVX, D = self._fn("xtvx_theta")(np.asarray(phi, float)[p:], np.zeros((p, p)), *self.data)
+        return np.asarray(XtVX), np.asarray(D)
+
+    def var_scale_pieces(self, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``X^T V^{-1} X``, ``P_i`` and ``H_ij = Q_ij + Q_ji`` on the var scale at ``phi = (beta, theta,
+        sigma)``, in closed form from the cluster statistics
+        (:func:`pymc_mixvcov.engines.cluster_ddf.var_scale_pieces`)."""
+        from ..engines.cluster_ddf import var_scale_pieces
+
+        p = self.sig.p
+        phi = np.asarray(phi, float)
+        return var_scale_pieces(self.structure, self.sig, phi[p:-1], float(phi[-1]))
+
     def _embed_vector(self, gv: np.ndarray) -> np.ndarray:
         return reml_gradient(self.P, self.vi, gv)
 

@@ -625,6 +625,21 @@ class BlockedLMMFunctions:
         sig = self.sig
         return _scales(self.map, lambda phi: closed_form_scales(phi, sig.p, sig.r), nat)
 
+    def xtvx(self, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``X^T V^{-1} X`` at the core parameters ``phi = (beta, theta, sigma)`` and its derivatives in
+        ``(theta, sigma)``, ``(n_theta + 1, p, p)``, in closed form
+        (:func:`pymc_mixvcov.engines.blocked_ddf.xtvx`)."""
+        from .blocked_ddf import xtvx
+
+        return xtvx(self.data, np.asarray(phi, float)[self.sig.p :])
+
+    def var_scale_pieces(self, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``X^T V^{-1} X``, ``P_i`` and ``H_ij = Q_ij + Q_ji`` on the var scale at ``phi = (beta, theta,
+        sigma)``, in closed form (:func:`pymc_mixvcov.engines.blocked_ddf.var_scale_pieces`)."""
+        from .blocked_ddf import var_scale_pieces
+
+        return var_scale_pieces(self.data, np.asarray(phi, float)[self.sig.p :])
+
     def _embed(self, gv: np.ndarray) -> np.ndarray:
         from ..compilation.derivatives import reml_gradient
 

@@ -161,7 +161,10 @@ class BlockedFactor:
             prods = weighted_crossprods(d.C12, np.array(weights), compiled, d.C12_dense)
             Rm -= prods[0]
             self._Praw = dict(enumerate(prods[1:]))  # C_21 diag(1 / m^2) C_12, C_21 diag(c / m^3) C_12
-            Tdata = N.data * (lam1 / mm)[d.C12_rows]
+            # N's rows: C_12's where Lambda_2 is diagonal (same pattern); a product with a vector term's
+            # factor has its own pattern (zero products dropped, e.g. at a zero covariance)
+            rows = d.C12_rows if self.lam2 is not None else np.repeat(np.arange(q1), np.diff(N.indptr))
+            Tdata = N.data * (lam1 / mm)[rows]
             self.T = sp.csr_matrix((Tdata, N.indices, N.indptr), shape=N.shape)
         else:
             Rinv = np.linalg.inv(self.R)

@@ -17,9 +17,11 @@ with ``A^{-1}`` the covariance of ``psi_hat``: the inverse observed information 
 criterion (REML or ML, ``beta`` profiled out). ``nu`` does not depend on how ``psi`` is
 parameterised: under ``psi = psi(phi)`` with Jacobian ``J``, ``g_phi = J^T g_psi`` and, at the
 optimum (zero gradient), ``A_phi = J^T A_psi J``, so ``g^T A^{-1} g`` is unchanged. Here ``psi``
-are the model's own variance parameters; ``d(X^T V^{-1} X)/d psi`` is the symbolic derivative
-(pytensor) of the cluster-statistics graph of :class:`pymc_mixvcov.engines.marginal.CoreGraph` in its
-core parameters, times the exact Jacobian of the model map. For ``q > 1`` (Fai and Cornelius
+are the model's own variance parameters; ``d(X^T V^{-1} X)/d psi`` is the engine's exact derivative
+in its core parameters ``(theta, sigma)`` (``fns.xtvx``: pytensor's derivative of the
+cluster-statistics graph of :class:`pymc_mixvcov.engines.marginal.CoreGraph` on the cluster engine,
+the closed form of :mod:`pymc_mixvcov.engines.blocked_ddf` on the blocked engine), times the exact
+Jacobian of the model map. For ``q > 1`` (Fai and Cornelius
 1996, as lmerTest): with ``L C L^T = P diag(d) P^T``, the ``q`` rotated contrasts
 ``P^T L`` (eigenvalues ``d_m`` above ``sqrt(eps) d_1``) are independent,
 ``F = (1/q) sum_m (P_m^T L beta)^2 / d_m``, each has its Satterthwaite ``nu_m``, and
@@ -30,7 +32,8 @@ mean when all are equal within ``1e-8``).
 the var scale ``sigma = (vech G_k, sigma^2)`` in which ``V`` is linear (so that its second
 derivatives vanish). With ``Phi = C``, ``P_i = d(X^T V^{-1} X)/d sigma_i``,
 ``Q_ij + Q_ji = d^2 (X^T V^{-1} X)/d sigma_i d sigma_j`` (``Q_ij = X^T V^{-1} V_i V^{-1} V_j V^{-1} X``;
-closed forms from the cluster statistics in :func:`var_scale_pieces`) and ``W`` the inverse
+the engine's closed forms, ``fns.var_scale_pieces``: :mod:`pymc_mixvcov.engines.cluster_ddf` from the
+cluster statistics, :mod:`pymc_mixvcov.engines.blocked_ddf` from the blocked factor) and ``W`` the inverse
 expected REML information of ``sigma`` (the model's expected information carried to ``sigma``):
 
 .. math::
@@ -72,10 +75,9 @@ import numpy as np
 import pandas as pd
 from scipy import special  # t, F and chi-square tails (scipy.stats costs 0.4 s to import)
 
-from ..compilation.derivatives import core_function
 from ..errors import MixVcovError
 
-__all__ = ["DDF", "AnovaType", "DDFMethods", "parse_hypothesis", "term_hypotheses", "var_scale_pieces"]
+__all__ = ["DDF", "AnovaType", "DDFMethods", "parse_hypothesis", "term_hypotheses"]
 
 #: Denominator degrees of freedom: ``None`` gives the large-sample (normal / chi-square) tests.
 DDF = Literal["satterthwaite", "kenward-roger"]
@@ -186,69 +188,6 @@ def parse_hypothesis(hypothesis, labels: list[str]) -> tuple[np.ndarray, np.ndar
     return L, np.zeros(L.shape[0])
 
 
-# -- closed forms on the var scale ----------------------------------------------------------------
-def var_scale_pieces(fns, theta: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``X^T V^{-1} X``, ``P_i`` and ``H_ij`` on the var scale, from the cluster statistics.
-
-    The var scale ``sigma = (vech G_1, ..., vech G_K, sigma^2)`` (lower triangles column-major)
-    makes ``V`` linear: ``V_i = dV/d sigma_i`` is ``Z E_i Z^T`` (``E_i`` the indicator of entry
-    ``(a, b)`` and ``(b, a)`` of every level's block of term ``k``) or ``I``. With
-    ``N = Lambda M^{-1} Lambda^T`` per cluster (``M = Lambda^T Z^T Z Lambda + sigma^2 I``),
-    ``V^{-1} = (I - Z N Z^T) / sigma^2`` and, from ``A = Z^T Z``, ``B = Z^T X``, ``X^T X``:
-
-    * ``S = Z^T V^{-1} Z = (A - A N A)/sigma^2``, ``R = Z^T V^{-1} X = (B - A N B)/sigma^2``,
-    * ``T = Z^T V^{-2} X = (I - A N) R / sigma^2``,
-    * ``X^T V^{-2} X = Y / sigma^4`` and ``X^T V^{-3} X = (Y - sigma^4 R^T N R)/sigma^6`` with
-      ``Y = X^T X - 2 B^T N B + B^T N A N B``;
-
-    ``P_i = d(X^T V^{-1} X)/d sigma_i = -X^T V^{-1} V_i V^{-1} X`` is ``-sum_c R^T E_i R`` or
-    ``-X^T V^{-2} X``, and ``H_ij = Q_ij + Q_ji`` with ``Q_ij = X^T V^{-1} V_i V^{-1} V_j V^{-1} X``:
-    ``sum_c R^T E_i S E_j R``, ``sum_c R^T E_i T`` (``V_j = I``) or ``X^T V^{-3} X`` (both).
-    Observations without random effects add ``X_f^T X_f`` over ``sigma^2``, ``sigma^4``, ``sigma^6``.
-    """
-    st, sig = fns.structure, fns.sig
-    p, s2 = sig.p, sigma**2
-    pos = sig.theta_positions()
-    flat = np.zeros(sig.lam_size + 1)
-    flat[pos] = theta
-    # the var-scale parameters as index pairs into the flat factor layout
-    pairs, off = [], 0
-    for r in sig.r:
-        for j in range(r):
-            for i in range(j, r):
-                pairs.append((off + i * r + j, off + j * r + i))
-        off += r * r
-    k = len(pairs) + 1
-    XX_f = np.asarray(st.free[0], float)
-    XtVX, X2, X3 = XX_f / s2, XX_f / s2**2, XX_f / s2**3
-    PG = np.zeros((k - 1, p, p))
-    QGG = np.zeros((k - 1, k - 1, p, p))
-    QGs = np.zeros((k - 1, p, p))
-    for bt in st.batches:
-        Lam = flat[bt.lam_idx]
-        A, B = bt.A, bt.B
-        M = np.einsum("cvu,cvw,cwx->cux", Lam, A, Lam) + s2 * np.eye(bt.s)
-        N = Lam @ np.linalg.solve(M, np.swapaxes(Lam, 1, 2))
-        AN = A @ N
-        NB = N @ B
-        S = (A - AN @ A) / s2
-        R = (B - A @ NB) / s2
-        T = (R - AN @ R) / s2
-        Y = bt.XX - 2 * np.einsum("cup,cuq->cpq", B, NB) + np.einsum("cup,cuv,cvq->cpq", NB, A, NB)
-        XtVX = XtVX + np.sum(bt.XX - np.einsum("cup,cuq->cpq", B, NB), axis=0) / s2
-        X2 = X2 + np.sum(Y, axis=0) / s2**2
-        X3 = X3 + np.sum(Y - s2**2 * np.einsum("cup,cuv,cvq->cpq", R, N, R), axis=0) / s2**3
-        E = np.stack([(bt.lam_idx == a) | (bt.lam_idx == b) for a, b in pairs]).astype(float)  # (k-1, C, s, s)
-        ER = np.einsum("icuv,cvp->icup", E, R)
-        PG -= np.einsum("cup,icuq->ipq", R, ER)
-        QGG += np.einsum("icup,cuv,jcvq->ijpq", ER, S, ER)
-        QGs += np.einsum("icup,cuq->ipq", ER, T)
-    P = np.concatenate([PG, -X2[None]])
-    Q = np.zeros((k, k, p, p))
-    Q[:-1, :-1], Q[:-1, -1], Q[-1, :-1], Q[-1, -1] = QGG, QGs, np.swapaxes(QGs, 1, 2), X3
-    return XtVX, P, Q + np.swapaxes(Q, 0, 1)
-
-
 # -- the computations -----------------------------------------------------------------------------
 def _fstat_ddf(nu: np.ndarray, tol: float = 1e-8) -> float:
     """lmerTest's ``get_Fstat_ddf``: the ddf of an F of independent t's with ``nu`` df."""
@@ -291,7 +230,7 @@ class DDFMethods:
         p = fns.sig.p
         self.p = p
         phi, J, _ = fns.map(nat, second=False)
-        XtVX, D = core_function("xtvx_theta", fns.sig)(phi[p:], np.zeros((p, p)), *fns.data)
+        XtVX, D = fns.xtvx(phi)
         self.C = np.linalg.inv(XtVX)
         self.C = 0.5 * (self.C + self.C.T)
         dC = -np.einsum("ab,kbc,cd->kad", self.C, np.asarray(D), self.C)
@@ -351,7 +290,7 @@ class DDFMethods:
                 "Use ddf='satterthwaite'"
             )
         phi, _, _ = fns.map(np.asarray(fit._opt["nat"], float), second=False)
-        XtVX, P, H = var_scale_pieces(fns, phi[p:-1], float(phi[-1]))
+        XtVX, P, H = fns.var_scale_pieces(phi)
         Phi = np.linalg.inv(XtVX)
         Phi = 0.5 * (Phi + Phi.T)
         P, H = np.asarray(P)[rows], np.asarray(H)[np.ix_(rows, rows)]
