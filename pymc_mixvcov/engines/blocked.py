@@ -150,12 +150,18 @@ class _State:
         self.Hx = F.P(d.ZX)  # Lambda M^{-1} Lambda^T Z^T X
         self.XVX = (d.XX - d.ZX.T @ self.Hx) / s2  # X^T V^{-1} X
         self.XVX = 0.5 * (self.XVX + self.XVX.T)
+        # the statistics are those of y - X b0 (blocked_layout): the formulas take beta - b0
+        b0 = np.zeros(d.p) if d.b0 is None else d.b0
         if beta is None:
             XVy = (d.Xy - self.Hx.T @ d.Zy) / s2
-            beta = np.linalg.solve(self.XVX, XVy) if d.p else np.zeros(0)
+            bc = np.linalg.solve(self.XVX, XVy) if d.p else np.zeros(0)
+            beta = bc + b0
+        else:
+            bc = np.asarray(beta, float) - b0
         self.beta = np.asarray(beta, float)
-        self.zr = d.Zy - d.ZX @ self.beta
-        self.rr = d.yy - 2.0 * self.beta @ d.Xy + self.beta @ d.XX @ self.beta
+        self.bc = bc
+        self.zr = d.Zy - d.ZX @ bc
+        self.rr = d.yy - 2.0 * bc @ d.Xy + bc @ d.XX @ bc
         w = F.lamT(self.zr)
         Mw = F.solve(w)
         self.h = F.lam(Mw)  # P Z^T r
@@ -166,7 +172,7 @@ class _State:
         if level == 0:
             return
         self.ze = (self.zr - d.C @ self.h) / s2  # Z^T e
-        Xr = d.Xy - d.XX @ self.beta
+        Xr = d.Xy - d.XX @ bc
         self.Xe = (Xr - d.ZX.T @ self.h) / s2  # X^T e
         self.ee = (self.rr - 2.0 * self.h @ self.zr + self.h @ (d.C @ self.h)) / s2**2  # e^T e
         self.ZVX = (d.ZX - d.C @ self.Hx) / s2  # Z^T V^{-1} X
@@ -319,7 +325,7 @@ class _State:
         """
         d, F, s2, pp = self.d, self.F, self.s2, self.pp
         Z = d.Z
-        r = d.y - d.X @ self.beta
+        r = d.y - d.X @ self.bc
         e = (r - Z @ self.h) / s2
         ViX = (d.X - Z @ self.Hx) / s2
         n, p, nt = d.n, d.p, d.n_theta

@@ -12,13 +12,18 @@ is sparse as well. Only these moments enter the likelihood:
 
     C = Z^T Z, \\quad Z^T X, \\quad Z^T y, \\quad X^T X, \\quad X^T y, \\quad y^T y,
 
-with ``y`` net of the offset. The layout also keeps ``Z``, ``X`` and ``y`` for observation-level
-scores.
+with ``y`` net of the offset and of its least-squares fit on ``X``: ``y - X b_0`` with
+``b_0 = (X^T X)^{-1} X^T y``. The likelihood of ``y`` at ``beta`` is that of ``y - X b_0`` at
+``beta - b_0`` (the residual ``y - X beta`` is the same), so nothing changes but rounding: the
+moments ``y^T y``, ``X^T y`` of a response with a large mean (``y`` near ``10^6`` with residual SD
+``1``) cancel in ``r^T r = y^T y - 2 beta^T X^T y + beta^T X^T X beta`` and lose about
+``2 log10(mean / SD)`` digits, those of ``y - X b_0`` do not. The layout also keeps ``Z``, ``X`` and
+``y - X b_0`` for observation-level scores.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -26,7 +31,16 @@ import scipy.sparse as sp
 from ..model.weights import half_log_weights, whitened
 from .crossprod import DENSE_MAX_FLOPS
 
-__all__ = ["BlockedData", "LayoutTerm", "blocked_data"]
+__all__ = ["BlockedData", "LayoutTerm", "blocked_data", "centred_response"]
+
+
+def centred_response(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(b0, y - X b0)`` with ``b0`` the least-squares coefficients of ``y`` on ``X`` (see the module
+    docstring); ``X`` without columns: ``b0`` empty and ``y`` as it is."""
+    if X.shape[1] == 0:
+        return np.zeros(0), y.copy()
+    b0 = np.linalg.lstsq(X, y, rcond=None)[0]
+    return b0, y - X @ b0
 
 
 @dataclass(frozen=True)
@@ -84,7 +98,7 @@ class BlockedData:
     lam_theta: np.ndarray = field(repr=False)
     Z: sp.csr_matrix = field(repr=False)  # (n, q)
     X: np.ndarray = field(repr=False)
-    y: np.ndarray = field(repr=False)  # net of the offset
+    y: np.ndarray = field(repr=False)  # net of the offset and of X b0
     # C12's row of each stored entry; C21 = C12^T (CSR) and, for each of its entries, C12's entry
     C12_rows: np.ndarray = field(repr=False)
     C21: sp.csr_matrix = field(repr=False)
@@ -97,6 +111,15 @@ class BlockedData:
     cache: dict = field(default_factory=dict, repr=False, compare=False)
     #: prior weights: sum log(w) / 2, added to the log-likelihood of the scaled rows (0 without)
     half_logw: float = 0.0
+    #: the least-squares coefficients ``b0`` taken out of the response (module docstring): the
+    #: statistics are those of ``y - X b0``, the engine's formulas use ``beta - b0``
+    b0: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def with_response(self, y: np.ndarray) -> BlockedData:
+        """The same layout for another response ``y`` (net of the offset, rows scaled as ``X``):
+        its least-squares fit taken out and its moments ``Z^T y``, ``X^T y``, ``y^T y``."""
+        b0, yc = centred_response(self.X, np.asarray(y, float))
+        return replace(self, Zy=np.asarray(self.Z.T @ yc), Xy=self.X.T @ yc, yy=float(yc @ yc), y=yc, b0=b0)
 
     @property
     def q2(self) -> int:
@@ -131,6 +154,7 @@ def blocked_data(spec) -> BlockedData:
     """Build the blocked layout and statistics of a Gaussian ``spec`` (NumPy/SciPy, once)."""
     X, y, row_scale = whitened(spec)  # precision weights: rows scaled by sqrt(w_i)
     n, p = X.shape
+    b0, y = centred_response(np.asarray(X, float), np.asarray(y, float))
     theta_off, off_t = [], 0
     for t in spec.terms:
         theta_off.append(off_t)
@@ -192,6 +216,7 @@ def blocked_data(spec) -> BlockedData:
             lt.append(np.full(bt.n_levels, bt.theta_off + a))
     return BlockedData(
         half_logw=0.0 if row_scale is None else float(np.sum(half_log_weights(spec))),
+        b0=b0,
         terms=terms,
         n_theta=off_t,
         n=n,

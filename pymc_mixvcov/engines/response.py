@@ -123,7 +123,7 @@ class ResponseSwap:
         elif self.kind == "BlockedLMMFunctions":
             d = fns.data
             r = self.scaled(y)
-            out.data = replace(d, Zy=np.asarray(d.Z.T @ r), Xy=d.X.T @ r, yy=float(r @ r), y=r)
+            out.data = d.with_response(r)
             out.__dict__.pop("_last_ml", None)
         elif self.kind == "BlockedLaplaceFunctions":  # the response is its jets' data alone
             jet = copy.copy(fns.jet)

@@ -34,6 +34,7 @@ from ..errors import MixVcovError
 from ..inference.results import MixedFit
 from ..inference.scales import ScaleMaps
 from ..model.frames import as_pandas
+from ..model.identification import unidentified_terms
 from ..model.spec import inspect_model
 from ..output.progress import task as progress_task
 from ..output.progress import update as progress_update
@@ -254,6 +255,12 @@ def _fit(model, random, method, fixed_labels, data, cluster=None, noncentered=No
     engine = choose_engine(spec, structure, engine, nagq)
     structure = engine_structure(spec, structure, engine)
     scales = ScaleMaps(spec, fixed_labels)
+    for message in unidentified_terms(spec, scales.labels("sd")):
+        import warnings
+
+        from ..errors import SingularFitWarning
+
+        warnings.warn(message, SingularFitWarning, stacklevel=3)
     nagq = _check_nagq(nagq, spec, structure)
     fns, structure = build_functions(spec, structure, engine, method, nagq)
     opt = optimise(fns, spec) if fns.profiled else _optimise_all(fns, spec)
@@ -346,7 +353,10 @@ def optimise(fns: LMMFunctions, spec, warn: bool = True) -> OptimResult:
         x = natural(w * d)
         progress_update(f"optimising the profiled likelihood: evaluation {next(calls)}")
         with np.errstate(all="ignore"):
-            f, g, _ = fns.profile(x)
+            try:
+                f, g, _ = fns.profile(x)
+            except np.linalg.LinAlgError:  # a factor not numerically positive definite (blocked engine)
+                f, g = np.nan, np.zeros_like(x)
         if not (np.isfinite(f) and np.all(np.isfinite(g))):
             # e.g. a correlation parameter at +-1 (a singular covariance): make the line search step back
             return 1e300, np.zeros_like(w)
