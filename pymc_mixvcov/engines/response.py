@@ -125,6 +125,7 @@ class ResponseSwap:
             r = self.scaled(y)
             out.data = d.with_response(r)
             out.__dict__.pop("_last_ml", None)
+            out._profiles = []  # the fit's profiled criteria, of its own response
         elif self.kind == "BlockedLaplaceFunctions":  # the response is its jets' data alone
             jet = copy.copy(fns.jet)
             jet.y, jet.last_vprime, jet._mode_factor = y, None, None
