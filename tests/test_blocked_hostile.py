@@ -1,9 +1,10 @@
-"""The blocked engines under inputs that real users give: invariances, degenerate designs, tests.
+"""The blocked engines under inputs that real users give: invariances and degenerate designs.
 
 Each test names its truth: an invariance of the model (the likelihood of ``y + c`` with an
-intercept, of ``c y``, of shuffled rows, relabelled levels, reordered terms), the cluster engine's
-behaviour of the model itself (terms that cannot be told apart, a likelihood unbounded as
-sigma -> 0). All fits use ``engine="blocked"`` on small data.
+intercept, of ``c y``, of shuffled rows, relabelled levels, reordered terms, factors given as
+integers or as categoricals with unused levels), or what the model itself implies (two terms that
+the data cannot tell apart, a likelihood unbounded as sigma -> 0). All fits use
+``engine="blocked"`` on small data.
 """
 
 import warnings
