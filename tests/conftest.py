@@ -18,6 +18,32 @@ REF = Path(__file__).parent / "reference"
 os.environ.setdefault("PYMC_MIXVCOV_PROGRESS", "0")
 
 
+def central_differences(f, x: np.ndarray, h: float = 1e-5) -> np.ndarray:
+    """Central differences of ``f`` at ``x`` (a test of exact derivatives, never used by the
+    package), one row per coordinate, with the step ``h * max(1, |x_k|)``."""
+    out = []
+    for k in range(x.size):
+        e = np.zeros_like(x)
+        e[k] = h * max(1.0, abs(x[k]))
+        out.append((np.asarray(f(x + e)) - np.asarray(f(x - e))) / (2 * e[k]))
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def crossed_vector():
+    """Simulated crossed design with a correlated vector term: 8 g-levels (intercept and slope)
+    crossed with 6 h-levels, 3 replicates per cell, n = 144."""
+    rng = np.random.default_rng(14)
+    g = np.repeat(np.arange(8), 18)
+    h = np.tile(np.repeat(np.arange(6), 3), 8)
+    x = rng.normal(size=g.size)
+    G = np.array([[1.0, 0.3], [0.3, 0.5]])
+    u = rng.multivariate_normal(np.zeros(2), G, size=8)
+    v = rng.normal(scale=0.7, size=6)
+    y = 1.0 + 0.5 * x + u[g, 0] + u[g, 1] * x + v[h] + rng.normal(scale=0.8, size=g.size)
+    return pd.DataFrame({"y": y, "x": x, "g": [f"g{k}" for k in g], "h": [f"h{k}" for k in h]})
+
+
 def reference(name: str) -> dict:
     """A reference file written by tests/reference/generate.R (lme4 1.1-31, merDeriv 0.2-4, R 4.2.2)."""
     return json.loads((REF / f"{name}.json").read_text())

@@ -20,7 +20,7 @@ Checked against four independent routes:
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import on_engine, ref_matrix, reference, scaled_error
+from conftest import central_differences, on_engine, ref_matrix, reference, scaled_error
 
 import pymc_mixvcov as pmv
 from pymc_mixvcov.compilation.derivatives import LaplaceFunctions
@@ -147,15 +147,6 @@ def test_student_t_likelihood_with_two_own_parameters(crossed):
     np.testing.assert_allclose(v, v_hat, rtol=0, atol=1e-8)
 
 
-def _central(f, x, h=1e-5):
-    out = []
-    for k in range(x.size):
-        e = np.zeros_like(x)
-        e[k] = h * max(1.0, abs(x[k]))
-        out.append((np.asarray(f(x + e)) - np.asarray(f(x - e))) / (2 * e[k]))
-    return np.array(out)
-
-
 @pytest.mark.parametrize("case", ["binomial, vector first term", "gamma, three terms"])
 def test_gradient_and_hessian_equal_central_differences(crossed, case):
     spec, _, dense, blocked = _engines(crossed, case)
@@ -165,9 +156,9 @@ def test_gradient_and_hessian_equal_central_differences(crossed, case):
         return blocked.jet.evaluate(ph, blocked.modes(ph), order)
 
     res = at(phi, 2)
-    g_fd = _central(lambda ph: at(ph, 0)["loglik"], phi)
+    g_fd = central_differences(lambda ph: at(ph, 0)["loglik"], phi)
     np.testing.assert_allclose(res["grad"], g_fd, rtol=0, atol=1e-6 * np.max(np.abs(res["grad"])))
-    H_fd = _central(lambda ph: at(ph, 1)["grad"], phi)
+    H_fd = central_differences(lambda ph: at(ph, 1)["grad"], phi)
     np.testing.assert_allclose(res["hess"], 0.5 * (H_fd + H_fd.T), rtol=0, atol=1e-6 * np.max(np.abs(res["hess"])))
 
 

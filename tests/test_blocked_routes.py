@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import central_differences
 
 import pymc_mixvcov as pmv
 from pymc_mixvcov.engines.blocked import blocked_data, criterion, ml_derivatives, profile, reml_derivatives
@@ -92,15 +93,6 @@ def test_scalar_first_term_near_zero(scalar_terms, small):
     _close(got["hess"], want["hess"], "hess")
 
 
-def _central(f, x, h):
-    out = []
-    for k in range(x.size):
-        e = np.zeros_like(x)
-        e[k] = h * max(1.0, abs(x[k]))
-        out.append((f(x + e) - f(x - e)) / (2 * e[k]))
-    return np.array(out)
-
-
 @pytest.mark.parametrize("zero", [None, 3, 6])
 def test_profiled_gradient_against_central_differences(two_vector_terms, zero):
     """The profiled gradient at an interior point and with a variance at 0 (there the criterion
@@ -110,7 +102,7 @@ def test_profiled_gradient_against_central_differences(two_vector_terms, zero):
     ts = _phi(d, np.random.default_rng(2), {zero: 0.0} if zero is not None else None)[d.p :]
     for method in ("ML", "REML"):
         _, g, _ = profile(d, ts, method)
-        g_fd = _central(lambda t, m=method: profile(d, t, m)[0], ts, 1e-5)
+        g_fd = central_differences(lambda t, m=method: profile(d, t, m)[0], ts, 1e-5)
         np.testing.assert_allclose(g, g_fd, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(
             criterion(d, np.concatenate([profile(d, ts, method)[2], ts]), method), profile(d, ts, method)[0], rtol=1e-12

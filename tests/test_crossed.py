@@ -9,27 +9,11 @@ lme4 1.1-31 / merDeriv 0.2-4 (penicillin_crossed_ml.json), glmmTMB (tmb_insteval
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import on_engine, ref_matrix, reference, scaled_error
+from conftest import central_differences, on_engine, ref_matrix, reference, scaled_error
 
 import pymc_mixvcov as pmv
 from pymc_mixvcov.engines import blocked_clusters
 from pymc_mixvcov.engines.blocked import BlockedLMMFunctions, blocked_data, ml_derivatives, profile, reml_derivatives
-
-
-@pytest.fixture(scope="module")
-def crossed_vector():
-    """Simulated crossed design with a correlated vector term: 8 g-levels (intercept and slope)
-    crossed with 6 h-levels, 3 replicates per cell, n = 144."""
-    rng = np.random.default_rng(14)
-    g = np.repeat(np.arange(8), 18)
-    h = np.tile(np.repeat(np.arange(6), 3), 8)
-    x = rng.normal(size=g.size)
-    G = np.array([[1.0, 0.3], [0.3, 0.5]])
-    u = rng.multivariate_normal(np.zeros(2), G, size=8)
-    v = rng.normal(scale=0.7, size=6)
-    y = 1.0 + 0.5 * x + u[g, 0] + u[g, 1] * x + v[h] + rng.normal(scale=0.8, size=g.size)
-    return pd.DataFrame({"y": y, "x": x, "g": [f"g{k}" for k in g], "h": [f"h{k}" for k in h]})
-
 
 CASES = {
     "penicillin": ("diameter ~ 1 + (1 | plate) + (1 | sample)", lambda _: pmv.datasets.load("penicillin")),
@@ -111,15 +95,6 @@ def test_penicillin_against_merderiv(information):
         assert scaled_error(got.to_numpy(), want.to_numpy()).max() < 2e-3
 
 
-def _central(f, x, h):
-    out = []
-    for k in range(x.size):
-        e = np.zeros_like(x)
-        e[k] = h * max(1.0, abs(x[k]))
-        out.append((np.asarray(f(x + e)) - np.asarray(f(x - e))) / (2 * e[k]))
-    return np.array(out)
-
-
 @pytest.fixture(scope="module")
 def vector_data(crossed_vector):
     model = pmv.lmm("y ~ x + (1 + x | g) + (1 | h)", crossed_vector)
@@ -137,9 +112,9 @@ def test_ml_gradient_and_hessian_against_central_differences(vector_data):
     d = vector_data
     res = ml_derivatives(d, PHI)
     # central differences with h = 1e-5: truncation error O(h^2 f''') ~ 1e-9, rounding ~1e-11 / h
-    g_fd = _central(lambda x: ml_derivatives(d, x)["loglik"], PHI, 1e-5)
+    g_fd = central_differences(lambda x: ml_derivatives(d, x)["loglik"], PHI, 1e-5)
     np.testing.assert_allclose(res["grad"], g_fd, rtol=1e-6, atol=1e-6)
-    H_fd = _central(lambda x: ml_derivatives(d, x)["grad"], PHI, 1e-5)
+    H_fd = central_differences(lambda x: ml_derivatives(d, x)["grad"], PHI, 1e-5)
     np.testing.assert_allclose(res["hess"], 0.5 * (H_fd + H_fd.T), rtol=1e-6, atol=1e-6)
 
 
@@ -148,11 +123,11 @@ def test_reml_and_profile_gradients_against_central_differences(vector_data):
     ts = PHI[2:]
     for method in ("ML", "REML"):
         f, g, _ = profile(d, ts, method)
-        g_fd = _central(lambda x, m=method: profile(d, x, m)[0], ts, 1e-5)
+        g_fd = central_differences(lambda x, m=method: profile(d, x, m)[0], ts, 1e-5)
         np.testing.assert_allclose(g, g_fd, rtol=1e-6, atol=1e-6)
     res = reml_derivatives(d, ts)
     np.testing.assert_allclose(res["loglik"], profile(d, ts, "REML")[0], rtol=1e-12)
-    H_fd = _central(lambda x: reml_derivatives(d, x)["grad"], ts, 1e-5)
+    H_fd = central_differences(lambda x: reml_derivatives(d, x)["grad"], ts, 1e-5)
     np.testing.assert_allclose(res["hess"], 0.5 * (H_fd + H_fd.T), rtol=1e-6, atol=1e-6)
 
 

@@ -27,7 +27,7 @@ import copy
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REF, reference
+from conftest import REF, central_differences, reference
 from numpy.testing import assert_allclose
 
 import pymc_mixvcov as pmv
@@ -38,21 +38,6 @@ from pymc_mixvcov.engines.marginal import build_structure, signature_of
 from pymc_mixvcov.model.spec import inspect_model
 
 SXI = "y ~ group * cond + (1 | subj) + (1 + cond | item)"
-
-
-@pytest.fixture(scope="module")
-def crossed_vector():
-    """tests/test_crossed.py's simulated design: 8 g-levels (intercept and slope, correlated)
-    crossed with 6 h-levels, 3 replicates per cell, n = 144."""
-    rng = np.random.default_rng(14)
-    g = np.repeat(np.arange(8), 18)
-    h = np.tile(np.repeat(np.arange(6), 3), 8)
-    x = rng.normal(size=g.size)
-    G = np.array([[1.0, 0.3], [0.3, 0.5]])
-    u = rng.multivariate_normal(np.zeros(2), G, size=8)
-    v = rng.normal(scale=0.7, size=6)
-    y = 1.0 + 0.5 * x + u[g, 0] + u[g, 1] * x + v[h] + rng.normal(scale=0.8, size=g.size)
-    return pd.DataFrame({"y": y, "x": x, "g": [f"g{k}" for k in g], "h": [f"h{k}" for k in h]})
 
 
 @pytest.fixture(scope="module")
@@ -104,15 +89,6 @@ def _var_from_ts(d, ts: np.ndarray) -> np.ndarray:
     return vs
 
 
-def _central(f, x: np.ndarray, h: float) -> np.ndarray:
-    out = []
-    for k in range(x.size):
-        e = np.zeros_like(x)
-        e[k] = h * max(1.0, abs(x[k]))
-        out.append((f(x + e) - f(x - e)) / (2 * e[k]))
-    return np.array(out)
-
-
 def _design(name, crossed_vector, sxi_data, free_rows):
     return {
         "crossed_vector": ("y ~ x + (1 + x | g) + (1 | h)", crossed_vector),
@@ -147,7 +123,7 @@ def test_xtvx_derivatives_against_central_differences(design, crossed_vector, sx
     d = blocked_data(spec)
     ts = _point(d, np.random.default_rng(1))
     XtVX, D = xtvx(d, ts)
-    fd = _central(lambda x: xtvx(d, x)[0], ts, 1e-5)
+    fd = central_differences(lambda x: xtvx(d, x)[0], ts, 1e-5)
     assert_allclose(D, fd, rtol=1e-6, atol=1e-7 * np.abs(D).max())
     st = build_structure(spec)
     want = cluster_pieces(st, signature_of(st), ts[:-1], ts[-1])[0]
@@ -173,9 +149,9 @@ def test_var_scale_pieces_match_the_cluster_engine(design, crossed_vector, sxi_d
         assert g.shape == w.shape, name
         assert_allclose(g, w, rtol=1e-10, atol=1e-10 * np.abs(w).max(), err_msg=name)
     vs = _var_from_ts(d, ts)
-    fdP = _central(lambda v: var_scale_pieces(d, _ts_from_var(d, v))[0], vs, 1e-5)
+    fdP = central_differences(lambda v: var_scale_pieces(d, _ts_from_var(d, v))[0], vs, 1e-5)
     assert_allclose(got[1], fdP, rtol=1e-6, atol=1e-7 * np.abs(got[1]).max())
-    fdH = _central(lambda v: var_scale_pieces(d, _ts_from_var(d, v))[1], vs, 1e-5)
+    fdH = central_differences(lambda v: var_scale_pieces(d, _ts_from_var(d, v))[1], vs, 1e-5)
     assert_allclose(got[2], fdH, rtol=1e-6, atol=1e-7 * np.abs(got[2]).max())
 
 
