@@ -43,7 +43,7 @@ from pytensor.graph.utils import MissingInputError
 from pytensor.tensor import TensorVariable
 from pytensor.tensor.elemwise import Elemwise
 
-from ..engines.marginal import ClusterStructure, CoreGraph, Signature, data_values, signature_of
+from ..engines.marginal import ClusterStructure, CoreGraph, Signature, core_phi, data_values, signature_of
 from ..errors import MixVcovError
 from ..output.progress import task as progress_task
 from . import cache
@@ -591,7 +591,8 @@ class LMMFunctions:
         phi, J, _ = self.map(nat, second=False)
         p = self.sig.p
         f, g, beta = self._fn("profile")(phi[p:], *self.data)
-        nat[self.fi] = beta
+        b0 = self.structure.b0  # the GLS estimate of the centred response's beta - b0 (engines.marginal)
+        nat[self.fi] = beta if b0 is None else beta + b0
         return float(f) + self._half_logw_total, J[p:, self.vi].T @ np.asarray(g), nat
 
     def information(self, nat: np.ndarray, expected: bool = False) -> dict[str, np.ndarray]:
@@ -664,7 +665,8 @@ class LMMFunctions:
     def _clusters(self, nat: np.ndarray, phi=None) -> dict[str, np.ndarray]:
         phi, J, T = self.map(nat) if phi is None else phi
         nb = len(self.structure.batches)
-        res = self._fn("cluster_observed")(*self._per_batch(phi), phi, *self.data)
+        pc = core_phi(self.structure, phi)  # beta - b0: the statistics are of the centred response
+        res = self._fn("cluster_observed")(*self._per_batch(pc), pc, *self.data)
         lls, llf = res[:nb], res[nb]
         g, gf = res[nb + 1 : 2 * nb + 1], res[2 * nb + 1]
         h, hf = res[2 * nb + 2 : 3 * nb + 2], res[3 * nb + 2]
@@ -694,7 +696,8 @@ class LMMFunctions:
         """Per-cluster expected information and its total on the natural scale (ML)."""
         phi, J, _ = self.map(nat, second=False) if phi is None else phi
         nb = len(self.structure.batches)
-        res = self._fn("cluster_expected")(*self._per_batch(phi), phi, phi, *self.data)
+        pc = core_phi(self.structure, phi)  # beta - b0 (engines.marginal)
+        res = self._fn("cluster_expected")(*self._per_batch(pc), pc, pc, *self.data)
         C = self.structure.n_clusters
         E = np.zeros((C, self.sig.dim, self.sig.dim))
         for bt, e in zip(self.structure.batches, res[:nb], strict=True):

@@ -220,7 +220,7 @@ class GaussianClusterPieces:
         }
         for st, orig, half in self._chunks:
             for bt in st.batches:
-                res = gaussian_cluster_derivatives(bt, self.sig, phi)
+                res = gaussian_cluster_derivatives(bt, self.sig, phi, st.b0)
                 ids = orig[bt.clusters]
                 out["loglik"][ids] = res["loglik"] + half[bt.clusters]
                 for k in ("grad", "hess", "expected"):

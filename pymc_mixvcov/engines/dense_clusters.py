@@ -8,7 +8,9 @@ compiled: the closed forms of :mod:`pymc_mixvcov.engines.blocked` with the clust
 
 Per cluster (index dropped), with the statistics ``A = Z^T Z``, ``B = Z^T X``, ``b = Z^T y``,
 ``X^T X``, ``X^T y``, ``y^T y``, ``n`` observations, ``Lambda`` (block diagonal, lower triangular)
-and ``r = y - X beta``:
+and ``r = y - X beta`` (the statistics are those of ``y - X b_0``, the response net of its
+least-squares fit, and ``beta`` enters as ``beta - b_0``: the same residual without the cancellation
+of ``y^T y`` and ``X^T y`` of a response with a large mean; :mod:`pymc_mixvcov.engines.marginal`):
 
 .. math::
 
@@ -69,10 +71,15 @@ def _T(a: np.ndarray) -> np.ndarray:
     return np.swapaxes(a, -1, -2)
 
 
-def gaussian_cluster_derivatives(batch: Batch, sig: Signature, phi: np.ndarray) -> dict[str, np.ndarray]:
+def gaussian_cluster_derivatives(
+    batch: Batch, sig: Signature, phi: np.ndarray, b0: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """ML log-likelihood, gradient, Hessian and expected information in ``phi = (beta, theta, sigma)``
     of every cluster of ``batch`` (statistics of the rows scaled by ``sqrt(w)`` with prior weights;
     the log-likelihood without their constant ``sum log(w) / 2``).
+
+    ``b0``: the least-squares coefficients taken out of the response of the batch's statistics
+    (:attr:`~pymc_mixvcov.engines.marginal.ClusterStructure.b0`); the formulas use ``beta - b0``.
 
     Returns ``loglik`` ``(C,)``, ``grad`` ``(C, dim)``, ``hess`` and ``expected`` ``(C, dim, dim)``.
     Raises ``numpy.linalg.LinAlgError`` where ``M`` is not positive definite (``sigma = 0``).
@@ -81,6 +88,8 @@ def gaussian_cluster_derivatives(batch: Batch, sig: Signature, phi: np.ndarray) 
     dim = p + nt + 1
     phi = np.asarray(phi, float)
     beta, theta, sigma = phi[:p], phi[p : p + nt], float(phi[p + nt])
+    if b0 is not None and p:  # the statistics are of y - X b0: the residual is that of beta - b0
+        beta = beta - b0
     s2 = sigma * sigma
     thpos = sig.theta_positions()
     flat = np.zeros(sig.lam_size + 1)

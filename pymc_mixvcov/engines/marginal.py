@@ -21,6 +21,13 @@ the cluster statistics ``Z_c^T Z_c``, ``Z_c^T X_c``, ``Z_c^T y_c``, ``X_c^T X_c`
 ``y_c^T y_c`` enter, so an evaluation costs ``O(sum_c s_c^3)``, independent of ``n``; no
 ``n x n`` matrix is ever formed.
 
+The statistics are those of the response net of its least-squares fit, ``y - X b_0`` with
+``b_0 = (X^T X)^{-1} X^T y`` (:func:`pymc_mixvcov.engines.blocked_layout.centred_response`), and
+the formulas are evaluated at ``beta - b_0`` (:func:`core_phi`): the residual ``y - X beta`` is the
+same, so value and derivatives are unchanged but for rounding, whereas ``y^T y``, ``X^T y`` of a
+response with a large mean (``10^8`` with residual SD ``1``) cancel in ``r^T r`` and lose about
+``2 log10(mean / SD)`` digits.
+
 REML (Patterson and Thompson, 1971; lme4's criterion) integrates ``beta`` with a flat prior:
 ``ell_R = ell(beta_hat) + p/2 log 2 pi - 1/2 log|X^T V^{-1} X|``.
 
@@ -51,9 +58,10 @@ from scipy.sparse.csgraph import connected_components
 
 from ..model.spec import GaussianSpec
 from ..model.weights import half_log_weights, whitened
+from .blocked_layout import centred_response
 from .linalg import UNROLL_MAX, BatchedCholesky, bmm, bmv, bquad, bT, gram, spd_solve
 
-__all__ = ["ClusterStructure", "Batch", "build_structure", "Signature", "signature_of", "data_values", "CoreGraph"]
+__all__ = ["ClusterStructure", "Batch", "build_structure", "core_phi", "Signature", "signature_of", "data_values", "CoreGraph"]
 
 LOG2PI = float(np.log(2 * np.pi))
 
@@ -96,6 +104,9 @@ class ClusterStructure:
     #: log-likelihood's term beyond the scaled rows' (:mod:`pymc_mixvcov.model.weights`); 0 without
     half_logw: np.ndarray | None = field(default=None, repr=False)
     half_logw_free: float = 0.0
+    #: the least-squares coefficients ``b0`` taken out of the response (module docstring): the
+    #: statistics are those of ``y - X b0``, the core functions take ``beta - b0`` (:func:`core_phi`)
+    b0: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def largest(self) -> int:
@@ -116,6 +127,16 @@ class ClusterStructure:
         return b, row
 
 
+def core_phi(structure: ClusterStructure, phi: np.ndarray) -> np.ndarray:
+    """``phi = (beta, theta, sigma)`` (last axis) as the core functions of ``structure``'s statistics
+    take it: ``beta - b0`` (module docstring); a new array."""
+    out = np.array(phi, float, copy=True)
+    b0 = structure.b0
+    if b0 is not None and b0.size:
+        out[..., : b0.size] -= b0
+    return out
+
+
 def _bincount(index: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
     return np.bincount(index, weights=weights, minlength=size)[:size]
 
@@ -130,6 +151,9 @@ def build_structure(spec: GaussianSpec, statistics: bool = True) -> ClusterStruc
     terms, n = spec.terms, spec.n
     X, y, row_scale = whitened(spec)
     p = X.shape[1]
+    b0 = None
+    if statistics and getattr(spec, "gaussian", True):  # the statistics of y - X b0 (module docstring)
+        b0, y = centred_response(np.asarray(X, float), np.asarray(y, float))
     node_off = np.concatenate([[0], np.cumsum([len(t.levels) for t in terms])])
     n_nodes = int(node_off[-1])
     nodes = np.stack([np.where(t.codes >= 0, node_off[k] + t.codes, -1) for k, t in enumerate(terms)], 1)
@@ -241,7 +265,9 @@ def build_structure(spec: GaussianSpec, statistics: bool = True) -> ClusterStruc
     hl = half_log_weights(spec)
     half_logw = None if hl is None else _bincount(obs_cluster[~free_obs], hl[~free_obs], n_comp)
     hl_free = 0.0 if hl is None else float(hl[free_obs].sum())
-    return ClusterStructure(clusters, obs_cluster, batches, free, lam_sizes, p, pos_m, val_m, size, half_logw, hl_free)
+    return ClusterStructure(
+        clusters, obs_cluster, batches, free, lam_sizes, p, pos_m, val_m, size, half_logw, hl_free, b0
+    )
 
 
 def _logdet_pos(a: TensorVariable) -> TensorVariable:

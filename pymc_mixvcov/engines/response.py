@@ -8,8 +8,10 @@ shallow copy of the fit's with these inputs replaced and the per-point caches dr
 
 * the cluster engine (:mod:`pymc_mixvcov.engines.marginal`): per cluster ``c``, ``Z_c^T y_c``,
   ``X_c^T y_c`` and ``y_c^T y_c`` (and ``X^T y``, ``y^T y`` of the observations that use no random
-  effect). With ``r = y - offset`` these are ``S_b r``, ``S_x r`` and ``S_1 (r * r)`` for sparse
-  matrices ``S`` of the design, built once: a swap costs three sparse products, ``O(n R)``;
+  effect). With ``r`` the response net of the offset and of its own least-squares fit (as the fit's,
+  :func:`pymc_mixvcov.engines.blocked_layout.centred_response`; the coefficients ``b0`` go with the
+  new structure) these are ``S_b r``, ``S_x r`` and ``S_1 (r * r)`` for sparse matrices ``S`` of the
+  design, built once: a swap costs three sparse products and a least-squares fit, ``O(n (R + p^2))``;
 * the blocked engine (:mod:`pymc_mixvcov.engines.blocked`): ``Z^T r``, ``X^T r`` and ``r^T r``;
 * the Laplace engines (:mod:`pymc_mixvcov.engines.jets`, :mod:`pymc_mixvcov.engines.laplace`,
   :mod:`pymc_mixvcov.engines.blocked_laplace`): ``y`` itself; the conditional modes of the fit are
@@ -92,7 +94,8 @@ class ResponseSwap:
         if self.kind == "LMMFunctions":
             self._maps = cluster_response_maps(base.spec, base.structure)
             self._free = np.flatnonzero(base.structure.obs_cluster < 0)
-            self._X_free = whitened(base.spec)[0][self._free]
+            self._X = whitened(base.spec)[0]
+            self._X_free = self._X[self._free]
         elif self.kind not in ("BlockedLMMFunctions", "LaplaceFunctions", "BlockedLaplaceFunctions"):
             raise MixVcovError(f"cannot give a new response to the functions of a {self.kind}")
 
@@ -148,9 +151,12 @@ class ResponseSwap:
         return r if self.row_scale is None else r * self.row_scale
 
     def _cluster_data(self, fns, r: np.ndarray):
-        """The cluster engine's structure and data inputs (``data_values``' order) for ``r``."""
+        """The cluster engine's structure and data inputs (``data_values``' order) for ``r``, centred by
+        its own least-squares fit (the structure's ``b0``)."""
+        from .blocked_layout import centred_response
         from .marginal import data_values
 
+        b0, r = centred_response(self._X, r)
         structure = fns.structure
         batches = []
         for bt, (S_b, S_x, S_1) in zip(structure.batches, self._maps, strict=True):
@@ -165,7 +171,7 @@ class ResponseSwap:
             )
         rf = r[self._free]
         XXf, _, _, nf = structure.free
-        new = replace(structure, batches=batches, free=(XXf, self._X_free.T @ rf, float(rf @ rf), nf))
+        new = replace(structure, batches=batches, free=(XXf, self._X_free.T @ rf, float(rf @ rf), nf), b0=b0)
         return new, data_values(new)
 
 
@@ -219,6 +225,14 @@ class StackedResponses:
         self.fns, self.swap = fns, swap
         structure = fns.structure
         R = np.stack([swap.scaled(y) for y in np.asarray(ys, float)], axis=1)  # (n, K)
+        # each response net of its own least-squares fit, as ResponseSwap's; its b0 shifts its beta
+        X = swap._X
+        p = X.shape[1]
+        if p:
+            self.b0 = np.linalg.lstsq(X, R, rcond=None)[0].T  # (K, p)
+            R = R - X @ self.b0.T
+        else:
+            self.b0 = np.zeros((R.shape[1], 0))
         self.K = R.shape[1]
         self.stats = []
         for bt, (S_b, S_x, S_1) in zip(structure.batches, swap._maps, strict=True):
@@ -250,6 +264,7 @@ class StackedResponses:
         else:
             maps = [fns.map(x) for x in nats]
         phis = np.stack([mp[0] for mp in maps])
+        phis[:, : self.b0.shape[1]] -= self.b0[rows]  # beta - b0 of each response (engines.marginal)
         inputs_phi, data = [], []
         for bt, (b, Xy, yy) in zip(fns.structure.batches, self.stats, strict=True):
             C = bt.clusters.size

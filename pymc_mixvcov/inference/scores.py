@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engines.marginal import ClusterStructure, Signature
+from ..engines.marginal import ClusterStructure, Signature, core_phi
 from ..model.weights import whitened
 
 __all__ = ["casewise_scores"]
@@ -52,7 +52,9 @@ def casewise_scores(spec, structure: ClusterStructure, sig: Signature, phi: np.n
     beta, theta, sigma = phi[:p], phi[p : p + nt], float(phi[-1])
     s2 = sigma**2
     X, y, _ = whitened(spec)  # precision weights: the rows scaled by sqrt(w), as the statistics are
-    r = y - X @ beta
+    # the statistics are of y - X b0 (engines.marginal): r = (y - X b0) - X (beta - b0), Z^T r = b - B (beta - b0)
+    beta_c = core_phi(structure, phi)[:p]
+    r = (y if structure.b0 is None else y - X @ structure.b0) - X @ beta_c
     n = y.size
     out = np.zeros((n, sig.dim))
     flat = _factors(sig, theta)
@@ -75,7 +77,7 @@ def casewise_scores(spec, structure: ClusterStructure, sig: Signature, phi: np.n
         M = s2 * np.eye(s) + np.swapaxes(Lc, 1, 2) @ bt.A @ Lc
         P = Lc @ np.linalg.solve(M, np.swapaxes(Lc, 1, 2))
         Q = (np.eye(s) - P @ bt.A) / s2
-        Ztr = bt.b - bt.B @ beta  # (C, s)
+        Ztr = bt.b - bt.B @ beta_c  # (C, s)
         w = np.einsum("cst,ct->cs", P, Ztr)
         Zte = np.einsum("cts,ct->cs", Q, Ztr)  # Q^T Z^T r
         # dense rows z_i of the cluster design (s entries each)
