@@ -61,7 +61,16 @@ from ..model.weights import half_log_weights, whitened
 from .blocked_layout import centred_response
 from .linalg import UNROLL_MAX, BatchedCholesky, bmm, bmv, bquad, bT, gram, spd_solve
 
-__all__ = ["ClusterStructure", "Batch", "build_structure", "core_phi", "Signature", "signature_of", "data_values", "CoreGraph"]
+__all__ = [
+    "ClusterStructure",
+    "Batch",
+    "build_structure",
+    "core_phi",
+    "Signature",
+    "signature_of",
+    "data_values",
+    "CoreGraph",
+]
 
 LOG2PI = float(np.log(2 * np.pi))
 

@@ -49,7 +49,7 @@ def _factors(sig: Signature, theta: np.ndarray) -> np.ndarray:
 def casewise_scores(spec, structure: ClusterStructure, sig: Signature, phi: np.ndarray) -> np.ndarray:
     """Scores of every observation with respect to ``phi = (beta, theta, sigma)``, shape ``(n, dim)``."""
     p, nt = sig.p, sig.n_theta
-    beta, theta, sigma = phi[:p], phi[p : p + nt], float(phi[-1])
+    theta, sigma = phi[p : p + nt], float(phi[-1])
     s2 = sigma**2
     X, y, _ = whitened(spec)  # precision weights: the rows scaled by sqrt(w), as the statistics are
     # the statistics are of y - X b0 (engines.marginal): r = (y - X b0) - X (beta - b0), Z^T r = b - B (beta - b0)
