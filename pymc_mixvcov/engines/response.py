@@ -224,15 +224,13 @@ class StackedResponses:
         self.affine = affine
         self.fns, self.swap = fns, swap
         structure = fns.structure
-        R = np.stack([swap.scaled(y) for y in np.asarray(ys, float)], axis=1)  # (n, K)
-        # each response net of its own least-squares fit, as ResponseSwap's; its b0 shifts its beta
-        X = swap._X
-        p = X.shape[1]
-        if p:
-            self.b0 = np.linalg.lstsq(X, R, rcond=None)[0].T  # (K, p)
-            R = R - X @ self.b0.T
-        else:
-            self.b0 = np.zeros((R.shape[1], 0))
+        # each response net of its own least-squares fit, exactly as ResponseSwap centres it (one at
+        # a time: a replicate's numbers do not depend on the others); its b0 shifts its beta
+        from .blocked_layout import centred_response
+
+        centred = [centred_response(swap._X, swap.scaled(y)) for y in np.asarray(ys, float)]
+        self.b0 = np.stack([b0 for b0, _ in centred])  # (K, p)
+        R = np.stack([r for _, r in centred], axis=1)  # (n, K)
         self.K = R.shape[1]
         self.stats = []
         for bt, (S_b, S_x, S_1) in zip(structure.batches, swap._maps, strict=True):
