@@ -145,6 +145,21 @@ def test_terms_that_cannot_be_told_apart_are_named():
         _fit("y ~ x + (1 | a) + (1 | a:sub) + (1 | b)", d)
 
 
+def test_a_repeated_term_gets_lme4s_unique_group_name():
+    """``(1 | a) + (1 | a)``: the second block's parameters carry ``a.1`` (R's ``make.unique``, as
+    lme4 names the blocks) on every scale, so no two parameters share a label; a second block on
+    the same factor with other effects keeps the factor's name (``(1 | a) + (0 + x | a)``)."""
+    d = _crossed()
+    with pytest.warns(SingularFitWarning, match=r"sd_\(Intercept\)\|a and sd_\(Intercept\)\|a\.1"):
+        f = _fit("y ~ x + (1 | a) + (1 | a)", d)
+    assert f.labels("sd")[-3:] == ["sd_(Intercept)|a", "sd_(Intercept)|a.1", "sigma"]
+    assert f.labels("var")[-3:] == ["cov_a.(Intercept)", "cov_a.1.(Intercept)", "residual"]
+    for scale in ("sd", "var", "cholesky"):
+        assert f.vcov(scale).index.is_unique
+    g = _fit("y ~ x + (1 | a) + (0 + x | a)", d)
+    assert g.labels("sd")[-3:] == ["sd_(Intercept)|a", "sd_x|a", "sigma"]
+
+
 @pytest.mark.parametrize(
     "formula",
     ["y ~ x + (1 | a) + (1 | b)", "y ~ x + (1 | a) + (1 | ab)", "y ~ x + (1 | a) + (0 + x | a)"],

@@ -69,8 +69,8 @@ class ScaleMaps:
         if scale == "unconstrained":
             return spec.unconstrained_labels()
         out = list(self.fixed_labels)
-        for t in spec.terms:
-            g, e = t.group, t.effects
+        for t, g in zip(spec.terms, self.term_groups(), strict=True):
+            e = t.effects
             for i, j in _lower_tri_colmajor(t.r):
                 if scale == "var":
                     out.append(f"cov_{g}.{e[i]}" if i == j else f"cov_{g}.{e[i]}.{e[j]}")
@@ -82,6 +82,21 @@ class ScaleMaps:
             out.append("residual" if scale == "var" else "sigma")
         else:  # the likelihood's own parameters, as they are on every scale
             out += [spec.natural_labels[i] for i in spec.psi_index]
+        return out
+
+    def term_groups(self) -> list[str]:
+        """The grouping name each term's labels carry: its factor's name, or, when an earlier term on
+        the same factor has an effect of the same name (``(1 | g) + (1 | g)``), ``g.1``, ``g.2``, ...
+        as R's ``make.unique`` (lme4's names of such blocks), so that no two parameters share a label."""
+        seen: set[tuple[str, str]] = set()
+        out = []
+        for t in self.spec.terms:
+            g, k = t.group, 0
+            while any((g, str(e)) in seen for e in t.effects):
+                k += 1
+                g = f"{t.group}.{k}"
+            seen.update((g, str(e)) for e in t.effects)
+            out.append(g)
         return out
 
     def kinds(self, scale: str) -> list[str]:
