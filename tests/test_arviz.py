@@ -267,7 +267,10 @@ def test_compare_hdi(sleep_ml):
     width_hdi = hdi["posterior_upper"] - hdi["posterior_lower"]
     # the HDI is the shortest interval holding 80% of the draws
     assert np.all(width_hdi <= width_eti + 1e-12)
-    inside = (flat >= hdi["posterior_lower"].to_numpy()) & (flat <= hdi["posterior_upper"].to_numpy())
+    # the end points are draws; this test maps the draws to the scale by its own route, which can
+    # differ from compare's in the last bits, so the ends are widened by 1e-12 relative
+    lo, hi = hdi["posterior_lower"].to_numpy(), hdi["posterior_upper"].to_numpy()
+    inside = (flat >= lo - 1e-12 * np.abs(lo)) & (flat <= hi + 1e-12 * np.abs(hi))
     assert np.all(inside.mean(0) >= 0.8)
     np.testing.assert_array_equal(hdi["posterior_mean"], eti["posterior_mean"])
 
