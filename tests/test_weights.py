@@ -295,20 +295,27 @@ def test_binomial_proportions_are_the_cbind_model(cbpp_props, cbpp_prop, cbpp_fi
     np.testing.assert_allclose(cbpp_prop.scores("cluster"), cbpp_fit.scores("cluster"), rtol=1e-8, atol=1e-10)
 
 
+def _against_glmmtmb_and_glmer(fit, r):
+    """A cbpp fit (four fixed effects, one SD) against ``r``: glmmTMB 1.1.5 (logLik 1e-8 absolute,
+    estimates 1e-5, full covariance 5e-3 scaled by the SEs, log-SD carried to the SD by the delta
+    method) and glmer (logLik 5e-4, fixed effects 1e-3: its Laplace value sits 2.8e-4 below)."""
+    np.testing.assert_allclose(fit.loglik, r["glmmTMB_logLik"], atol=1e-8)
+    sd = np.exp(r["glmmTMB_log_sd"])
+    np.testing.assert_allclose(fit.params("sd").to_numpy(), np.r_[r["glmmTMB_beta"], sd], atol=1e-5)
+    J = np.diag([1.0, 1.0, 1.0, 1.0, sd])
+    want = J @ np.array(r["glmmTMB_vcov_full_beta_logsd"]["values"]) @ J
+    assert scaled_error(fit.vcov("sd").to_numpy(), want).max() < 5e-3
+    np.testing.assert_allclose(fit.loglik, r["logLik"], atol=5e-4)
+    np.testing.assert_allclose(fit.params("sd").to_numpy()[:4], r["beta"], atol=1e-3)
+
+
 def test_binomial_proportions_against_lme4_and_glmmtmb(ref, cbpp_prop):
     """glmmTMB (same Laplace approximation, AD Hessian): logLik 1e-8 (measured 5e-12), estimates
     1e-5, full covariance 5e-3 scaled (as tests/test_glmm.py). glmer's Laplace logLik sits 2.8e-4
     below the exact value (tests/test_glmm.py): 5e-4 and 1e-3 there; its proportion and cbind fits agree."""
     r = ref["cbpp_proportions"]
     assert r["logLik"] == r["cbind_logLik"] and r["beta"] == r["cbind_beta"]
-    np.testing.assert_allclose(cbpp_prop.loglik, r["glmmTMB_logLik"], atol=1e-8)
-    sd = np.exp(r["glmmTMB_log_sd"])
-    np.testing.assert_allclose(cbpp_prop.params("sd").to_numpy(), np.r_[r["glmmTMB_beta"], sd], atol=1e-5)
-    J = np.diag([1.0, 1.0, 1.0, 1.0, sd])
-    want = J @ np.array(r["glmmTMB_vcov_full_beta_logsd"]["values"]) @ J
-    assert scaled_error(cbpp_prop.vcov("sd").to_numpy(), want).max() < 5e-3
-    np.testing.assert_allclose(cbpp_prop.loglik, r["logLik"], atol=5e-4)
-    np.testing.assert_allclose(cbpp_prop.params("sd").to_numpy()[:4], r["beta"], atol=1e-3)
+    _against_glmmtmb_and_glmer(cbpp_prop, r)
 
 
 def test_bernoulli_rows_with_trials(cbpp_props):
@@ -338,14 +345,7 @@ def test_poisson_prior_weights_handwritten(ref):
         eta = pt.dot(X, b) + u[herd]
         pm.Potential("loglik", (w * pm.logp(pm.Poisson.dist(pt.exp(eta)), d["incidence"].to_numpy())).sum())
     fit = pmv.fit(model, random=["u"])
-    np.testing.assert_allclose(fit.loglik, r["glmmTMB_logLik"], atol=1e-8)
-    s = np.exp(r["glmmTMB_log_sd"])
-    np.testing.assert_allclose(fit.params("sd").to_numpy(), np.r_[r["glmmTMB_beta"], s], atol=1e-5)
-    J = np.diag([1.0, 1.0, 1.0, 1.0, s])
-    want = J @ np.array(r["glmmTMB_vcov_full_beta_logsd"]["values"]) @ J
-    assert scaled_error(fit.vcov("sd").to_numpy(), want).max() < 5e-3
-    np.testing.assert_allclose(fit.loglik, r["logLik"], atol=5e-4)
-    np.testing.assert_allclose(fit.params("sd").to_numpy()[:4], r["beta"], atol=1e-3)
+    _against_glmmtmb_and_glmer(fit, r)
 
 
 # -- bad input --------------------------------------------------------------------------------------

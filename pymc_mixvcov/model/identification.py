@@ -19,14 +19,20 @@ import numpy as np
 __all__ = ["unidentified_terms"]
 
 
-def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether level codes ``a`` and ``b`` (``-1``: not used) split the observations alike."""
+def _n_groups(codes: np.ndarray) -> int:
+    """How many levels of ``codes`` (``-1``: not used) the observations use (a linear count)."""
+    used = codes[codes >= 0]
+    return int(np.count_nonzero(np.bincount(used))) if used.size else 0
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray, groups: int) -> bool:
+    """Whether level codes ``a`` and ``b`` (``-1``: not used), both using ``groups`` levels, split
+    the observations alike: they do when their distinct pairs are no more than ``groups``."""
     used = a >= 0
     if not np.array_equal(used, b >= 0) or not used.any():
         return False
-    a, b = a[used], b[used]
-    pairs = np.unique(np.stack([a, b], axis=1), axis=0).shape[0]
-    return pairs == np.unique(a).size == np.unique(b).size
+    pairs = np.unique(np.stack([a[used], b[used]], axis=1), axis=0).shape[0]
+    return pairs == groups
 
 
 def _proportional(x: np.ndarray, y: np.ndarray, tol: float = 1e-10) -> bool:
@@ -49,11 +55,12 @@ def unidentified_terms(spec, sd_labels: list[str]) -> list[str]:
         lower = [(i, j) for j in range(t.r) for i in range(j, t.r)]
         sd_index.append([off + lower.index((j, j)) for j in range(t.r)])
         off += len(lower)
+    groups = [_n_groups(np.asarray(t.codes)) for t in terms]
     out = []
     for k in range(len(terms)):
         for m in range(k + 1, len(terms)):
             a, b = terms[k], terms[m]
-            if not _same_partition(np.asarray(a.codes), np.asarray(b.codes)):
+            if groups[k] != groups[m] or not _same_partition(np.asarray(a.codes), np.asarray(b.codes), groups[k]):
                 continue
             used = np.asarray(a.codes) >= 0
             za, zb = np.asarray(a.z, float)[used], np.asarray(b.z, float)[used]
@@ -70,7 +77,6 @@ def unidentified_terms(spec, sd_labels: list[str]) -> list[str]:
             out.append(
                 f"random effects {names} are not separately identified: {same} and the effects have "
                 "proportional design columns, so the likelihood depends only on a sum of their variances. Their "
-                "estimates are "
-                "arbitrary and their standard errors meaningless; drop one of the terms"
+                "estimates are arbitrary and their standard errors meaningless; drop one of the terms"
             )
     return out
